@@ -1,0 +1,3 @@
+"""Capacity reports built from loadgen run directories."""
+
+__all__: list[str] = []
