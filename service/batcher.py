@@ -1,0 +1,503 @@
+"""Dynamic batcher: bounded admission, size/delay flush, option buckets, cancellation.
+
+Triton's dynamic-batcher semantics: a batch is formed as soon as ``max_batch_size`` requests
+with compatible sampling options are waiting, or ``max_batch_delay`` after the oldest of them
+arrived, whichever comes first, and only when a batch worker is free. Each batch runs in a
+worker thread on the engine; tokens come back through the engine's per-step callback, are
+coalesced into one event-loop wakeup per burst, and are turned into text, stop-string checks
+and stream events on the loop. Returning True from the callback ends one batch index early
+(``max_tokens``, stop strings, disconnects, timeouts) so its slot stops costing compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanContext, Tracer
+
+from service.errors import DrainingError, EngineError, QueueFullError
+from telemetry import names
+
+if TYPE_CHECKING:
+    from service.engine import Engine, SamplingOptions
+    from telemetry.metrics import ServiceMetrics
+
+__all__ = ["Batcher", "BatcherConfig", "Finished", "Job", "Outcome", "TextDelta"]
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    """How a request ended; the ``outcome`` label of the requests counter."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    ABORTED = "aborted"
+    REJECTED = "rejected"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """New text for the client; ``tokens`` is how many generated tokens it covers."""
+
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Terminal event of a job's stream."""
+
+    outcome: Outcome
+    error_type: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherConfig:
+    """Batching knobs, taken from ServiceSettings."""
+
+    max_batch_size: int = 16
+    max_batch_delay_s: float = 0.005
+    max_queue_size: int = 256
+    batch_workers: int = 2
+    request_timeout_s: float = 300.0
+
+
+def _wall_ns(perf_t: float) -> int:
+    """Convert a ``perf_counter`` timestamp to epoch nanoseconds for span start/end times."""
+    return time.time_ns() - int((time.perf_counter() - perf_t) * 1e9)
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation request inside the batcher.
+
+    Fields written by the engine thread (``generated``, ``engine_done``) are plain attributes;
+    every other field is touched only on the event loop.
+    """
+
+    request_id: str
+    prompt_tokens: list[str]
+    options: SamplingOptions
+    max_tokens: int
+    stop: tuple[str, ...]
+    arrival: float
+    span_context: SpanContext | None = None
+    trace_id: str | None = None
+    # --- runtime state ---
+    enqueued_at: float = 0.0
+    started_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finished_at: float | None = None
+    batch_size: int = 0
+    generated: int = 0  # engine thread
+    engine_done: bool = False  # engine thread: no more callbacks wanted for this index
+    cancelled: bool = False  # loop thread: tell the engine thread to stop this index
+    completion_tokens: int = 0
+    text: str = ""
+    result: Finished | None = None
+    _pending_text: str = ""
+    _events: asyncio.Queue[TextDelta | Finished] = field(default_factory=asyncio.Queue)
+    _timeout_handle: asyncio.TimerHandle | None = None
+    _decoder: object | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        """Number of prompt tokens."""
+        return len(self.prompt_tokens)
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Server-side time to first token, from HTTP arrival."""
+        return None if self.first_token_at is None else self.first_token_at - self.arrival
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        """Time between admission to the queue and the start of its batch."""
+        return None if self.started_at is None else self.started_at - self.enqueued_at
+
+    async def events(self) -> AsyncIterator[TextDelta | Finished]:
+        """Yield text deltas, then exactly one ``Finished``."""
+        while True:
+            ev = await self._events.get()
+            yield ev
+            if isinstance(ev, Finished):
+                return
+
+
+class Batcher:
+    """Forms batches from queued jobs and runs them on the engine in worker threads."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: BatcherConfig,
+        metrics: ServiceMetrics,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.metrics = metrics
+        self.tracer = tracer or trace.NoOpTracer()
+        self._buckets: dict[SamplingOptions, deque[Job]] = {}
+        self._admitted = 0  # between admission and enqueue (tokenizing)
+        self._waiting = 0
+        self._running: set[Job] = set()
+        self._arrival = asyncio.Event()
+        self._workers = asyncio.Semaphore(config.batch_workers)
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.batch_workers, thread_name_prefix="batch-worker"
+        )
+        self._scheduler: asyncio.Task[None] | None = None
+        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._eos_ids = engine.codec.eos_token_ids
+        self._recent_batch_s: deque[float] = deque(maxlen=32)
+        self.draining = False
+        self.on_finished: Callable[[Job], None] | None = None
+        metrics.bind_queue_state(lambda: self._waiting, lambda: len(self._running))
+
+    # ----------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Start the scheduler task on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._scheduler = asyncio.create_task(self._schedule(), name="batch-scheduler")
+
+    async def stop(self) -> None:
+        """Abort whatever is left, wait for running batches, stop the workers."""
+        for bucket in self._buckets.values():
+            for job in list(bucket):
+                self._finish(job, Finished(Outcome.ABORTED, "shutdown", "server shut down"))
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler
+        for job in list(self._running):
+            self._finish(job, Finished(Outcome.ABORTED, "shutdown", "server shut down"))
+        if self._batch_tasks:
+            await asyncio.gather(*self._batch_tasks, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued for a batch."""
+        return self._waiting
+
+    @property
+    def running(self) -> int:
+        """Jobs in running batches."""
+        return len(self._running)
+
+    @property
+    def in_flight(self) -> int:
+        """Everything admitted and not finished."""
+        return self._admitted + self._waiting + len(self._running)
+
+    # ----------------------------------------------------------------- admission
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[None]:
+        """Reserve a queue slot before any tokenization; raise 429/503 when there is none."""
+        if self.draining:
+            self.metrics.observe_rejected("draining")
+            raise DrainingError("server is draining; retry on another replica")
+        if self._admitted + self._waiting >= self.config.max_queue_size:
+            self.metrics.observe_rejected("queue_full")
+            raise QueueFullError(
+                f"request queue is full ({self.config.max_queue_size} waiting); retry later",
+                headers={"Retry-After": str(self._retry_after_s())},
+            )
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+
+    def _retry_after_s(self) -> int:
+        per_batch = (
+            sum(self._recent_batch_s) / len(self._recent_batch_s) if self._recent_batch_s else 1.0
+        )
+        rounds = self._waiting / (self.config.max_batch_size * self.config.batch_workers)
+        return max(1, math.ceil(rounds * per_batch))
+
+    def submit(self, job: Job) -> Job:
+        """Queue an admitted job; call inside ``admission()``."""
+        assert self._loop is not None, "batcher not started"
+        job.enqueued_at = time.perf_counter()
+        job._decoder = self.engine.codec.new_decoder()
+        self._buckets.setdefault(job.options, deque()).append(job)
+        self._waiting += 1
+        job._timeout_handle = self._loop.call_later(
+            self.config.request_timeout_s, self._expire, job
+        )
+        self._arrival.set()
+        return job
+
+    def abort(self, job: Job) -> None:
+        """The client went away: free its queue slot or batch index, count it aborted."""
+        self._finish(job, Finished(Outcome.ABORTED, "client_disconnected", "client disconnected"))
+
+    def _expire(self, job: Job) -> None:
+        self._finish(
+            job,
+            Finished(
+                Outcome.TIMEOUT,
+                "request_timeout",
+                f"request exceeded the {self.config.request_timeout_s:g} s timeout",
+            ),
+        )
+
+    # ----------------------------------------------------------------- scheduling
+    async def _schedule(self) -> None:
+        while True:
+            await self._workers.acquire()
+            try:
+                jobs = await self._next_batch()
+            except BaseException:
+                self._workers.release()
+                raise
+            task = asyncio.create_task(self._run_batch(jobs), name="batch")
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+
+    async def _next_batch(self) -> list[Job]:
+        cfg = self.config
+        while True:
+            self._arrival.clear()
+            now = time.perf_counter()
+            best: deque[Job] | None = None
+            best_key: tuple[int, float] | None = None
+            next_deadline = math.inf
+            for bucket in self._buckets.values():
+                if not bucket:
+                    continue
+                head_t = bucket[0].enqueued_at
+                full = len(bucket) >= cfg.max_batch_size
+                due = now >= head_t + cfg.max_batch_delay_s
+                if full or due:
+                    key = (0 if full else 1, head_t)  # full buckets first, then oldest
+                    if best_key is None or key < best_key:
+                        best, best_key = bucket, key
+                else:
+                    next_deadline = min(next_deadline, head_t + cfg.max_batch_delay_s)
+            if best is not None:
+                n = min(len(best), cfg.max_batch_size)
+                jobs = [best.popleft() for _ in range(n)]
+                self._waiting -= n
+                self._buckets = {k: v for k, v in self._buckets.items() if v}
+                return jobs
+            timeout = None if math.isinf(next_deadline) else max(0.0, next_deadline - now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrival.wait(), timeout)
+
+    async def _run_batch(self, jobs: list[Job]) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        started = time.perf_counter()
+        formation_delay = started - min(j.enqueued_at for j in jobs)
+        for j in jobs:
+            j.started_at = started
+            j.batch_size = len(jobs)
+            self._running.add(j)
+            self.metrics.observe_queue_wait(started - j.enqueued_at, j.trace_id)
+            if j.span_context is not None:
+                ctx = trace.set_span_in_context(trace.NonRecordingSpan(j.span_context))
+                span = self.tracer.start_span(
+                    names.SPAN_QUEUE_WAIT, context=ctx, start_time=_wall_ns(j.enqueued_at)
+                )
+                span.end(end_time=_wall_ns(started))
+        links = [Link(j.span_context) for j in jobs if j.span_context is not None]
+        batch_span = self.tracer.start_span(
+            names.SPAN_BATCH,
+            links=links,
+            start_time=_wall_ns(started),
+            attributes={names.ATTR_BATCH_SIZE: len(jobs)},
+        )
+        inbox: deque[tuple[int, int, str, bool, float]] = deque()
+        flush_scheduled = False
+        first_step_at: list[float] = []
+
+        def flush() -> None:
+            nonlocal flush_scheduled
+            flush_scheduled = False
+            while inbox:
+                i, token_id, token, stop, t = inbox.popleft()
+                self._on_token(jobs[i], token_id, token, stop, t)
+
+        def on_step(i: int, token_id: int, token: str, is_last: bool) -> bool:
+            # Engine thread: count, decide whether this index stops, hand the token to the loop.
+            nonlocal flush_scheduled
+            job = jobs[i]
+            if job.engine_done:
+                return True
+            t = time.perf_counter()
+            if not first_step_at:
+                first_step_at.append(t)
+            job.generated += 1
+            stop = (
+                job.cancelled
+                or is_last
+                or job.generated >= job.max_tokens
+                or token_id in self._eos_ids
+            )
+            if stop:
+                job.engine_done = True
+            inbox.append((i, token_id, token, stop, t))
+            if not flush_scheduled:
+                flush_scheduled = True
+                loop.call_soon_threadsafe(flush)
+            return stop
+
+        max_new = max(j.max_tokens for j in jobs)
+        live = [j for j in jobs if not j.cancelled]
+        error: EngineError | None = None
+        try:
+            if live:
+                await loop.run_in_executor(
+                    self._executor,
+                    self.engine.generate_batch,
+                    [j.prompt_tokens for j in jobs],
+                    jobs[0].options,
+                    max_new,
+                    on_step,
+                )
+        except EngineError as exc:
+            error = exc
+            logger.exception("batch failed", extra={"fields": {"event": "batch_error"}})
+        finally:
+            flush()
+            ended = time.perf_counter()
+            prefill_end = first_step_at[0] if first_step_at else ended
+            self._recent_batch_s.append(ended - started)
+            self.metrics.observe_batch(
+                size=len(jobs),
+                formation_delay_s=formation_delay,
+                prefill_s=prefill_end - started,
+                decode_s=ended - prefill_end,
+            )
+            for j in jobs:
+                if j.result is None:
+                    if error is not None:
+                        fin = Finished(Outcome.ERROR, "engine_error", str(error))
+                    else:
+                        # The engine ended this index without a stop signal: its length ran out.
+                        fin = Finished(Outcome.LENGTH)
+                    self._finish(j, fin)
+                self._record_phase_spans(j, started, prefill_end)
+            batch_span.end(end_time=_wall_ns(ended))
+            self._workers.release()
+
+    def _record_phase_spans(self, job: Job, started: float, prefill_end: float) -> None:
+        if job.span_context is None:
+            return
+        ctx = trace.set_span_in_context(trace.NonRecordingSpan(job.span_context))
+        end = job.finished_at or time.perf_counter()
+        prefill_stop = min(job.first_token_at or prefill_end, end)
+        for name, t0, t1 in (
+            (names.SPAN_PREFILL, started, prefill_stop),
+            (names.SPAN_DECODE, prefill_stop, end),
+        ):
+            span: Span = self.tracer.start_span(name, context=ctx, start_time=_wall_ns(t0))
+            span.set_attribute(names.ATTR_BATCH_SIZE, job.batch_size)
+            span.end(end_time=_wall_ns(max(t0, t1)))
+
+    # ----------------------------------------------------------------- per-token
+    def _on_token(self, job: Job, token_id: int, token: str, stop: bool, t: float) -> None:
+        if job.result is not None:
+            return  # finished (stop string, abort, timeout): late tokens are dropped
+        is_eos = token_id in self._eos_ids and not job.options.ignore_eos
+        if not is_eos:
+            job.completion_tokens += 1
+            decoder = job._decoder
+            piece = decoder.step(token_id, token) if decoder is not None else token  # type: ignore[attr-defined]
+            self._emit(job, piece, t)
+            if job.result is not None:
+                return  # a stop string ended it
+        if is_eos:
+            self._finish(job, Finished(Outcome.STOP), t)
+        elif stop:
+            self._finish(job, Finished(Outcome.LENGTH if not job.cancelled else Outcome.STOP), t)
+
+    def _emit(self, job: Job, piece: str, t: float) -> None:
+        """Append decoded text, honouring stop strings; emit what can no longer be a stop."""
+        if job.first_token_at is None:
+            job.first_token_at = t
+            self.metrics.observe_first_token(t - job.arrival, job.trace_id)
+        elif job.last_token_at is not None:
+            self.metrics.observe_token_gap(t - job.last_token_at, job.trace_id)
+        job.last_token_at = t
+        pending = job._pending_text + piece
+        if job.stop:
+            for s in job.stop:
+                idx = pending.find(s)
+                if idx >= 0:
+                    self._deliver(job, pending[:idx], 1)
+                    job._pending_text = ""
+                    job.cancelled = True
+                    self._finish(job, Finished(Outcome.STOP), t)
+                    return
+            hold = _stop_prefix_len(pending, job.stop)
+        else:
+            hold = 0
+        out, job._pending_text = pending[: len(pending) - hold], pending[len(pending) - hold :]
+        self._deliver(job, out, 1)
+
+    def _deliver(self, job: Job, text: str, tokens: int) -> None:
+        job.text += text
+        job._events.put_nowait(TextDelta(text, tokens))
+
+    # ----------------------------------------------------------------- finishing
+    def _finish(self, job: Job, fin: Finished, t: float | None = None) -> None:
+        if job.result is not None:
+            return
+        if job._pending_text and fin.outcome in (Outcome.LENGTH, Outcome.STOP):
+            self._deliver(job, job._pending_text, 0)
+            job._pending_text = ""
+        job.result = fin
+        job.finished_at = t if t is not None else time.perf_counter()
+        job.cancelled = True
+        if job._timeout_handle is not None:
+            job._timeout_handle.cancel()
+        if job.started_at is None:
+            bucket = self._buckets.get(job.options)
+            if bucket is not None and job in bucket:
+                bucket.remove(job)
+                self._waiting -= 1
+        self._running.discard(job)
+        self.metrics.observe_request_end(
+            outcome=fin.outcome.value,
+            error_type=fin.error_type,
+            prompt_tokens=job.prompt_len,
+            completion_tokens=job.completion_tokens,
+            duration_s=job.finished_at - job.arrival,
+            ttft_s=job.ttft_s,
+            trace_id=job.trace_id,
+        )
+        job._events.put_nowait(fin)
+        if self.on_finished is not None:
+            self.on_finished(job)
+
+
+def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best

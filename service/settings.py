@@ -1,0 +1,99 @@
+"""ServiceSettings: every knob of the service, settable by ``TOKENBOOTH_*`` env var or CLI flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ServiceSettings"]
+
+
+class ServiceSettings(BaseSettings):
+    """Configuration of one service replica.
+
+    Every field is read from ``TOKENBOOTH_<FIELD>`` (case-insensitive) and can be overridden by the
+    ``tokenbooth serve`` flag of the same name. Tests build settings objects directly.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TOKENBOOTH_", extra="ignore")
+
+    # --- model and engine ---
+    model: Path | None = Field(
+        default=None,
+        description="CTranslate2 model dir, GGUF file or HF dir; default: the built-in SmolLM2 model",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Name clients use in 'model'; default: the manifest name"
+    )
+    engine: Literal["ctranslate2", "fake"] = Field(
+        default="ctranslate2", description="'fake' is a deterministic test/calibration engine"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto picks CUDA when CTranslate2 sees a GPU"
+    )
+    compute_type: str = Field(
+        default="default",
+        description="CTranslate2 compute type; default: int8 on CPU, int8_float16 on CUDA",
+    )
+    quantization: str = Field(default="int8", description="quantization when building the model")
+    models_dir: Path | None = Field(default=None, description="model cache directory")
+    batch_workers: int = Field(
+        default=2, ge=1, le=64, description="batches run in parallel (CTranslate2 inter_threads)"
+    )
+    intra_threads: int = Field(
+        default=1, ge=0, le=256, description="threads per batch (CTranslate2 intra_threads; 0=auto)"
+    )
+
+    # --- dynamic batching ---
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="requests per batch")
+    max_batch_delay_ms: float = Field(
+        default=5.0, ge=0.0, le=10_000.0, description="max wait after the first queued request"
+    )
+    max_queue_size: int = Field(
+        default=256, ge=1, description="requests admitted but not yet running; beyond: 429"
+    )
+
+    # --- request limits ---
+    max_tokens_cap: int = Field(default=1024, ge=1, description="largest max_tokens accepted")
+    default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when omitted")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="request body limit")
+    request_timeout_s: float = Field(default=300.0, gt=0, description="per-request time limit")
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM: in-flight grace")
+    allow_ignore_eos: bool = Field(
+        default=True, description="honour the 'ignore_eos' request field (fixed-length benchmarks)"
+    )
+
+    # --- network and auth ---
+    host: str = Field(default="127.0.0.1", description="bind address")
+    port: int = Field(default=8000, ge=0, le=65535, description="bind port (0: any free port)")
+    api_key: SecretStr | None = Field(default=None, description="require 'Bearer <key>' if set")
+    protect_ops_endpoints: bool = Field(
+        default=False, description="also require the API key on /health/* and /metrics"
+    )
+
+    # --- SLO thresholds (become histogram bucket boundaries) ---
+    ttft_slo_ms: float | None = Field(default=500.0, gt=0, description="TTFT SLO")
+    tpot_slo_ms: float | None = Field(default=100.0, gt=0, description="time-per-output-token SLO")
+    e2e_slo_ms: float | None = Field(default=None, gt=0, description="end-to-end latency SLO")
+
+    # --- telemetry ---
+    log_level: str = Field(default="INFO", description="log level")
+    log_json: bool = Field(default=True, description="JSON log lines (false: plain text)")
+    gpu_sample_interval_s: float = Field(default=5.0, gt=0, description="NVML sampling period")
+    trace_prompts: bool = Field(default=False, description="record prompt text on spans")
+
+    # --- fake engine ---
+    fake_ttft_ms: float = Field(default=50.0, ge=0, description="fake engine: time to first token")
+    fake_itl_ms: float = Field(default=10.0, ge=0, description="fake engine: inter-token latency")
+    fake_context_length: int = Field(default=2048, ge=16, description="fake engine: context")
+
+    warmup: bool = Field(default=True, description="run one generation before reporting ready")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServiceSettings:
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError("default_max_tokens must not exceed max_tokens_cap")
+        return self

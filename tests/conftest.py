@@ -1,0 +1,125 @@
+"""Shared fixtures: apps on the fake engine, live uvicorn servers on loopback, the real model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from litestar import Litestar
+from prometheus_client import CollectorRegistry
+
+from service.app import create_app
+from service.settings import ServiceSettings
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def fake_settings(**overrides: Any) -> ServiceSettings:
+    """Settings for the fake engine with fast, known latencies."""
+    base: dict[str, Any] = {
+        "engine": "fake",
+        "fake_ttft_ms": 20.0,
+        "fake_itl_ms": 2.0,
+        "max_batch_delay_ms": 2.0,
+        "warmup": False,
+    }
+    base.update(overrides)
+    return ServiceSettings(**base)
+
+
+async def wait_ready(client: Any, timeout: float = 30.0) -> None:
+    """Poll /health/ready until 200 (works with Litestar's AsyncTestClient and httpx)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = await client.get("/health/ready")
+        if r.status_code == 200:
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError("service never became ready")
+
+
+class LiveServer:
+    """A uvicorn server running an app in a background thread on a free loopback port."""
+
+    def __init__(self, app: Litestar) -> None:
+        self.app = app
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, ready_timeout: float = 120.0) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.base_url + "/health/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError("live server never became ready")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    """A fresh Prometheus registry."""
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[[Litestar], LiveServer]]:
+    """Factory that starts apps on live loopback servers and stops them after the test."""
+    servers: list[LiveServer] = []
+
+    def start(app: Litestar) -> LiveServer:
+        srv = LiveServer(app).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def real_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default SmolLM2 model, converted to CTranslate2 INT8 (cached across runs if possible)."""
+    from service.modelstore import build_model
+
+    cache = os.environ.get("TOKENBOOTH_TEST_MODELS_DIR")
+    models_dir = Path(cache) if cache else tmp_path_factory.mktemp("models")
+    return build_model(None, quantization="int8", models_dir=models_dir)
+
+
+@pytest.fixture
+def make_app(registry: CollectorRegistry) -> Callable[..., Litestar]:
+    """Build an app on the fake engine with a fresh registry: ``make_app(**settings)``."""
+
+    def make(**overrides: Any) -> Litestar:
+        return create_app(fake_settings(**overrides), registry=registry)
+
+    return make
