@@ -1,3 +1,6 @@
-"""The reference inference service: OpenAI-compatible Litestar API over CTranslate2 with dynamic batching."""
+"""The reference inference service.
+
+An OpenAI-compatible Litestar API over CTranslate2 with dynamic batching and token streaming.
+"""
 
 __all__: list[str] = []

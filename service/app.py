@@ -72,7 +72,9 @@ def load_engine(settings: ServiceSettings) -> Engine:
     )
 
 
-def _error_body(status: int, message: str, etype: str, param: str | None, code: str | None) -> bytes:
+def _error_body(
+    status: int, message: str, etype: str, param: str | None, code: str | None
+) -> bytes:
     return msgspec.json.encode(
         schemas.ErrorResponse(
             error=schemas.ErrorBody(message=message, type=etype, param=param, code=code)
@@ -127,10 +129,12 @@ def _api_key_guard(settings: ServiceSettings, *, ops: bool) -> list[Any]:
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         header = connection.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+        scheme, _sep, token = header.partition(" ")
         # compare_digest: no timing side channel on the key's content.
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
-            raise AuthenticationError("missing or invalid API key (use 'Authorization: Bearer <key>')")
+            raise AuthenticationError(
+                "missing or invalid API key (use 'Authorization: Bearer <key>')"
+            )
 
     return [guard]
 
@@ -169,9 +173,7 @@ async def _load(state: ServiceState, engine: Engine | None) -> None:
         )
         if s.warmup:
             tokens = engine.codec.encode("Hello")
-            await asyncio.to_thread(
-                engine.generate_batch, [tokens], _greedy(), 2, lambda *_: False
-            )
+            await asyncio.to_thread(engine.generate_batch, [tokens], _greedy(), 2, lambda *_: False)
         batcher = Batcher(
             engine,
             BatcherConfig(
@@ -270,6 +272,8 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="tokenbooth", version="0.1.0", path="/docs"),
         debug=False,
+        # Logging is ours (telemetry.logging): Litestar must not install its own handlers.
+        logging_config=None,
     )
     app.state[_STATE_KEY] = state
     return app
@@ -280,4 +284,3 @@ def get_state(app: Litestar) -> ServiceState:
     st = app.state[_STATE_KEY]
     assert isinstance(st, ServiceState)
     return st
-

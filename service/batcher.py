@@ -30,7 +30,7 @@ from service.errors import DrainingError, EngineError, QueueFullError
 from telemetry import names
 
 if TYPE_CHECKING:
-    from service.engine import Engine, SamplingOptions
+    from service.engine import Engine, SamplingOptions, StreamDecoder
     from telemetry.metrics import ServiceMetrics
 
 __all__ = ["Batcher", "BatcherConfig", "Finished", "Job", "Outcome", "TextDelta"]
@@ -114,7 +114,7 @@ class Job:
     _pending_text: str = ""
     _events: asyncio.Queue[TextDelta | Finished] = field(default_factory=asyncio.Queue)
     _timeout_handle: asyncio.TimerHandle | None = None
-    _decoder: object | None = None
+    _decoder: StreamDecoder | None = None
 
     @property
     def prompt_len(self) -> int:
@@ -423,7 +423,7 @@ class Batcher:
         if not is_eos:
             job.completion_tokens += 1
             decoder = job._decoder
-            piece = decoder.step(token_id, token) if decoder is not None else token  # type: ignore[attr-defined]
+            piece = decoder.step(token_id, token) if decoder is not None else token
             self._emit(job, piece, t)
             if job.result is not None:
                 return  # a stop string ended it

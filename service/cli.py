@@ -45,13 +45,17 @@ def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = (
         flag = "--" + name.replace("_", "-")
         typ, choices, is_bool = _flag_type(field.annotation)
         default = field.default
-        help_text = f"{field.description or name} (default: {default}; env TOKENBOOTH_{name.upper()})"
+        help_text = (
+            f"{field.description or name} (default: {default}; env TOKENBOOTH_{name.upper()})"
+        )
         if is_bool:
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
-            group.add_argument(flag, dest=name, type=typ, choices=choices, default=None, help=help_text)
+            group.add_argument(
+                flag, dest=name, type=typ, choices=choices, default=None, help=help_text
+            )
 
 
 def _settings_from(args: argparse.Namespace) -> ServiceSettings:

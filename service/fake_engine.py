@@ -18,9 +18,10 @@ __all__ = ["FAKE_VOCAB", "FakeCodec", "FakeEngine"]
 FAKE_VOCAB: tuple[str, ...] = tuple(
     f" {w}"
     for w in (
-        "the quick brown fox jumps over a lazy dog while tokens stream "
-        "through batches of requests measured to the millisecond"
-    ).split()
+        "the quick brown fox jumps over a lazy dog while tokens stream",
+        "through batches of requests measured to the millisecond",
+    )
+    for w in w.split()
 )
 _EOS = "<|endoftext|>"
 _WORD = re.compile(r"\s*\S+|\s+")

@@ -23,7 +23,7 @@ class ServiceSettings(BaseSettings):
     # --- model and engine ---
     model: Path | None = Field(
         default=None,
-        description="CTranslate2 model dir, GGUF file or HF dir; default: the built-in SmolLM2 model",
+        description="CTranslate2 dir, GGUF file or HF dir; default: built-in SmolLM2",
     )
     served_model_name: str | None = Field(
         default=None, description="Name clients use in 'model'; default: the manifest name"

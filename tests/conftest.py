@@ -42,9 +42,9 @@ def fake_settings(**overrides: Any) -> ServiceSettings:
     return ServiceSettings(**base)
 
 
-async def wait_ready(client: Any, timeout: float = 30.0) -> None:
+async def wait_ready(client: Any, limit_s: float = 30.0) -> None:
     """Poll /health/ready until 200 (works with Litestar's AsyncTestClient and httpx)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         r = await client.get("/health/ready")
         if r.status_code == 200:

@@ -73,11 +73,15 @@ def _decode(body: bytes, typ: type[_T]) -> _T:
         ) from exc
 
 
-def _sampling(req: schemas.CompletionRequest | schemas.ChatCompletionRequest, st: ServiceState) -> tuple[SamplingOptions, int, tuple[str, ...]]:
+def _sampling(
+    req: schemas.CompletionRequest | schemas.ChatCompletionRequest, st: ServiceState
+) -> tuple[SamplingOptions, int, tuple[str, ...]]:
     s = st.settings
     if req.n != 1:
         raise InvalidRequestError("only n=1 is supported", param="n", code="unsupported_n")
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    max_tokens = (
+        req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    )
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     if max_tokens is None:
         max_tokens = s.default_max_tokens
@@ -170,7 +174,11 @@ async def _handle(
             _ready(st)
             assert st.batcher is not None and st.engine is not None
             body = await request.body()
-            req = _decode(body, schemas.ChatCompletionRequest if chat else schemas.CompletionRequest)  # type: ignore[arg-type]
+            req: schemas.ChatCompletionRequest | schemas.CompletionRequest
+            if chat:
+                req = _decode(body, schemas.ChatCompletionRequest)
+            else:
+                req = _decode(body, schemas.CompletionRequest)
             served = st.engine.info.model_name
             if req.model != served:
                 raise ModelNotFoundError(
@@ -302,8 +310,15 @@ def _log_job(job: Job, route: str, status: int) -> None:
     )
 
 
-def _chunk(rid: str, created: int, model: str, chat: bool, text: str | None,
-           finish: schemas.FinishReason | None, first: bool) -> bytes:
+def _chunk(
+    rid: str,
+    created: int,
+    model: str,
+    chat: bool,
+    text: str | None,
+    finish: schemas.FinishReason | None,
+    first: bool,
+) -> bytes:
     obj: schemas.ChatCompletionChunk | schemas.CompletionChunk
     if chat:
         delta = schemas.DeltaMessage(role="assistant" if first else None, content=text)
@@ -354,7 +369,9 @@ async def _sse(
                     first = False
                 continue
             if ev.outcome in (Outcome.STOP, Outcome.LENGTH):
-                yield _chunk(rid, created, model, chat, None if chat else "", _finish_reason(ev), first)
+                yield _chunk(
+                    rid, created, model, chat, None if chat else "", _finish_reason(ev), first
+                )
                 if include_usage:
                     usage_obj: schemas.ChatCompletionChunk | schemas.CompletionChunk
                     if chat:
@@ -478,7 +495,9 @@ async def _complete(
     tags=["openai"],
     status_code=200,
 )
-async def completions(request: Request[Any, Any, Any], svc: NamedDependency[ServiceState]) -> Response[Any] | Stream:
+async def completions(
+    request: Request[Any, Any, Any], svc: NamedDependency[ServiceState]
+) -> Response[Any] | Stream:
     """Generate text for one prompt, streamed as SSE when ``stream`` is true."""
     return await _handle(request, svc, chat=False)
 

@@ -63,7 +63,9 @@ async def ready(svc: NamedDependency[ServiceState]) -> Response[schemas.HealthSt
 
 
 @get("/metrics", summary="Prometheus metrics", tags=["telemetry"], include_in_schema=True)
-async def metrics(request: Request[Any, Any, Any], svc: NamedDependency[ServiceState]) -> Response[bytes]:
+async def metrics(
+    request: Request[Any, Any, Any], svc: NamedDependency[ServiceState]
+) -> Response[bytes]:
     """Prometheus text, or OpenMetrics (with exemplars) when the scraper asks for it."""
     body, content_type = render_metrics(svc.registry, request.headers.get("accept"))
     return Response(body, media_type=content_type)

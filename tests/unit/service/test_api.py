@@ -65,7 +65,9 @@ async def test_chat_stream_format_and_usage(client: Any) -> None:
 
 
 async def test_completion_non_stream_usage_and_finish(client: Any) -> None:
-    r = await client.post("/v1/completions", json={"model": MODEL, "prompt": "one two three", "max_tokens": 3})
+    r = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "one two three", "max_tokens": 3}
+    )
     assert r.status_code == 200
     body = msgspec.json.decode(r.content, type=schemas.CompletionResponse)
     assert body.usage.prompt_tokens == 3
@@ -98,10 +100,18 @@ async def test_stop_string_truncates_and_stops(client: Any) -> None:
     # Prompt "x" (1 token): tokens " quick", " brown", " fox", ...
     r = await client.post(
         "/v1/completions",
-        json={"model": MODEL, "prompt": "x", "max_tokens": 10, "stop": ["n fo", "zzz"], "stream": True},
+        json={
+            "model": MODEL,
+            "prompt": "x",
+            "max_tokens": 10,
+            "stop": ["n fo", "zzz"],
+            "stream": True,
+        },
     )
     events = sse_events(r.text)
-    text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1] if json.loads(e)["choices"])
+    text = "".join(
+        json.loads(e)["choices"][0]["text"] for e in events[:-1] if json.loads(e)["choices"]
+    )
     assert text == " quick brow"
     assert json.loads(events[-2])["choices"][0]["finish_reason"] == "stop"
 
@@ -119,12 +129,22 @@ async def test_models_lists_device_and_revision(client: Any) -> None:
     [
         (b'{"model": "fake-model", "prompt": ', 400, None, "invalid_json"),
         (b'{"model": "fake-model", "prompt": "\xff\xfe"}', 400, None, "invalid_utf8"),
-        (b'{"model": "fake-model", "prompt": "hi", "max_tokens": "ten"}', 422, "max_tokens", "invalid_body"),
+        (
+            b'{"model": "fake-model", "prompt": "hi", "max_tokens": "ten"}',
+            422,
+            "max_tokens",
+            "invalid_body",
+        ),
         (b'{"model": "fake-model", "prompt": 5}', 422, "prompt", "invalid_body"),
         (b'{"prompt": "hi"}', 422, None, "invalid_body"),
         (b'{"model": "other", "prompt": "hi"}', 404, "model", "model_not_found"),
         (b'{"model": "fake-model", "prompt": ""}', 400, "prompt", None),
-        (b'{"model": "fake-model", "prompt": "hi", "max_tokens": 100000}', 400, "max_tokens", "max_tokens_too_large"),
+        (
+            b'{"model": "fake-model", "prompt": "hi", "max_tokens": 100000}',
+            400,
+            "max_tokens",
+            "max_tokens_too_large",
+        ),
         (b'{"model": "fake-model", "prompt": "hi", "max_tokens": 0}', 400, "max_tokens", None),
         (b'{"model": "fake-model", "prompt": "hi", "n": 2}', 400, "n", "unsupported_n"),
         (b'{"model": "fake-model", "prompt": "hi", "temperature": 3}', 400, "temperature", None),
@@ -133,8 +153,12 @@ async def test_models_lists_device_and_revision(client: Any) -> None:
         (b"[]", 422, None, "invalid_body"),
     ],
 )
-async def test_completion_errors(client: Any, body: bytes, status: int, param: str | None, code: str | None) -> None:
-    r = await client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+async def test_completion_errors(
+    client: Any, body: bytes, status: int, param: str | None, code: str | None
+) -> None:
+    r = await client.post(
+        "/v1/completions", content=body, headers={"content-type": "application/json"}
+    )
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
@@ -152,7 +176,10 @@ async def test_completion_errors(client: Any, body: bytes, status: int, param: s
         ([], "messages"),
         ([{"role": "user", "content": "   "}], "messages"),
         ([{"role": "wizard", "content": "hi"}], "messages[0].role"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "messages[0].content"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}],
+            "messages[0].content",
+        ),
     ],
 )
 async def test_chat_errors(client: Any, messages: list[Any], param: str) -> None:
@@ -164,17 +191,26 @@ async def test_chat_errors(client: Any, messages: list[Any], param: str) -> None
 async def test_chat_text_parts_are_accepted(client: Any) -> None:
     r = await client.post(
         "/v1/chat/completions",
-        json={"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+        json={
+            "model": MODEL,
+            "max_tokens": 2,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        },
     )
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["role"] == "assistant"
 
 
 async def test_prompt_longer_than_context(registry: CollectorRegistry) -> None:
-    app = create_app(fake_settings(fake_context_length=32, max_tokens_cap=16, default_max_tokens=8), registry=registry)
+    app = create_app(
+        fake_settings(fake_context_length=32, max_tokens_cap=16, default_max_tokens=8),
+        registry=registry,
+    )
     async with AsyncTestClient(app) as c:
         await wait_ready(c)
-        r = await c.post("/v1/completions", json={"model": MODEL, "prompt": " word" * 30, "max_tokens": 8})
+        r = await c.post(
+            "/v1/completions", json={"model": MODEL, "prompt": " word" * 30, "max_tokens": 8}
+        )
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "context_length_exceeded"
         assert "30 tokens" in r.json()["error"]["message"]
@@ -185,7 +221,9 @@ async def test_body_over_limit_is_413(registry: CollectorRegistry) -> None:
     async with AsyncTestClient(app) as c:
         await wait_ready(c)
         big = json.dumps({"model": MODEL, "prompt": "a" * 5000})
-        r = await c.post("/v1/completions", content=big, headers={"content-type": "application/json"})
+        r = await c.post(
+            "/v1/completions", content=big, headers={"content-type": "application/json"}
+        )
         assert r.status_code == 413
         assert r.json()["error"]["code"] == "body_too_large"
 
@@ -218,7 +256,9 @@ async def test_api_key_can_protect_ops_endpoints(registry: CollectorRegistry) ->
         assert (await c.get("/metrics", headers={"Authorization": "Bearer k"})).status_code == 200
 
 
-async def test_readiness_is_503_until_model_loaded(monkeypatch: pytest.MonkeyPatch, registry: CollectorRegistry) -> None:
+async def test_readiness_is_503_until_model_loaded(
+    monkeypatch: pytest.MonkeyPatch, registry: CollectorRegistry
+) -> None:
     gate = asyncio.Event()
     loop_holder: list[asyncio.AbstractEventLoop] = []
 
@@ -240,10 +280,12 @@ async def test_readiness_is_503_until_model_loaded(monkeypatch: pytest.MonkeyPat
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "not_ready"
         gate.set()
-        await wait_ready(c, timeout=5)
+        await wait_ready(c, limit_s=5)
 
 
-async def test_failed_load_reports_failed(monkeypatch: pytest.MonkeyPatch, registry: CollectorRegistry) -> None:
+async def test_failed_load_reports_failed(
+    monkeypatch: pytest.MonkeyPatch, registry: CollectorRegistry
+) -> None:
     from service.errors import ModelBuildError
 
     def broken(settings: Any) -> FakeEngine:

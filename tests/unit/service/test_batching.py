@@ -30,8 +30,15 @@ async def _post(client: httpx.AsyncClient, **body: Any) -> httpx.Response:
     return await client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", **body})
 
 
-def test_concurrent_requests_share_one_batch(live_server: Start, registry: CollectorRegistry) -> None:
-    srv = live_server(create_app(fake_settings(max_batch_size=4, max_batch_delay_ms=200, batch_workers=1), registry=registry))
+def test_concurrent_requests_share_one_batch(
+    live_server: Start, registry: CollectorRegistry
+) -> None:
+    srv = live_server(
+        create_app(
+            fake_settings(max_batch_size=4, max_batch_delay_ms=200, batch_workers=1),
+            registry=registry,
+        )
+    )
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=srv.base_url, timeout=10) as c:
@@ -49,8 +56,15 @@ def test_concurrent_requests_share_one_batch(live_server: Start, registry: Colle
 
 
 def test_delay_flushes_partial_batch(live_server: Start, registry: CollectorRegistry) -> None:
-    srv = live_server(create_app(fake_settings(max_batch_size=8, max_batch_delay_ms=80, batch_workers=1), registry=registry))
-    r = httpx.post(srv.base_url + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
+    srv = live_server(
+        create_app(
+            fake_settings(max_batch_size=8, max_batch_delay_ms=80, batch_workers=1),
+            registry=registry,
+        )
+    )
+    r = httpx.post(
+        srv.base_url + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 1}
+    )
     assert r.status_code == 200
     assert sample(registry, "tokenbooth_batch_size_sum") == 1
     # The lone request waited for the batch delay (80 ms) before its batch formed.
@@ -58,8 +72,15 @@ def test_delay_flushes_partial_batch(live_server: Start, registry: CollectorRegi
     assert sample(registry, "tokenbooth_queue_wait_seconds_sum") >= 0.075
 
 
-def test_incompatible_options_go_in_separate_batches(live_server: Start, registry: CollectorRegistry) -> None:
-    srv = live_server(create_app(fake_settings(max_batch_size=8, max_batch_delay_ms=100, batch_workers=2), registry=registry))
+def test_incompatible_options_go_in_separate_batches(
+    live_server: Start, registry: CollectorRegistry
+) -> None:
+    srv = live_server(
+        create_app(
+            fake_settings(max_batch_size=8, max_batch_delay_ms=100, batch_workers=2),
+            registry=registry,
+        )
+    )
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=srv.base_url, timeout=10) as c:
@@ -74,8 +95,12 @@ def test_incompatible_options_go_in_separate_batches(live_server: Start, registr
     assert sample(registry, "tokenbooth_batch_size_sum") == 3
 
 
-def test_queue_full_gives_429_with_retry_after(live_server: Start, registry: CollectorRegistry) -> None:
-    settings = fake_settings(max_batch_size=1, batch_workers=1, max_queue_size=2, fake_itl_ms=50, max_batch_delay_ms=0)
+def test_queue_full_gives_429_with_retry_after(
+    live_server: Start, registry: CollectorRegistry
+) -> None:
+    settings = fake_settings(
+        max_batch_size=1, batch_workers=1, max_queue_size=2, fake_itl_ms=50, max_batch_delay_ms=0
+    )
     srv = live_server(create_app(settings, registry=registry))
 
     async def run() -> list[httpx.Response]:
@@ -85,22 +110,32 @@ def test_queue_full_gives_429_with_retry_after(live_server: Start, registry: Col
     responses = asyncio.run(run())
     codes = sorted(r.status_code for r in responses)
     rejected = [r for r in responses if r.status_code == 429]
-    assert codes.count(200) >= 3  # one running + two queued at least
+    # The queue holds two; a third fits only if the first already left the queue for a batch.
+    assert 2 <= codes.count(200) <= 3
     assert rejected, codes
     for r in rejected:
         assert int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["code"] == "queue_full"
         assert r.json()["error"]["type"] == "rate_limit_error"
-    assert sample(registry, "tokenbooth_requests_total", outcome="rejected", error_type="queue_full") == len(rejected)
+    assert sample(
+        registry, "tokenbooth_requests_total", outcome="rejected", error_type="queue_full"
+    ) == len(rejected)
     assert codes.count(200) + len(rejected) == 8
 
 
-def test_disconnect_frees_slot_and_counts_aborted(live_server: Start, registry: CollectorRegistry) -> None:
+def test_disconnect_frees_slot_and_counts_aborted(
+    live_server: Start, registry: CollectorRegistry
+) -> None:
     settings = fake_settings(max_batch_size=4, batch_workers=1, fake_itl_ms=20)
     srv = live_server(create_app(settings, registry=registry))
-    with httpx.Client(base_url=srv.base_url, timeout=10) as c, c.stream(
-        "POST", "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 500, "stream": True}
-    ) as r:
+    with (
+        httpx.Client(base_url=srv.base_url, timeout=10) as c,
+        c.stream(
+            "POST",
+            "/v1/completions",
+            json={"model": MODEL, "prompt": "hi", "max_tokens": 500, "stream": True},
+        ) as r,
+    ):
         got = 0
         for line in r.iter_lines():
             if line.startswith("data: "):
@@ -108,23 +143,48 @@ def test_disconnect_frees_slot_and_counts_aborted(live_server: Start, registry: 
             if got >= 3:
                 break
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and sample(registry, "tokenbooth_requests_total", outcome="aborted", error_type="client_disconnected") < 1:
+    while (
+        time.monotonic() < deadline
+        and sample(
+            registry,
+            "tokenbooth_requests_total",
+            outcome="aborted",
+            error_type="client_disconnected",
+        )
+        < 1
+    ):
         time.sleep(0.02)
-    assert sample(registry, "tokenbooth_requests_total", outcome="aborted", error_type="client_disconnected") == 1
+    assert (
+        sample(
+            registry,
+            "tokenbooth_requests_total",
+            outcome="aborted",
+            error_type="client_disconnected",
+        )
+        == 1
+    )
     assert sample(registry, "tokenbooth_requests_running") == 0
     assert sample(registry, "tokenbooth_requests_waiting") == 0
     # The engine stopped generating for the aborted index long before 500 tokens.
     tokens = sample(registry, "tokenbooth_generation_tokens_total")
     assert 3 <= tokens < 100
     # The freed slot serves the next request at once.
-    r2 = httpx.post(srv.base_url + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
+    r2 = httpx.post(
+        srv.base_url + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+    )
     assert r2.status_code == 200
 
 
-def test_timeout_non_stream_is_504_and_stream_gets_error_event(live_server: Start, registry: CollectorRegistry) -> None:
+def test_timeout_non_stream_is_504_and_stream_gets_error_event(
+    live_server: Start, registry: CollectorRegistry
+) -> None:
     settings = fake_settings(request_timeout_s=0.2, fake_itl_ms=50)
     srv = live_server(create_app(settings, registry=registry))
-    r = httpx.post(srv.base_url + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 100}, timeout=10)
+    r = httpx.post(
+        srv.base_url + "/v1/completions",
+        json={"model": MODEL, "prompt": "hi", "max_tokens": 100},
+        timeout=10,
+    )
     assert r.status_code == 504
     assert r.json()["error"]["code"] == "request_timeout"
     r = httpx.post(
@@ -136,7 +196,12 @@ def test_timeout_non_stream_is_504_and_stream_gets_error_event(live_server: Star
     events = [e for e in r.text.split("\n\n") if e.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
     assert '"request_timeout"' in events[-2]
-    assert sample(registry, "tokenbooth_requests_total", outcome="timeout", error_type="request_timeout") == 2
+    assert (
+        sample(
+            registry, "tokenbooth_requests_total", outcome="timeout", error_type="request_timeout"
+        )
+        == 2
+    )
 
 
 def test_openai_client_streaming_and_not(live_server: Start, registry: CollectorRegistry) -> None:

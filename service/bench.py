@@ -1,0 +1,310 @@
+"""``tokenbooth bench engine``: raw CTranslate2 throughput vs the HTTP service, side by side.
+
+One run on one machine measures, with the same model, batch size and threads:
+
+1. raw ``generate_batch`` output tokens/s (``batch_workers`` threads, each running full batches
+   of ``max_batch_size`` fixed-length requests),
+2. the engine's own time to first token for a lone request,
+3. the service's output tokens/s at saturation (``concurrency`` streaming clients over HTTP,
+   closed loop, fixed length via ``ignore_eos``), and its idle TTFT as a client sees it,
+
+then prints the ratios against the targets (>= 90 % of raw throughput; idle TTFT within 10 ms).
+The service runs as a separate ``tokenbooth serve`` process so it does not share a GIL with
+the client; on a small machine the client still shares the CPU, which the report states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from service.engine import Engine, SamplingOptions
+from service.settings import ServiceSettings
+
+__all__ = ["EngineBenchResult", "run_engine_bench"]
+
+_THROUGHPUT_TARGET = 0.90
+_TTFT_TARGET_S = 0.010
+
+
+@dataclass
+class EngineBenchResult:
+    """Figures of one ``bench engine`` run."""
+
+    model: str
+    device: str
+    compute_type: str
+    batch_workers: int
+    intra_threads: int
+    max_batch_size: int
+    concurrency: int
+    max_tokens: int
+    prompt_tokens: int
+    raw_tokens_per_s: float
+    service_tokens_per_s: float
+    throughput_ratio: float
+    engine_ttft_ms: float
+    service_ttft_ms: float
+    ttft_delta_ms: float
+    cpu_count: int
+
+
+def _prompt(engine: Engine, n_tokens: int) -> tuple[str, list[str]]:
+    words = " hello"
+    text = words * n_tokens
+    tokens = engine.codec.encode(text)
+    while len(tokens) > n_tokens:
+        text = text[: -len(words)]
+        tokens = engine.codec.encode(text)
+    return text, tokens
+
+
+def _raw_throughput(
+    engine: Engine, tokens: list[str], batch: int, workers: int, max_tokens: int, rounds: int
+) -> float:
+    options = SamplingOptions(temperature=0.0, top_k=1, ignore_eos=True)
+    counts = [0] * workers
+
+    def worker(k: int) -> None:
+        def on_step(i: int, token_id: int, token: str, is_last: bool) -> bool:
+            counts[k] += 1
+            return False
+
+        for _ in range(rounds):
+            engine.generate_batch([tokens] * batch, options, max_tokens, on_step)
+
+    # One warm-up batch so allocation and caches do not count.
+    engine.generate_batch([tokens] * batch, options, 4, lambda *_: False)
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+class _FirstToken:
+    """Step callback that records when the first token arrives and stops there."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+
+    def __call__(self, i: int, token_id: int, token: str, is_last: bool) -> bool:
+        self.at = time.perf_counter()
+        return True
+
+
+def _engine_ttft(engine: Engine, tokens: list[str], samples: int) -> float:
+    options = SamplingOptions(temperature=0.0, top_k=1, ignore_eos=True)
+    out: list[float] = []
+    for _ in range(samples):
+        first = _FirstToken()
+        t0 = time.perf_counter()
+        engine.generate_batch([tokens], options, 2, first)
+        out.append(first.at - t0)
+    return statistics.median(out)
+
+
+async def _stream_once(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[float, int]:
+    """(seconds to first token chunk, completion tokens from the usage chunk)."""
+    t0 = time.perf_counter()
+    ttft = -1.0
+    tail = b""
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        r.raise_for_status()
+        async for chunk in r.aiter_bytes():
+            if ttft < 0 and b'"text":"' in chunk:
+                ttft = time.perf_counter() - t0
+            tail = (tail + chunk)[-2048:]
+    usage_line = [ln for ln in tail.split(b"\n\n") if b'"usage":{' in ln]
+    tokens = (
+        json.loads(usage_line[-1][len(b"data: ") :])["usage"]["completion_tokens"]
+        if usage_line
+        else 0
+    )
+    return ttft, tokens
+
+
+async def _service_phase(
+    base: str,
+    model: str,
+    prompt: str,
+    concurrency: int,
+    max_tokens: int,
+    per_client: int,
+    ttft_samples: int,
+) -> tuple[float, float]:
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    limits = httpx.Limits(
+        max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4
+    )
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+        ttfts = []
+        for _ in range(ttft_samples):
+            ttft, _ = await _stream_once(client, {**body, "max_tokens": 2})
+            ttfts.append(ttft)
+        await asyncio.gather(
+            *[_stream_once(client, {**body, "max_tokens": 4}) for _ in range(concurrency)]
+        )
+        total = 0
+
+        async def user() -> None:
+            nonlocal total
+            for _ in range(per_client):
+                _, n = await _stream_once(client, body)
+                total += n
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[user() for _ in range(concurrency)])
+        elapsed = time.perf_counter() - t0
+    return total / elapsed, statistics.median(ttfts)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _start_service(settings: ServiceSettings, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENBOOTH_")}
+    env["TOKENBOOTH_LOG_LEVEL"] = "WARNING"
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if name in ("host", "port"):
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"TOKENBOOTH_{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited with {proc.returncode} before becoming ready")
+        try:
+            if httpx.get(base + "/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("service did not become ready")
+
+
+def measure(
+    settings: ServiceSettings,
+    *,
+    concurrency: int = 32,
+    max_tokens: int = 64,
+    prompt_tokens: int = 32,
+    rounds: int = 3,
+    ttft_samples: int = 20,
+) -> EngineBenchResult:
+    """Run both phases and return the figures."""
+    from service.app import load_engine
+
+    engine = load_engine(settings)
+    info = engine.info
+    prompt, tokens = _prompt(engine, prompt_tokens)
+    try:
+        raw = _raw_throughput(
+            engine, tokens, settings.max_batch_size, settings.batch_workers, max_tokens, rounds
+        )
+        engine_ttft = _engine_ttft(engine, tokens, ttft_samples)
+    finally:
+        engine.close()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start_service(settings, port)
+    try:
+        _wait_ready(base, proc)
+        # Same work per worker as the raw phase: rounds x full batches.
+        per_client = max(
+            1, rounds * settings.max_batch_size * settings.batch_workers // concurrency
+        )
+        service_tps, service_ttft = asyncio.run(
+            _service_phase(
+                base, info.model_name, prompt, concurrency, max_tokens, per_client, ttft_samples
+            )
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return EngineBenchResult(
+        model=info.model_name,
+        device=info.device,
+        compute_type=info.compute_type,
+        batch_workers=settings.batch_workers,
+        intra_threads=settings.intra_threads,
+        max_batch_size=settings.max_batch_size,
+        concurrency=concurrency,
+        max_tokens=max_tokens,
+        prompt_tokens=len(tokens),
+        raw_tokens_per_s=raw,
+        service_tokens_per_s=service_tps,
+        throughput_ratio=service_tps / raw if raw else 0.0,
+        engine_ttft_ms=engine_ttft * 1000,
+        service_ttft_ms=service_ttft * 1000,
+        ttft_delta_ms=(service_ttft - engine_ttft) * 1000,
+        cpu_count=os.cpu_count() or 0,
+    )
+
+
+def run_engine_bench(settings: ServiceSettings, **kwargs: Any) -> int:
+    """CLI entry: print the side-by-side figures; exit 0 (targets are reported, not asserted)."""
+    r = measure(settings, **kwargs)
+    ok_tp = r.throughput_ratio >= _THROUGHPUT_TARGET
+    ok_ttft = r.ttft_delta_ms <= _TTFT_TARGET_S * 1000
+    print(f"model {r.model} on {r.device} ({r.compute_type}), {r.cpu_count} CPUs")
+    print(
+        f"batch_workers={r.batch_workers} intra_threads={r.intra_threads} "
+        f"max_batch_size={r.max_batch_size} concurrency={r.concurrency} "
+        f"prompt={r.prompt_tokens} tok, output={r.max_tokens} tok"
+    )
+    print(f"raw generate_batch      {r.raw_tokens_per_s:9.1f} output tok/s")
+    print(f"service (HTTP, SSE)     {r.service_tokens_per_s:9.1f} output tok/s")
+    print(
+        f"throughput ratio        {r.throughput_ratio:9.3f}  "
+        f"(target >= {_THROUGHPUT_TARGET:.2f}: {'met' if ok_tp else 'NOT met'})"
+    )
+    print(f"engine TTFT (idle)      {r.engine_ttft_ms:9.2f} ms")
+    print(f"service TTFT (idle)     {r.service_ttft_ms:9.2f} ms")
+    print(
+        f"TTFT overhead           {r.ttft_delta_ms:9.2f} ms  "
+        f"(target <= {_TTFT_TARGET_S * 1000:.0f} ms: {'met' if ok_ttft else 'NOT met'})"
+    )
+    print(json.dumps(asdict(r)))
+    return 0
