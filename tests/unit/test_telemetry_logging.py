@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -108,7 +109,7 @@ def test_log_event_emits_fields_as_top_level_keys(stream: io.StringIO) -> None:
             outcome=names.OUTCOME_STOP,
             prompt_tokens=12,
             completion_tokens=40,
-            ttft_seconds=0.125,
+            ttft_s=0.125,
         )
     log_event(log, "queue.full", level=logging.WARNING, waiting=64)
     end, full = lines(stream)
@@ -122,21 +123,59 @@ def test_log_event_emits_fields_as_top_level_keys(stream: io.StringIO) -> None:
         names.LOG_OUTCOME: "stop",
         names.LOG_PROMPT_TOKENS: 12,
         names.LOG_COMPLETION_TOKENS: 40,
-        names.LOG_TTFT_SECONDS: 0.125,
+        names.LOG_TTFT_S: 0.125,
     }
     assert full[names.LOG_LEVEL] == "WARNING"
     assert full["waiting"] == 64
 
 
 def test_extra_fields_mapping_is_supported(stream: io.StringIO) -> None:
-    logging.getLogger("x").info("plain", extra={"fields": {"status_code": 429}})
+    logging.getLogger("x").info("plain", extra={"fields": {"status": 429}})
     (record,) = lines(stream)
-    assert record[names.LOG_STATUS_CODE] == 429
+    assert record[names.LOG_STATUS] == 429
+
+
+def test_explicit_ids_override_bound_ones(stream: io.StringIO) -> None:
+    with bind_request("req-bound", TRACE_ID):
+        log_event(logging.getLogger("x"), "request", request_id="req-explicit")
+    (record,) = lines(stream)
+    assert record[names.LOG_REQUEST_ID] == "req-explicit"
+    assert record[names.LOG_TRACE_ID] == TRACE_ID
+    assert "request_id_" not in record
+
+
+def test_request_line_carries_counts_and_timings_only(stream: io.StringIO) -> None:
+    assert not set(names.REQUEST_LOG_FIELDS) & {"prompt", "messages", "content", "text"}
+    values: dict[str, Any] = {
+        names.LOG_REQUEST_ID: "req-1",
+        names.LOG_ROUTE: "/v1/chat/completions",
+        names.LOG_STATUS: 200,
+        names.LOG_OUTCOME: names.OUTCOME_LENGTH,
+        names.LOG_ERROR_TYPE: "",
+        names.LOG_PROMPT_TOKENS: 7,
+        names.LOG_COMPLETION_TOKENS: 16,
+        names.LOG_TTFT_S: 0.05,
+        names.LOG_DURATION_S: 0.4,
+        names.LOG_QUEUE_WAIT_S: 0.001,
+        names.LOG_BATCH_SIZE: 4,
+    }
+    assert set(values) == set(names.REQUEST_LOG_FIELDS)
+    with bind_request("req-1", TRACE_ID):
+        log_event(logging.getLogger("tokenbooth.request"), names.EVENT_REQUEST, **values)
+    (record,) = lines(stream)
+    assert record == {
+        names.LOG_TIMESTAMP: record[names.LOG_TIMESTAMP],
+        names.LOG_LEVEL: "INFO",
+        names.LOG_LOGGER: "tokenbooth.request",
+        names.LOG_EVENT: "request",
+        names.LOG_TRACE_ID: TRACE_ID,
+        **values,
+    }
 
 
 def test_text_fields_are_redacted_and_base_keys_protected(stream: io.StringIO) -> None:
     log = logging.getLogger("tokenbooth.redact")
-    log_event(log, "oops", prompt="secret prompt", messages=[{"content": "x"}], level_="n", ts="t")
+    log_event(log, "oops", prompt="secret prompt", messages=[{"content": "x"}], ts="t")
     (record,) = lines(stream)
     assert record["prompt"] == REDACTED
     assert record["messages"] == REDACTED
