@@ -7,6 +7,7 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,11 @@ from pydantic import SecretStr
 
 from service.settings import ServiceSettings
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS_GROUP", "build_parser", "main"]
+
+COMMANDS_GROUP = "tokenbooth.commands"
+"""Entry-point group of extra subcommands: ``register(subparsers)`` adds a parser whose
+``func(args) -> int`` default runs it."""
 
 
 def _flag_type(annotation: Any) -> tuple[Any, list[str] | None, bool]:
@@ -112,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--rounds", type=int, default=3, help="batches per worker in each phase")
     eng.add_argument("--ttft-samples", type=int, default=20)
     _add_settings_flags(eng, skip=("host", "port"))
+    # Later stages (sweep, report) plug in through entry points, so this module never imports
+    # packages that depend on it.
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError as exc:
+            # A broken plugin must not take `serve` down with it; say so on every use.
+            print(f"tokenbooth: subcommand {ep.name!r} unavailable: {exc}", file=sys.stderr)
+            continue
+        register(sub)
     return parser
 
 
@@ -137,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from service.server import serve
 
             return serve(_settings_from(args))
+        if getattr(args, "func", None) is not None:
+            code: int = args.func(args)
+            return code
         if args.command == "bench" and args.bench_command == "engine":
             from service.bench import run_engine_bench
 

@@ -1,0 +1,347 @@
+"""Result row schema and run-directory layout: the ONE source of result column names.
+
+A run directory holds everything a report needs, and nothing a report must ask a live
+service for::
+
+    RUN_DIR/
+      spec.toml              the sweep spec as given
+      environment.json       machine, GPU, package versions, git revision, model manifest
+      points.csv             one row per sweep point (POINT_COLUMNS)
+      requests/NNNN.parquet  raw per-request rows of point NNNN (REQUEST_COLUMNS)
+      server/NNNN.parquet    server /metrics deltas of point NNNN, per replica (SERVER_COLUMNS)
+      state.json             completed point ids, for resume
+      sweep.log              the harness's log
+
+Columns are declared once here with their dtypes; writers and readers (``reports``) use these
+constants, never string literals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "ENVIRONMENT_FILE",
+    "LOG_FILE",
+    "POINTS_FILE",
+    "POINT_COLUMNS",
+    "REQUESTS_DIR",
+    "REQUEST_COLUMNS",
+    "SERVER_COLUMNS",
+    "SERVER_DIR",
+    "SPEC_FILE",
+    "STATE_FILE",
+    "Col",
+    "Point",
+    "RunDir",
+    "Srv",
+    "environment_keys",
+]
+
+SPEC_FILE: Final = "spec.toml"
+ENVIRONMENT_FILE: Final = "environment.json"
+POINTS_FILE: Final = "points.csv"
+REQUESTS_DIR: Final = "requests"
+SERVER_DIR: Final = "server"
+STATE_FILE: Final = "state.json"
+LOG_FILE: Final = "sweep.log"
+
+
+class Col:
+    """Per-request columns (``requests/*.parquet``). Times are seconds; epochs are Unix seconds."""
+
+    POINT_ID: Final = "point_id"
+    REQUEST_ID: Final = "request_id"
+    TRACE_ID: Final = "trace_id"
+    TARGET: Final = "target"  # replica base URL that served it
+    USER: Final = "user"  # locust user index (closed loop) or -1 (open loop)
+    SCHEDULED_AT: Final = "scheduled_at"  # epoch; open loop only, else NaN
+    SENT_AT: Final = "sent_at"  # epoch of the actual send
+    FIRST_TOKEN_AT: Final = "first_token_at"  # epoch; NaN if none
+    FINISHED_AT: Final = "finished_at"  # epoch
+    SCHEDULE_LAG_S: Final = "schedule_lag_s"  # sent_at - scheduled_at (0 in closed loop)
+    TTFT_S: Final = "ttft_s"  # first content token - sent_at
+    TTFT_FROM_SCHEDULE_S: Final = "ttft_from_schedule_s"  # coordinated-omission corrected
+    E2E_S: Final = "e2e_s"  # finished_at - sent_at
+    E2E_FROM_SCHEDULE_S: Final = "e2e_from_schedule_s"
+    TPOT_S: Final = "tpot_s"  # (e2e - ttft) / (output tokens - 1)
+    ITL_S: Final = "itl_s"  # list of every inter-token gap
+    PROMPT_TOKENS: Final = "prompt_tokens"  # server usage
+    COMPLETION_TOKENS: Final = "completion_tokens"  # server usage
+    STREAMED_CHUNKS: Final = "streamed_chunks"  # content chunks seen by the client
+    USAGE_MISMATCH: Final = "usage_mismatch"  # usage disagrees with the streamed chunks
+    STATUS: Final = "status"  # HTTP status, 0 when no response
+    OK: Final = "ok"
+    ERROR: Final = "error"  # error text, "" when ok
+    FINISH_REASON: Final = "finish_reason"
+
+
+REQUEST_COLUMNS: Final[dict[str, str]] = {
+    Col.POINT_ID: "int64",
+    Col.REQUEST_ID: "string",
+    Col.TRACE_ID: "string",
+    Col.TARGET: "string",
+    Col.USER: "int64",
+    Col.SCHEDULED_AT: "float64",
+    Col.SENT_AT: "float64",
+    Col.FIRST_TOKEN_AT: "float64",
+    Col.FINISHED_AT: "float64",
+    Col.SCHEDULE_LAG_S: "float64",
+    Col.TTFT_S: "float64",
+    Col.TTFT_FROM_SCHEDULE_S: "float64",
+    Col.E2E_S: "float64",
+    Col.E2E_FROM_SCHEDULE_S: "float64",
+    Col.TPOT_S: "float64",
+    Col.ITL_S: "list<float64>",
+    Col.PROMPT_TOKENS: "int64",
+    Col.COMPLETION_TOKENS: "int64",
+    Col.STREAMED_CHUNKS: "int64",
+    Col.USAGE_MISMATCH: "bool",
+    Col.STATUS: "int64",
+    Col.OK: "bool",
+    Col.ERROR: "string",
+    Col.FINISH_REASON: "string",
+}
+
+
+class Point:
+    """Per-point summary columns (``points.csv``)."""
+
+    POINT_ID: Final = "point_id"
+    CONFIG_ID: Final = "config_id"  # server configuration (replicas x batch settings x quant)
+    REPEAT: Final = "repeat"
+    REPLICAS: Final = "replicas"
+    MAX_BATCH_SIZE: Final = "max_batch_size"
+    MAX_BATCH_DELAY_MS: Final = "max_batch_delay_ms"
+    BATCH_WORKERS: Final = "batch_workers"
+    INTRA_THREADS: Final = "intra_threads"
+    QUANTIZATION: Final = "quantization"
+    LOAD_MODE: Final = "load_mode"  # "concurrency" | "rate"
+    ARRIVAL: Final = "arrival"  # "closed" | "constant" | "poisson"
+    LOAD_LEVEL: Final = "load_level"  # concurrency, or offered requests/s
+    STATUS: Final = "status"  # ok | target_unreachable | replica_not_ready | replica_died | error
+    STATUS_DETAIL: Final = "status_detail"
+    STARTED_AT: Final = "started_at"
+    DURATION_S: Final = "duration_s"  # measured window (warm-up excluded)
+    N_REQUESTS: Final = "n_requests"
+    N_OK: Final = "n_ok"
+    N_ERRORS: Final = "n_errors"
+    ERROR_RATE: Final = "error_rate"
+    OFFERED_RPS: Final = "offered_rps"  # NaN for closed loop
+    ACHIEVED_RPS: Final = "achieved_rps"  # completed ok requests / duration
+    OUTPUT_TOKENS_PER_S: Final = "output_tokens_per_s"
+    INPUT_TOKENS_PER_S: Final = "input_tokens_per_s"
+    TTFT_P50_S: Final = "ttft_p50_s"
+    TTFT_P90_S: Final = "ttft_p90_s"
+    TTFT_P95_S: Final = "ttft_p95_s"
+    TTFT_P99_S: Final = "ttft_p99_s"
+    TTFT_SCHED_P95_S: Final = "ttft_sched_p95_s"
+    ITL_P50_S: Final = "itl_p50_s"
+    ITL_P95_S: Final = "itl_p95_s"
+    ITL_P99_S: Final = "itl_p99_s"
+    TPOT_P50_S: Final = "tpot_p50_s"
+    TPOT_P95_S: Final = "tpot_p95_s"
+    E2E_P50_S: Final = "e2e_p50_s"
+    E2E_P95_S: Final = "e2e_p95_s"
+    E2E_P99_S: Final = "e2e_p99_s"
+    E2E_SCHED_P95_S: Final = "e2e_sched_p95_s"
+    LAG_P95_S: Final = "lag_p95_s"
+    LAG_MAX_S: Final = "lag_max_s"
+    PER_USER_TOKENS_PER_S: Final = "per_user_tokens_per_s"  # median of output tokens / e2e
+    VALID: Final = "valid"
+    INVALID_REASON: Final = "invalid_reason"  # "" when valid
+    LOADGEN_CPU_PERCENT: Final = "loadgen_cpu_percent"
+    LOADGEN_BOTTLENECK: Final = "loadgen_bottleneck"
+    SERVER_TTFT_MEAN_S: Final = "server_ttft_mean_s"
+    SERVER_QUEUE_WAIT_MEAN_S: Final = "server_queue_wait_mean_s"
+    SERVER_BATCH_FORMATION_MEAN_S: Final = "server_batch_formation_mean_s"
+    SERVER_PREFILL_MEAN_S: Final = "server_prefill_mean_s"
+    SERVER_DECODE_MEAN_S: Final = "server_decode_mean_s"
+    SERVER_BATCH_SIZE_MEAN: Final = "server_batch_size_mean"
+    SERVER_BATCH_FILL_MEAN: Final = "server_batch_fill_mean"
+    SERVER_REQUESTS: Final = "server_requests"
+    SERVER_GENERATION_TOKENS: Final = "server_generation_tokens"
+
+
+POINT_COLUMNS: Final[tuple[str, ...]] = tuple(
+    v for k, v in vars(Point).items() if k.isupper() and isinstance(v, str)
+)
+
+
+class Srv:
+    """Server metric delta columns (``server/*.parquet``), long format, one row per sample."""
+
+    POINT_ID: Final = "point_id"
+    REPLICA: Final = "replica"  # base URL
+    METRIC: Final = "metric"  # sample name, e.g. tokenbooth_batch_size_bucket
+    LE: Final = "le"  # histogram bucket bound, "" for non-bucket samples
+    LABELS: Final = "labels"  # other labels as k=v;k=v
+    BEFORE: Final = "before"
+    AFTER: Final = "after"
+    DELTA: Final = "delta"
+
+
+SERVER_COLUMNS: Final[tuple[str, ...]] = tuple(
+    v for k, v in vars(Srv).items() if k.isupper() and isinstance(v, str)
+)
+
+
+# ---------------------------------------------------------------------------- run directory
+
+
+environment_keys: Final[tuple[str, ...]] = (
+    "tokenbooth_version",  # str
+    "started_at",  # ISO 8601 UTC
+    "machine",  # {hostname, platform, python, cpu_model, cpu_count, memory_bytes}
+    "gpu",  # {available: bool, detail: str, devices: [{index, name, memory_total_bytes}]}
+    "packages",  # {name: version}
+    "git_revision",  # str | None
+    "model_manifest",  # the served model's tokenbooth_manifest.json, or None (remote/fake)
+    "spec_path",  # str
+)
+"""Top-level keys of ``environment.json``."""
+
+
+def _arrow_type(dtype: str) -> Any:
+    import pyarrow as pa
+
+    return {
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "string": pa.string(),
+        "bool": pa.bool_(),
+        "list<float64>": pa.list_(pa.float64()),
+    }[dtype]
+
+
+class RunDir:
+    """Reads and writes one run directory; every file name and column comes from this module."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    # ------------------------------------------------------------------ writing
+    def create(self) -> RunDir:
+        """Create the directory tree (idempotent)."""
+        (self.path / REQUESTS_DIR).mkdir(parents=True, exist_ok=True)
+        (self.path / SERVER_DIR).mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write_spec(self, text: str) -> None:
+        """Store the spec exactly as given."""
+        _atomic_write(self.path / SPEC_FILE, text)
+
+    def write_environment(self, env: Mapping[str, Any]) -> None:
+        """Store environment metadata (keys: :data:`environment_keys`)."""
+        _atomic_write(self.path / ENVIRONMENT_FILE, json.dumps(env, indent=2, default=str))
+
+    def write_requests(self, point_id: int, rows: Iterable[Mapping[str, Any]]) -> Path:
+        """Write one point's raw request rows with the declared schema."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = list(rows)
+        schema = pa.schema([(c, _arrow_type(t)) for c, t in REQUEST_COLUMNS.items()])
+        columns = {c: [r.get(c) for r in rows] for c in REQUEST_COLUMNS}
+        table = pa.Table.from_pydict(columns, schema=schema)
+        path = self.path / REQUESTS_DIR / f"{point_id:04d}.parquet"
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def write_server(self, point_id: int, rows: Iterable[Mapping[str, Any]]) -> Path:
+        """Write one point's server metric deltas."""
+        import pandas as pd
+
+        frame = pd.DataFrame(list(rows), columns=list(SERVER_COLUMNS))
+        path = self.path / SERVER_DIR / f"{point_id:04d}.parquet"
+        tmp = path.with_suffix(".tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+
+    def append_point(self, summary: Mapping[str, Any]) -> None:
+        """Add or replace one point's summary row in ``points.csv``."""
+        import pandas as pd
+
+        row = {c: summary.get(c, math.nan) for c in POINT_COLUMNS}
+        path = self.path / POINTS_FILE
+        frame = pd.DataFrame([row], columns=list(POINT_COLUMNS))
+        if path.exists():
+            old = pd.read_csv(path)
+            old = old[old[Point.POINT_ID] != row[Point.POINT_ID]]
+            frame = pd.concat([old, frame], ignore_index=True) if len(old) else frame
+        frame = frame.sort_values([Point.POINT_ID, Point.REPEAT], kind="stable")
+        tmp = path.with_suffix(".tmp")
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+
+    def write_state(self, state: Mapping[str, Any]) -> None:
+        """Store resume state: ``done`` point keys, ``point_ids`` by key, ``auto`` findings."""
+        _atomic_write(self.path / STATE_FILE, json.dumps(state, indent=2))
+
+    def state(self) -> dict[str, Any]:
+        """Resume state (see :meth:`write_state`); empty for a new run."""
+        path = self.path / STATE_FILE
+        if not path.exists():
+            return {}
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    # ------------------------------------------------------------------ reading
+    def spec_text(self) -> str:
+        """The spec as given."""
+        return (self.path / SPEC_FILE).read_text()
+
+    def environment(self) -> dict[str, Any]:
+        """environment.json, or {} when absent."""
+        path = self.path / ENVIRONMENT_FILE
+        if not path.exists():
+            return {}
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def points(self) -> pd.DataFrame:
+        """Per-point summaries."""
+        import pandas as pd
+
+        path = self.path / POINTS_FILE
+        if not path.exists():
+            return pd.DataFrame(columns=list(POINT_COLUMNS))
+        frame = pd.read_csv(path, keep_default_na=True)
+        for c in (Point.STATUS_DETAIL, Point.INVALID_REASON):
+            frame[c] = frame[c].fillna("").astype(str)
+        return frame
+
+    def requests(self) -> pd.DataFrame:
+        """All raw request rows of the run."""
+        import pandas as pd
+
+        files = sorted((self.path / REQUESTS_DIR).glob("*.parquet"))
+        if not files:
+            return pd.DataFrame(columns=list(REQUEST_COLUMNS))
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def server(self) -> pd.DataFrame:
+        """All server metric deltas of the run."""
+        import pandas as pd
+
+        files = sorted((self.path / SERVER_DIR).glob("*.parquet"))
+        if not files:
+            return pd.DataFrame(columns=list(SERVER_COLUMNS))
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,582 @@
+"""The sweep runner: server configurations x load levels x repeats -> one run directory.
+
+For each server configuration the runner starts (or reconfigures) the target, then runs each
+load level as one Locust point: warm-up, a measured window bounded by duration and request
+count, ``/metrics`` snapshots before and after on every replica, raw rows and a summary
+written at once, so an interrupted sweep resumes where it stopped. Faults (an unreachable
+target, a replica that never gets ready or dies mid-point) are recorded as the point's status
+and the sweep moves on.
+
+Importing this module imports Locust (gevent monkey-patching): only ``tokenbooth sweep``
+imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import gevent
+import locust
+import numpy as np
+import psutil
+import requests
+from locust.env import Environment
+
+from loadgen import scrape
+from loadgen.arrivals import arrival_offsets
+from loadgen.results import Col, Point, RunDir
+from loadgen.spec import LoadLevel, ServerConfig, SweepSpec
+from loadgen.targets import LocalReplicas, RemoteTarget, TargetError
+from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext
+from loadgen.workload import PromptItem, TokenCounter, WordCounter, build_workload, load_tokenizer
+from service.errors import TokenboothError
+
+__all__ = ["SweepRunner", "environment_metadata", "summarize_point"]
+
+logger = logging.getLogger("tokenbooth.loadgen")
+
+_BOTTLENECK_CPU_PERCENT = 90.0
+_PACKAGES = (
+    "tokenbooth",
+    "ctranslate2",
+    "locust",
+    "litestar",
+    "uvicorn",
+    "prometheus-client",
+    "opentelemetry-sdk",
+    "numpy",
+    "pandas",
+    "tokenizers",
+)
+
+
+def _pct(values: np.ndarray[Any, Any], q: float) -> float:
+    return float(np.percentile(values, q)) if values.size else math.nan
+
+
+def summarize_point(
+    rows: list[dict[str, Any]],
+    *,
+    level: LoadLevel,
+    lag_threshold_s: float,
+    min_samples: int,
+) -> dict[str, Any]:
+    """Exact per-point statistics from raw rows (``Point`` columns), with validity."""
+    ok = [r for r in rows if r[Col.OK]]
+    n = len(rows)
+    out: dict[str, Any] = {
+        Point.N_REQUESTS: n,
+        Point.N_OK: len(ok),
+        Point.N_ERRORS: n - len(ok),
+        Point.ERROR_RATE: (n - len(ok)) / n if n else math.nan,
+        Point.OFFERED_RPS: level.value if level.mode == "rate" else math.nan,
+    }
+    if rows:
+        start = min(r[Col.SENT_AT] for r in rows)
+        end = max(r[Col.FINISHED_AT] for r in rows)
+        duration = max(end - start, 1e-9)
+    else:
+        duration = math.nan
+    out[Point.DURATION_S] = duration
+
+    def arr(col: str, src: list[dict[str, Any]] = ok) -> np.ndarray[Any, Any]:
+        values = [r[col] for r in src if r[col] is not None and not math.isnan(r[col])]
+        return np.array(values, dtype=float)
+
+    ttft, e2e, tpot = arr(Col.TTFT_S), arr(Col.E2E_S), arr(Col.TPOT_S)
+    itl = np.array([g for r in ok for g in r[Col.ITL_S]], dtype=float)
+    lag = arr(Col.SCHEDULE_LAG_S, rows)
+    out_tokens = sum(r[Col.COMPLETION_TOKENS] for r in ok)
+    in_tokens = sum(r[Col.PROMPT_TOKENS] for r in ok)
+    out.update(
+        {
+            Point.ACHIEVED_RPS: len(ok) / duration if rows else math.nan,
+            Point.OUTPUT_TOKENS_PER_S: out_tokens / duration if rows else math.nan,
+            Point.INPUT_TOKENS_PER_S: in_tokens / duration if rows else math.nan,
+            Point.TTFT_P50_S: _pct(ttft, 50),
+            Point.TTFT_P90_S: _pct(ttft, 90),
+            Point.TTFT_P95_S: _pct(ttft, 95),
+            Point.TTFT_P99_S: _pct(ttft, 99),
+            Point.TTFT_SCHED_P95_S: _pct(arr(Col.TTFT_FROM_SCHEDULE_S), 95),
+            Point.ITL_P50_S: _pct(itl, 50),
+            Point.ITL_P95_S: _pct(itl, 95),
+            Point.ITL_P99_S: _pct(itl, 99),
+            Point.TPOT_P50_S: _pct(tpot, 50),
+            Point.TPOT_P95_S: _pct(tpot, 95),
+            Point.E2E_P50_S: _pct(e2e, 50),
+            Point.E2E_P95_S: _pct(e2e, 95),
+            Point.E2E_P99_S: _pct(e2e, 99),
+            Point.E2E_SCHED_P95_S: _pct(arr(Col.E2E_FROM_SCHEDULE_S), 95),
+            Point.LAG_P95_S: _pct(lag, 95),
+            Point.LAG_MAX_S: float(lag.max()) if lag.size else math.nan,
+            Point.PER_USER_TOKENS_PER_S: float(
+                np.median([r[Col.COMPLETION_TOKENS] / r[Col.E2E_S] for r in ok if r[Col.E2E_S] > 0])
+            )
+            if ok
+            else math.nan,
+        }
+    )
+    reasons = []
+    if len(ok) < min_samples:
+        reasons.append(f"too few samples ({len(ok)} < {min_samples})")
+    if level.mode == "rate" and lag.size and out[Point.LAG_P95_S] > lag_threshold_s:
+        reasons.append(
+            f"schedule lag p95 {out[Point.LAG_P95_S] * 1000:.0f} ms > "
+            f"{lag_threshold_s * 1000:.0f} ms (load generator fell behind)"
+        )
+    if n and out[Point.ERROR_RATE] > 0.5:
+        reasons.append(f"mostly errors ({out[Point.ERROR_RATE]:.0%})")
+    out[Point.VALID] = not reasons
+    out[Point.INVALID_REASON] = "; ".join(reasons)
+    return out
+
+
+def _git_revision() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _gpu_info() -> dict[str, Any]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:
+        return {"available": False, "detail": f"NVML unavailable: {exc}", "devices": []}
+    try:
+        devices = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            devices.append(
+                {
+                    "index": i,
+                    "name": name.decode() if isinstance(name, bytes) else str(name),
+                    "memory_total_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+                }
+            )
+        return {"available": bool(devices), "detail": f"{len(devices)} GPU(s)", "devices": devices}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def environment_metadata(spec: SweepSpec, manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """Machine, GPU, versions, git revision and model manifest for ``environment.json``."""
+    packages = {}
+    for name in _PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "tokenbooth_version": packages.get("tokenbooth", "unknown"),
+        "started_at": datetime.now(UTC).isoformat(),
+        "machine": {
+            "hostname": platform.node(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_model": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "memory_bytes": psutil.virtual_memory().total,
+        },
+        "gpu": _gpu_info(),
+        "packages": packages,
+        "git_revision": _git_revision(),
+        "model_manifest": manifest,
+        "spec_path": spec.path,
+    }
+
+
+@dataclass
+class _Target:
+    urls: list[str]
+    model: str
+    counter: TokenCounter
+    headers: dict[str, str]
+    alive: Callable[[], str | None]
+
+
+class SweepRunner:
+    """Runs a parsed spec into a run directory, resuming where a previous run stopped."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        run_dir: Path,
+        *,
+        workers: int | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.run = RunDir(run_dir)
+        self.workers = spec.load.workers if workers is None else workers
+        self.progress = progress or (lambda _: None)
+        self._state: dict[str, Any] = {}
+        self._manifest: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ orchestration
+    def execute(self) -> Path:
+        """Run every point not yet done; return the run directory."""
+        run = self.run.create()
+        spec_file = run.path / "spec.toml"
+        if spec_file.exists() and spec_file.read_text() != self.spec.text:
+            raise TokenboothError(
+                f"{run.path} holds a run of a different spec; use another --output to start anew"
+            )
+        run.write_spec(self.spec.text)
+        self._state = run.state()
+        resumed = len(self._state.get("done", []))
+        if resumed:
+            logger.info("resuming run: %d points already done", resumed)
+        run.write_environment(environment_metadata(self.spec, None))
+        for config in self.spec.configs():
+            self._run_config(config)
+        if self._manifest is not None:
+            run.write_environment(environment_metadata(self.spec, self._manifest))
+        return run.path
+
+    def _point_id(self, key: str) -> int:
+        ids: dict[str, int] = self._state.setdefault("point_ids", {})
+        if key not in ids:
+            ids[key] = max(ids.values(), default=-1) + 1
+        return ids[key]
+
+    def _save_state(self) -> None:
+        self.run.write_state(self._state)
+
+    def _is_done(self, key: str) -> bool:
+        return key in self._state.get("done", [])
+
+    def _mark_done(self, key: str) -> None:
+        done: list[str] = self._state.setdefault("done", [])
+        if key not in done:
+            done.append(key)
+        self._save_state()
+
+    @contextmanager
+    def _target(self, config: ServerConfig) -> Iterator[_Target]:
+        spec = self.spec
+        if spec.target.kind == "remote":
+            remote = RemoteTarget(spec.target)
+            remote.apply(config)
+            headers = remote.headers()
+            model = _served_model(remote.urls[0], headers)
+            counter = (
+                load_tokenizer(_default_model_dir())
+                if spec.target.engine != "fake"
+                else WordCounter()
+            )
+            yield _Target(remote.urls, model, counter, headers, lambda: None)
+            return
+        model_dir: Path | None = None
+        if spec.target.engine == "ctranslate2":
+            from service.modelstore import build_model, read_manifest
+
+            source = Path(spec.target.model) if spec.target.model else None
+            model_dir = build_model(source, quantization=config.quantization)
+            manifest = read_manifest(model_dir)
+            self._manifest = json.loads(manifest.to_json())
+        replicas = LocalReplicas(
+            config,
+            spec.target,
+            model_dir=model_dir,
+            log_dir=self.run.path / "replicas",
+            extra_env=spec.server.env,
+            request_timeout_s=spec.run.request_timeout_s,
+        )
+        with replicas.running(spec.target.ready_timeout_s) as urls:
+            model = _served_model(urls[0], {})
+            counter = load_tokenizer(model_dir) if model_dir is not None else WordCounter()
+            yield _Target(urls, model, counter, {}, replicas.dead)
+
+    def _run_config(self, config: ServerConfig) -> None:
+        levels = self.spec.levels()
+        keys = [
+            f"{config.config_id}|{lv.key}|{r}"
+            for lv in levels
+            for r in range(self.spec.run.repeats)
+        ]
+        if levels and all(self._is_done(k) for k in keys):
+            return
+        attempts = 0
+        while True:
+            try:
+                with self._target(config) as target:
+                    items = build_workload(
+                        self.spec.workload,
+                        target.counter,
+                        max(64, min(self.spec.run.max_requests, 4096)),
+                        seed=self.spec.run.seed,
+                    )
+                    if self.spec.load.mode == "auto":
+                        self._run_auto(config, target, items)
+                    else:
+                        for level in levels:
+                            for rep in range(self.spec.run.repeats):
+                                self._run_point(config, level, rep, target, items)
+                return
+            except _ReplicaDied as died:
+                # Record and continue: the next point gets fresh replicas.
+                attempts += 1
+                logger.warning("replica died: %s; restarting replicas for the next point", died)
+                if attempts > 3:
+                    return
+            except TargetError as exc:
+                logger.error("target failed for %s: %s", config.config_id, exc.detail)
+                for level in levels or [LoadLevel("concurrency", 1.0, "closed")]:
+                    for rep in range(self.spec.run.repeats):
+                        key = f"{config.config_id}|{level.key}|{rep}"
+                        if not self._is_done(key):
+                            self._record_failed(config, level, rep, key, exc.status, exc.detail)
+                return
+
+    def _record_failed(
+        self, config: ServerConfig, level: LoadLevel, rep: int, key: str, status: str, detail: str
+    ) -> None:
+        pid = self._point_id(key)
+        self.run.write_requests(pid, [])
+        self.run.append_point(
+            self._base_row(pid, config, level, rep)
+            | {
+                Point.STATUS: status,
+                Point.STATUS_DETAIL: detail,
+                Point.N_REQUESTS: 0,
+                Point.N_OK: 0,
+                Point.N_ERRORS: 0,
+                Point.VALID: False,
+                Point.INVALID_REASON: f"{status}: {detail}",
+            }
+        )
+        self._mark_done(key)
+        self.progress({"event": "point_failed", "key": key, "status": status, "detail": detail})
+
+    def _base_row(
+        self, pid: int, config: ServerConfig, level: LoadLevel, rep: int
+    ) -> dict[str, Any]:
+        return {
+            Point.POINT_ID: pid,
+            Point.CONFIG_ID: config.config_id,
+            Point.REPEAT: rep,
+            Point.REPLICAS: config.replicas,
+            Point.MAX_BATCH_SIZE: config.max_batch_size,
+            Point.MAX_BATCH_DELAY_MS: config.max_batch_delay_ms,
+            Point.BATCH_WORKERS: config.batch_workers,
+            Point.INTRA_THREADS: config.intra_threads,
+            Point.QUANTIZATION: config.quantization,
+            Point.LOAD_MODE: level.mode,
+            Point.ARRIVAL: level.arrival,
+            Point.LOAD_LEVEL: level.value,
+            Point.STARTED_AT: time.time(),
+        }
+
+    # ------------------------------------------------------------------ auto
+    def _run_auto(self, config: ServerConfig, target: _Target, items: list[PromptItem]) -> None:
+        """GuideLLM-style: synchronous rate, saturation throughput, rates spread between."""
+        auto = self._state.setdefault("auto", {}).setdefault(config.config_id, {})
+        sync_level = LoadLevel("concurrency", 1.0, "closed")
+        sat_users = max(8, 2 * config.replicas * config.max_batch_size * config.batch_workers)
+        sat_level = LoadLevel("concurrency", float(min(sat_users, 256)), "closed")
+        if "sync_rps" not in auto:
+            s = self._run_point(config, sync_level, 0, target, items)
+            auto["sync_rps"] = s.get(Point.ACHIEVED_RPS, math.nan)
+            self._save_state()
+        if "max_rps" not in auto:
+            s = self._run_point(config, sat_level, 0, target, items)
+            auto["max_rps"] = s.get(Point.ACHIEVED_RPS, math.nan)
+            self._save_state()
+        lo, hi = auto["sync_rps"], auto["max_rps"]
+        if not (lo > 0 and hi > 0) or math.isnan(lo) or math.isnan(hi):
+            logger.warning(
+                "auto: could not measure the synchronous or saturation rate; no rate points"
+            )
+            return
+        hi = max(hi, lo * 1.05)
+        rates = np.linspace(lo, hi, self.spec.load.auto_points + 2)[1:-1]
+        for rate in rates:
+            level = LoadLevel("rate", round(float(rate), 4), self.spec.load.arrival)
+            s = self._run_point(config, level, 0, target, items)
+            achieved = s.get(Point.ACHIEVED_RPS, math.nan)
+            # Clearly saturated: the target no longer keeps up with the offered rate.
+            if not s.get(Point.VALID, True) or (achieved == achieved and achieved < 0.9 * rate):
+                logger.info(
+                    "auto: saturated at %.3f req/s (achieved %.3f); stopping early", rate, achieved
+                )
+                break
+
+    # ------------------------------------------------------------------ one point
+    def _run_point(
+        self,
+        config: ServerConfig,
+        level: LoadLevel,
+        rep: int,
+        target: _Target,
+        items: list[PromptItem],
+    ) -> dict[str, Any]:
+        key = f"{config.config_id}|{level.key}|{rep}"
+        if self._is_done(key):
+            return {}
+        pid = self._point_id(key)
+        run = self.spec.run
+        before = {u: scrape.snapshot(u, headers=target.headers) for u in target.urls}
+        t0 = time.time() + 0.2
+        measure_from = t0 + run.warmup_s
+        ctx = PointContext(
+            api=self.spec.workload.api,
+            model=target.model,
+            items=items,
+            balancer=Balancer(target.urls, self.spec.target.balance),
+            ignore_eos=self.spec.workload.ignore_eos,
+            temperature=self.spec.workload.temperature,
+            timeout_s=run.request_timeout_s,
+            measure_from=measure_from,
+            stop_at=measure_from + run.duration_s,
+            max_requests=run.max_requests,
+            headers=target.headers,
+        )
+        if level.mode == "rate":
+            offsets = arrival_offsets(
+                "constant" if level.arrival == "constant" else "poisson",
+                level.value,
+                run.warmup_s + run.duration_s,
+                seed=run.seed + pid,
+            )
+            ctx.schedule = [t0 + float(o) for o in offsets]
+        self.progress(
+            {
+                "event": "point_start",
+                "key": key,
+                "point_id": pid,
+                "level": level.key,
+                "config": config.config_id,
+            }
+        )
+        proc = psutil.Process()
+        cpu0 = proc.cpu_times()
+        wall0 = time.monotonic()
+        self._drive(ctx, level, target)
+        cpu1 = proc.cpu_times()
+        wall = max(time.monotonic() - wall0, 1e-9)
+        cpu_pct = 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall
+        after = {u: scrape.snapshot(u, headers=target.headers) for u in target.urls}
+        server_rows = [
+            row for u in target.urls for row in scrape.deltas(pid, u, before[u], after[u])
+        ]
+        for row in ctx.rows:
+            row[Col.POINT_ID] = pid
+        self.run.write_requests(pid, ctx.rows)
+        self.run.write_server(pid, server_rows)
+        summary = self._base_row(pid, config, level, rep) | {Point.STARTED_AT: measure_from}
+        summary |= summarize_point(
+            ctx.rows, level=level, lag_threshold_s=run.lag_threshold_s, min_samples=run.min_samples
+        )
+        summary |= scrape.server_summary(server_rows)
+        summary[Point.LOADGEN_CPU_PERCENT] = cpu_pct
+        summary[Point.LOADGEN_BOTTLENECK] = cpu_pct >= _BOTTLENECK_CPU_PERCENT
+        dead = target.alive()
+        summary[Point.STATUS] = "replica_died" if dead else "ok"
+        summary[Point.STATUS_DETAIL] = dead or ""
+        if dead:
+            summary[Point.VALID] = False
+            summary[Point.INVALID_REASON] = "; ".join(
+                x for x in (summary.get(Point.INVALID_REASON, ""), f"replica died: {dead}") if x
+            )
+        if summary[Point.LOADGEN_BOTTLENECK]:
+            logger.warning(
+                "point %s: load generator used %.0f%% CPU; it may be the bottleneck "
+                "(use [load] workers = N for Locust's distributed mode)",
+                key,
+                cpu_pct,
+            )
+        self.run.append_point(summary)
+        self._mark_done(key)
+        self.progress({"event": "point_done", "key": key, "summary": summary})
+        if dead:
+            raise _ReplicaDied(dead)
+        return summary
+
+    def _drive(self, ctx: PointContext, level: LoadLevel, target: _Target) -> None:
+        """Run Locust for one point until its window closes and in-flight requests finish."""
+        user_class = OpenLoopUser if level.mode == "rate" else ClosedLoopUser
+        env = Environment(user_classes=[user_class], events=locust.events)
+        env.tokenbooth = ctx  # type: ignore[attr-defined]
+        runner = env.create_local_runner()
+        users = 1 if level.mode == "rate" else int(level.value)
+        runner.start(users, spawn_rate=max(users, 1) * 100.0, wait=False)
+        hard_stop = ctx.stop_at + ctx.timeout_s + 5.0
+        last_progress = 0.0
+        while time.time() < hard_stop:
+            gevent.sleep(0.05)
+            if target.alive() is not None:
+                ctx.stopped = True
+                break
+            if ctx.stopped or time.time() >= ctx.stop_at:
+                ctx.stopped = True
+                if ctx.in_flight == 0:
+                    break
+            now = time.time()
+            if now - last_progress >= 0.5:
+                last_progress = now
+                self.progress(
+                    {"event": "point_progress", "rows": ctx.rows, "in_flight": ctx.in_flight}
+                )
+        runner.quit()
+        runner.greenlet.join(timeout=10)
+
+
+class _ReplicaDied(Exception):
+    pass
+
+
+def _served_model(url: str, headers: dict[str, str]) -> str:
+    try:
+        r = requests.get(url + "/v1/models", timeout=10, headers=headers)
+        r.raise_for_status()
+        return str(r.json()["data"][0]["id"])
+    except (requests.RequestException, KeyError, IndexError, ValueError) as exc:
+        raise TargetError("target_unreachable", f"{url}/v1/models: {exc}") from exc
+
+
+def _default_model_dir() -> Path | None:
+    try:
+        from service.modelstore import DEFAULT_MODEL_NAME, default_models_dir
+
+        d = default_models_dir() / f"{DEFAULT_MODEL_NAME}-int8"
+        return d if d.exists() else None
+    except TokenboothError:
+        return None

@@ -1,0 +1,518 @@
+"""Sweep spec (TOML) -> validated dataclasses -> the list of points to run.
+
+Errors name the offending key and the line it is on, e.g.
+``spec.toml:14: [load] concurrency: expected a list of positive integers, got "8"``.
+The commented reference is ``loadgen/examples/sweep.toml``; field names are stable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from service.errors import TokenboothError
+
+__all__ = [
+    "LengthDist",
+    "LoadLevel",
+    "LoadSpec",
+    "RunSpec",
+    "SLOSpec",
+    "ServerConfig",
+    "ServerSpec",
+    "SpecError",
+    "SweepSpec",
+    "TargetSpec",
+    "WorkloadSpec",
+    "load_spec",
+    "parse_spec",
+]
+
+
+class SpecError(TokenboothError):
+    """The sweep spec is malformed; the message names the key and its line."""
+
+
+@dataclass(frozen=True)
+class LengthDist:
+    """A token-length distribution: fixed, uniform or normal (clipped to [min, max])."""
+
+    dist: Literal["fixed", "uniform", "normal"] = "fixed"
+    value: int = 64
+    min: int = 1
+    max: int = 1024
+    mean: float = 64.0
+    std: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """[run]: per-point bounds and validity thresholds."""
+
+    name: str = "sweep"
+    duration_s: float = 20.0
+    warmup_s: float = 3.0
+    max_requests: int = 2000
+    repeats: int = 1
+    seed: int = 42
+    lag_threshold_s: float = 0.05
+    min_samples: int = 20
+    request_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """[target]: local replicas started by the harness, or remote URLs."""
+
+    kind: Literal["local", "remote"] = "local"
+    model: str = ""
+    engine: Literal["ctranslate2", "fake"] = "ctranslate2"
+    balance: Literal["least_outstanding", "round_robin"] = "least_outstanding"
+    ready_timeout_s: float = 300.0
+    urls: tuple[str, ...] = ()
+    hook: str = ""
+    api_key_env: str = ""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """[server]: dimensions of the server configuration space."""
+
+    replicas: tuple[int, ...] = (1,)
+    max_batch_size: tuple[int, ...] = (8,)
+    max_batch_delay_ms: tuple[float, ...] = (5.0,)
+    batch_workers: tuple[int, ...] = (1,)
+    intra_threads: tuple[int, ...] = (1,)
+    quantization: tuple[str, ...] = ("int8",)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """[load]: closed-loop concurrency, open-loop rates, or auto."""
+
+    mode: Literal["concurrency", "rate", "auto"] = "concurrency"
+    concurrency: tuple[int, ...] = (1, 4, 8)
+    rate: tuple[float, ...] = (1.0, 2.0, 4.0)
+    arrival: Literal["poisson", "constant"] = "poisson"
+    auto_points: int = 5
+    workers: int = 0
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """[workload]: what each request asks for."""
+
+    kind: Literal["synthetic", "file"] = "synthetic"
+    api: Literal["chat", "completions"] = "chat"
+    input_tokens: LengthDist = LengthDist(dist="fixed", value=64)
+    output_tokens: LengthDist = LengthDist(dist="fixed", value=32)
+    ignore_eos: bool = True
+    temperature: float = 0.0
+    path: str = ""
+    format: Literal["jsonl", "sharegpt"] = "jsonl"
+
+
+@dataclass(frozen=True)
+class SLOSpec:
+    """[slo]: the latency/error objectives capacity is judged against."""
+
+    ttft_p95_s: float | None = None
+    tpot_p95_s: float | None = None
+    e2e_p95_s: float | None = None
+    max_error_rate: float = 0.01
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One server configuration of the sweep (one set of replicas)."""
+
+    replicas: int
+    max_batch_size: int
+    max_batch_delay_ms: float
+    batch_workers: int
+    intra_threads: int
+    quantization: str
+
+    @property
+    def config_id(self) -> str:
+        """Stable, readable id, e.g. ``r2-b8-d5-w1-t1-int8``."""
+        return (
+            f"r{self.replicas}-b{self.max_batch_size}-d{self.max_batch_delay_ms:g}"
+            f"-w{self.batch_workers}-t{self.intra_threads}-{self.quantization}"
+        )
+
+
+@dataclass(frozen=True)
+class LoadLevel:
+    """One load level: a concurrency (closed loop) or an offered rate (open loop)."""
+
+    mode: Literal["concurrency", "rate"]
+    value: float
+    arrival: Literal["closed", "poisson", "constant"]
+
+    @property
+    def key(self) -> str:
+        """Stable id within a configuration."""
+        return f"{self.mode}={self.value:g}/{self.arrival}"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed, validated sweep spec."""
+
+    run: RunSpec
+    target: TargetSpec
+    server: ServerSpec
+    load: LoadSpec
+    workload: WorkloadSpec
+    slo: SLOSpec
+    target_rps: float | None
+    text: str
+    path: str
+
+    def configs(self) -> list[ServerConfig]:
+        """The cross product of the [server] dimensions, in spec order."""
+        s = self.server
+        return [
+            ServerConfig(*combo)
+            for combo in itertools.product(
+                s.replicas,
+                s.max_batch_size,
+                s.max_batch_delay_ms,
+                s.batch_workers,
+                s.intra_threads,
+                s.quantization,
+            )
+        ]
+
+    def levels(self) -> list[LoadLevel]:
+        """Explicit load levels (empty for ``auto``, which the runner discovers)."""
+        if self.load.mode == "concurrency":
+            return [LoadLevel("concurrency", float(c), "closed") for c in self.load.concurrency]
+        if self.load.mode == "rate":
+            return [LoadLevel("rate", float(r), self.load.arrival) for r in self.load.rate]
+        return []
+
+
+_SECTIONS = ("run", "target", "server", "load", "workload", "slo", "report")
+
+
+class _Ctx:
+    def __init__(self, text: str, path: str) -> None:
+        self.lines = text.splitlines()
+        self.path = path
+
+    def line_of(self, section: str, key: str | None) -> int:
+        """1-based line of ``key`` inside ``[section]`` (or of the header), 0 if unknown."""
+        in_section = False
+        header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.]+)\s*\]")
+        for i, raw in enumerate(self.lines, 1):
+            m = header.match(raw)
+            if m:
+                in_section = m.group(1) == section
+                if in_section and key is None:
+                    return i
+                continue
+            if in_section and key is not None and re.match(rf"^\s*{re.escape(key)}\s*=", raw):
+                return i
+        return 0
+
+    def error(self, section: str, key: str | None, message: str) -> SpecError:
+        line = self.line_of(section, key)
+        where = f"{self.path}:{line}" if line else self.path
+        name = f"[{section}] {key}" if key else f"[{section}]"
+        return SpecError(f"{where}: {name}: {message}")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _scalar(ctx: _Ctx, section: str, key: str, value: Any, typ: type, default: Any) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is int and isinstance(value, bool):
+        raise ctx.error(section, key, f"expected an integer, got {_describe(value)}")
+    if not isinstance(value, typ):
+        raise ctx.error(section, key, f"expected {typ.__name__}, got {_describe(value)}")
+    return value
+
+
+def _positive(ctx: _Ctx, section: str, key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ctx.error(section, key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _list(
+    ctx: _Ctx, section: str, key: str, value: Any, typ: type, *, allow_zero: bool = False
+) -> tuple[Any, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ctx.error(section, key, "must not be empty")
+    out = []
+    for item in items:
+        if typ is float and isinstance(item, int) and not isinstance(item, bool):
+            item = float(item)
+        if isinstance(item, bool) or not isinstance(item, typ):
+            raise ctx.error(
+                section, key, f"expected a list of {typ.__name__}, got item {_describe(item)}"
+            )
+        if isinstance(item, int | float) and (item < 0 or (item == 0 and not allow_zero)):
+            raise ctx.error(
+                section, key, f"values must be {'>= 0' if allow_zero else '> 0'}, got {item!r}"
+            )
+        out.append(item)
+    return tuple(out)
+
+
+def _choice(ctx: _Ctx, section: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ctx.error(section, key, f"must be one of {list(choices)}, got {value!r}")
+    return str(value)
+
+
+def _length(ctx: _Ctx, section: str, key: str, value: Any) -> LengthDist:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {"dist": "fixed", "value": value}
+    if not isinstance(value, dict):
+        raise ctx.error(
+            section,
+            key,
+            f'expected a table like {{dist = "fixed", value = 64}}, got {_describe(value)}',
+        )
+    dist = _choice(ctx, section, key, value.get("dist", "fixed"), ("fixed", "uniform", "normal"))
+    allowed = {
+        "fixed": {"value"},
+        "uniform": {"min", "max"},
+        "normal": {"mean", "std", "min", "max"},
+    }[dist]
+    unknown = set(value) - allowed - {"dist"}
+    if unknown:
+        raise ctx.error(
+            section,
+            key,
+            f"unknown field(s) {sorted(unknown)} for dist {dist!r}; allowed: {sorted(allowed)}",
+        )
+    kwargs: dict[str, Any] = {"dist": dist}
+    for k in allowed:
+        if k in value:
+            v = value[k]
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ctx.error(section, key, f"{k} must be a number, got {_describe(v)}")
+            kwargs[k] = int(v) if k in ("value", "min", "max") else float(v)
+    if dist == "fixed":
+        if "value" not in kwargs or kwargs["value"] < 1:
+            raise ctx.error(section, key, "fixed needs value >= 1")
+        kwargs.setdefault("min", kwargs["value"])
+        kwargs.setdefault("max", kwargs["value"])
+    else:
+        for k in ("min", "max") if dist == "uniform" else ("mean", "min", "max"):
+            if k not in kwargs:
+                raise ctx.error(section, key, f"{dist} needs {k}")
+        if kwargs["min"] < 1 or kwargs["max"] < kwargs["min"]:
+            raise ctx.error(section, key, "needs 1 <= min <= max")
+        if dist == "normal" and kwargs.get("std", 0.0) < 0:
+            raise ctx.error(section, key, "std must be >= 0")
+    return LengthDist(**kwargs)
+
+
+def _urls(ctx: _Ctx, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(u, str) and u.startswith(("http://", "https://")) for u in value
+    ):
+        raise ctx.error(
+            "target", "urls", f"expected a list of http(s) URLs, got {_describe(value)}"
+        )
+    return tuple(u.rstrip("/") for u in value)
+
+
+def _env_table(ctx: _Ctx, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(v, str | int | float) for v in value.values()
+    ):
+        raise ctx.error("server", "env", 'must be a table of strings, e.g. {fake_ttft_ms = "50"}')
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _section(ctx: _Ctx, data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ctx.error(name, None, "must be a table")
+    return value
+
+
+def _check_unknown(ctx: _Ctx, section: str, table: dict[str, Any], known: set[str]) -> None:
+    for key in table:
+        if key not in known:
+            raise ctx.error(section, key, f"unknown key; known keys: {sorted(known)}")
+
+
+def _build(ctx: _Ctx, cls: type, section: str, table: dict[str, Any], conv: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    _check_unknown(ctx, section, table, known)
+    kwargs = {}
+    for key, value in table.items():
+        kwargs[key] = conv[key](value) if key in conv else value
+    return cls(**kwargs)
+
+
+def parse_spec(text: str, path: str = "<spec>") -> SweepSpec:
+    """Parse and validate spec text; raise :class:`SpecError` naming the key and line."""
+    ctx = _Ctx(text, path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: invalid TOML: {exc}") from exc
+    for key in data:
+        if key not in _SECTIONS:
+            line = ctx.line_of(key, None)
+            where = f"{path}:{line}" if line else path
+            raise SpecError(f"{where}: unknown section [{key}]; known: {list(_SECTIONS)}")
+
+    def num(section: str, key: str, typ: type = float, allow_zero: bool = False) -> Any:
+        def conv(v: Any) -> Any:
+            v = _scalar(ctx, section, key, v, typ, None)
+            _positive(ctx, section, key, v, allow_zero=allow_zero)
+            return v
+
+        return conv
+
+    run = _build(
+        ctx,
+        RunSpec,
+        "run",
+        _section(ctx, data, "run"),
+        {
+            "name": lambda v: _scalar(ctx, "run", "name", v, str, None),
+            "duration_s": num("run", "duration_s"),
+            "warmup_s": num("run", "warmup_s", allow_zero=True),
+            "max_requests": num("run", "max_requests", int),
+            "repeats": num("run", "repeats", int),
+            "seed": lambda v: _scalar(ctx, "run", "seed", v, int, None),
+            "lag_threshold_s": num("run", "lag_threshold_s"),
+            "min_samples": num("run", "min_samples", int, allow_zero=True),
+            "request_timeout_s": num("run", "request_timeout_s"),
+        },
+    )
+    target = _build(
+        ctx,
+        TargetSpec,
+        "target",
+        _section(ctx, data, "target"),
+        {
+            "kind": lambda v: _choice(ctx, "target", "kind", v, ("local", "remote")),
+            "model": lambda v: _scalar(ctx, "target", "model", v, str, None),
+            "engine": lambda v: _choice(ctx, "target", "engine", v, ("ctranslate2", "fake")),
+            "balance": lambda v: _choice(
+                ctx, "target", "balance", v, ("least_outstanding", "round_robin")
+            ),
+            "ready_timeout_s": num("target", "ready_timeout_s"),
+            "urls": lambda v: _urls(ctx, v),
+            "hook": lambda v: _scalar(ctx, "target", "hook", v, str, None),
+            "api_key_env": lambda v: _scalar(ctx, "target", "api_key_env", v, str, None),
+        },
+    )
+    if target.kind == "remote" and not target.urls:
+        raise ctx.error("target", "urls", "a remote target needs at least one URL")
+    server_tab = _section(ctx, data, "server")
+    server = _build(
+        ctx,
+        ServerSpec,
+        "server",
+        server_tab,
+        {
+            "replicas": lambda v: _list(ctx, "server", "replicas", v, int),
+            "max_batch_size": lambda v: _list(ctx, "server", "max_batch_size", v, int),
+            "max_batch_delay_ms": lambda v: _list(
+                ctx, "server", "max_batch_delay_ms", v, float, allow_zero=True
+            ),
+            "batch_workers": lambda v: _list(ctx, "server", "batch_workers", v, int),
+            "intra_threads": lambda v: _list(ctx, "server", "intra_threads", v, int),
+            "quantization": lambda v: tuple(
+                _choice(
+                    ctx,
+                    "server",
+                    "quantization",
+                    q,
+                    ("int8", "int8_float32", "int8_float16", "float16", "float32"),
+                )
+                for q in (v if isinstance(v, list) else [v])
+            ),
+            "env": lambda v: _env_table(ctx, v),
+        },
+    )
+    load = _build(
+        ctx,
+        LoadSpec,
+        "load",
+        _section(ctx, data, "load"),
+        {
+            "mode": lambda v: _choice(ctx, "load", "mode", v, ("concurrency", "rate", "auto")),
+            "concurrency": lambda v: _list(ctx, "load", "concurrency", v, int),
+            "rate": lambda v: _list(ctx, "load", "rate", v, float),
+            "arrival": lambda v: _choice(ctx, "load", "arrival", v, ("poisson", "constant")),
+            "auto_points": num("load", "auto_points", int),
+            "workers": num("load", "workers", int, allow_zero=True),
+        },
+    )
+    workload = _build(
+        ctx,
+        WorkloadSpec,
+        "workload",
+        _section(ctx, data, "workload"),
+        {
+            "kind": lambda v: _choice(ctx, "workload", "kind", v, ("synthetic", "file")),
+            "api": lambda v: _choice(ctx, "workload", "api", v, ("chat", "completions")),
+            "input_tokens": lambda v: _length(ctx, "workload", "input_tokens", v),
+            "output_tokens": lambda v: _length(ctx, "workload", "output_tokens", v),
+            "ignore_eos": lambda v: _scalar(ctx, "workload", "ignore_eos", v, bool, None),
+            "temperature": num("workload", "temperature", allow_zero=True),
+            "path": lambda v: _scalar(ctx, "workload", "path", v, str, None),
+            "format": lambda v: _choice(ctx, "workload", "format", v, ("jsonl", "sharegpt")),
+        },
+    )
+    if workload.kind == "file":
+        if not workload.path:
+            raise ctx.error("workload", "path", "a file workload needs a path")
+        p = Path(workload.path)
+        if not p.is_absolute():
+            p = Path(path).parent / p if path != "<spec>" else p
+        if not p.exists():
+            raise ctx.error("workload", "path", f"file not found: {p}")
+        workload = WorkloadSpec(
+            **{**{f.name: getattr(workload, f.name) for f in fields(workload)}, "path": str(p)}
+        )
+    slo_tab = _section(ctx, data, "slo")
+    slo = _build(
+        ctx,
+        SLOSpec,
+        "slo",
+        slo_tab,
+        {
+            "ttft_p95_s": num("slo", "ttft_p95_s"),
+            "tpot_p95_s": num("slo", "tpot_p95_s"),
+            "e2e_p95_s": num("slo", "e2e_p95_s"),
+            "max_error_rate": num("slo", "max_error_rate", allow_zero=True),
+        },
+    )
+    report_tab = _section(ctx, data, "report")
+    _check_unknown(ctx, "report", report_tab, {"target_rps"})
+    target_rps = None
+    if "target_rps" in report_tab:
+        target_rps = num("report", "target_rps")(report_tab["target_rps"])
+    return SweepSpec(run, target, server, load, workload, slo, target_rps, text, path)
+
+
+def load_spec(path: Path | str) -> SweepSpec:
+    """Read and parse a spec file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {p}: {exc.strerror}") from exc
+    return parse_spec(text, str(p))
