@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ from loadgen.results import Col, Point, RunDir
 from loadgen.spec import LoadLevel, ServerConfig, SweepSpec
 from loadgen.targets import LocalReplicas, RemoteTarget, TargetError
 from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext
+from loadgen.worker import MSG_DONE, MSG_POINT, MSG_ROWS, point_message
 from loadgen.workload import PromptItem, TokenCounter, WordCounter, build_workload, load_tokenizer
 from service.errors import TokenboothError
 
@@ -49,6 +51,16 @@ __all__ = ["SweepRunner", "environment_metadata", "summarize_point"]
 logger = logging.getLogger("tokenbooth.loadgen")
 
 _BOTTLENECK_CPU_PERCENT = 90.0
+
+
+class _SpawnRateFilter(logging.Filter):
+    """Locust warns about spawn rates > 100/s; a point starts all its users at once on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "spawn rate is very high" not in record.getMessage()
+
+
+logging.getLogger("locust.runners").addFilter(_SpawnRateFilter())
 _PACKAGES = (
     "tokenbooth",
     "ctranslate2",
@@ -249,6 +261,9 @@ class SweepRunner:
         self.progress = progress or (lambda _: None)
         self._state: dict[str, Any] = {}
         self._manifest: dict[str, Any] | None = None
+        self._master: Any = None
+        self._dist_rows: list[dict[str, Any]] = []
+        self._dist_done: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ orchestration
     def execute(self) -> Path:
@@ -265,11 +280,62 @@ class SweepRunner:
         if resumed:
             logger.info("resuming run: %d points already done", resumed)
         run.write_environment(environment_metadata(self.spec, None))
-        for config in self.spec.configs():
-            self._run_config(config)
+        with self._load_generators():
+            for config in self.spec.configs():
+                self._run_config(config)
         if self._manifest is not None:
             run.write_environment(environment_metadata(self.spec, self._manifest))
         return run.path
+
+    @contextmanager
+    def _load_generators(self) -> Iterator[None]:
+        """Locust distributed mode: a master here and ``workers`` worker processes."""
+        if self.workers <= 0:
+            yield
+            return
+        from loadgen.targets import _die_with_parent, free_port
+
+        env = Environment(user_classes=[ClosedLoopUser, OpenLoopUser], events=locust.events)
+        port = free_port()
+        master = env.create_master_runner("127.0.0.1", port)
+        master.register_message(
+            MSG_ROWS, lambda environment, msg, **_: self._dist_rows.extend(msg.data["rows"])
+        )
+        master.register_message(
+            MSG_DONE, lambda environment, msg, **_: self._dist_done.update({msg.node_id: msg.data})
+        )
+        log = (self.run.path / "workers.log").open("ab")
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "loadgen.worker", "--master-port", str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+            for _ in range(self.workers)
+        ]
+        try:
+            deadline = time.monotonic() + 60
+            while master.worker_count < self.workers:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise TokenboothError(
+                        f"only {master.worker_count} of {self.workers} Locust workers connected; "
+                        f"see {self.run.path / 'workers.log'}"
+                    )
+                gevent.sleep(0.1)
+            logger.info("Locust distributed mode: %d workers connected", self.workers)
+            self._master = master
+            yield
+        finally:
+            self._master = None
+            master.quit()
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            log.close()
 
     def _point_id(self, key: str) -> int:
         ids: dict[str, int] = self._state.setdefault("point_ids", {})
@@ -489,10 +555,17 @@ class SweepRunner:
         proc = psutil.Process()
         cpu0 = proc.cpu_times()
         wall0 = time.monotonic()
-        self._drive(ctx, level, target)
+        if self._master is not None:
+            worker_cpu = self._drive_distributed(ctx, level, target)
+        else:
+            worker_cpu = None
+            self._drive(ctx, level, target)
         cpu1 = proc.cpu_times()
         wall = max(time.monotonic() - wall0, 1e-9)
         cpu_pct = 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall
+        if worker_cpu is not None:
+            # The busiest load-generator process is what limits the offered load.
+            cpu_pct = max(cpu_pct, worker_cpu)
         after = {u: scrape.snapshot(u, headers=target.headers) for u in target.urls}
         server_rows = [
             row for u in target.urls for row in scrape.deltas(pid, u, before[u], after[u])
@@ -557,6 +630,37 @@ class SweepRunner:
                 )
         runner.quit()
         runner.greenlet.join(timeout=10)
+
+    def _drive_distributed(self, ctx: PointContext, level: LoadLevel, target: _Target) -> float:
+        """One point on Locust workers; returns the busiest worker's CPU percent."""
+        master = self._master
+        self._dist_rows = []
+        self._dist_done = {}
+        clients = sorted(master.clients.keys())
+        n = len(clients)
+        base = point_message(ctx, target.urls, self.spec.target.balance)
+        for k, client_id in enumerate(clients):
+            data = dict(base)
+            data["max_requests"] = ctx.max_requests // n + (1 if k < ctx.max_requests % n else 0)
+            if ctx.schedule is not None:
+                data["schedule"] = ctx.schedule[k::n]
+            master.send_message(MSG_POINT, data, client_id=client_id)
+        gevent.sleep(0.2)  # workers set up their context before users spawn
+        user_class = OpenLoopUser if level.mode == "rate" else ClosedLoopUser
+        users = n if level.mode == "rate" else int(level.value)
+        master.start(users, spawn_rate=max(users, 1) * 100.0, user_classes=[user_class])
+        hard_stop = ctx.stop_at + ctx.timeout_s + 10.0
+        while len(self._dist_done) < n and time.time() < hard_stop:
+            gevent.sleep(0.1)
+            if target.alive() is not None:
+                break
+            self.progress({"event": "point_progress", "rows": self._dist_rows, "in_flight": 0})
+        master.stop()
+        ctx.rows = list(self._dist_rows)
+        missing = n - len(self._dist_done)
+        if missing:
+            logger.warning("%d Locust worker(s) did not report the end of the point", missing)
+        return max((float(d["cpu_percent"]) for d in self._dist_done.values()), default=0.0)
 
 
 class _ReplicaDied(Exception):

@@ -1,0 +1,126 @@
+"""A Locust worker process for ``tokenbooth sweep --workers N`` (Locust's distributed mode).
+
+The master (the sweep runner) sends each worker its share of a point in a ``tb_point``
+message: the workload, the replica URLs, the time window and, for open loop, its slice of the
+global arrival schedule. The worker's users send and measure the requests; rows stream back
+in ``tb_rows`` messages and a final ``tb_done`` carries the worker's own CPU use, so the
+master can tell when the load generator itself is the bottleneck.
+
+Run by the harness as ``python -m loadgen.worker --master-port P``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import gevent
+import locust
+import psutil
+from locust.env import Environment
+
+from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext
+from loadgen.workload import PromptItem
+
+__all__ = ["MSG_DONE", "MSG_POINT", "MSG_ROWS", "main", "point_message"]
+
+MSG_POINT = "tb_point"
+MSG_ROWS = "tb_rows"
+MSG_DONE = "tb_done"
+_FLUSH_S = 0.5
+
+
+def point_message(ctx: PointContext, urls: list[str], balance: str) -> dict[str, Any]:
+    """Serialize a point's shared context for a worker (schedule/max_requests set per worker)."""
+    return {
+        "api": ctx.api,
+        "model": ctx.model,
+        "items": [
+            {
+                "max_tokens": i.max_tokens,
+                "prompt": i.prompt,
+                "messages": list(i.messages) if i.messages is not None else None,
+                "input_tokens": i.input_tokens,
+            }
+            for i in ctx.items
+        ],
+        "urls": urls,
+        "balance": balance,
+        "ignore_eos": ctx.ignore_eos,
+        "temperature": ctx.temperature,
+        "timeout_s": ctx.timeout_s,
+        "measure_from": ctx.measure_from,
+        "stop_at": ctx.stop_at,
+        "max_requests": ctx.max_requests,
+        "schedule": ctx.schedule,
+        "headers": ctx.headers,
+    }
+
+
+def _context(data: dict[str, Any]) -> PointContext:
+    items = [
+        PromptItem(
+            max_tokens=d["max_tokens"],
+            prompt=d["prompt"],
+            messages=tuple(d["messages"]) if d["messages"] is not None else None,
+            input_tokens=d["input_tokens"],
+        )
+        for d in data["items"]
+    ]
+    return PointContext(
+        api=data["api"],
+        model=data["model"],
+        items=items,
+        balancer=Balancer(data["urls"], data["balance"]),
+        ignore_eos=data["ignore_eos"],
+        temperature=data["temperature"],
+        timeout_s=data["timeout_s"],
+        measure_from=data["measure_from"],
+        stop_at=data["stop_at"],
+        max_requests=data["max_requests"],
+        schedule=data["schedule"],
+        headers=data["headers"],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Connect to the master and serve points until it quits."""
+    parser = argparse.ArgumentParser(prog="python -m loadgen.worker")
+    parser.add_argument("--master-host", default="127.0.0.1")
+    parser.add_argument("--master-port", type=int, required=True)
+    args = parser.parse_args(argv)
+    env = Environment(user_classes=[ClosedLoopUser, OpenLoopUser], events=locust.events)
+    runner = env.create_worker_runner(args.master_host, args.master_port)
+    proc = psutil.Process()
+
+    def on_point(environment: Environment, msg: Any, **_: Any) -> None:
+        ctx = _context(msg.data)
+        environment.tokenbooth = ctx  # type: ignore[attr-defined]
+        environment.tokenbooth_user_seq = 0  # type: ignore[attr-defined]
+        gevent.spawn(_report, ctx)
+
+    def _report(ctx: PointContext) -> None:
+        cpu0, wall0 = proc.cpu_times(), time.monotonic()
+        sent = 0
+        hard_stop = ctx.stop_at + ctx.timeout_s + 5.0
+        while True:
+            gevent.sleep(_FLUSH_S)
+            done = (ctx.stopped or time.time() >= ctx.stop_at) and ctx.in_flight == 0
+            if len(ctx.rows) > sent:
+                runner.send_message(MSG_ROWS, {"rows": ctx.rows[sent:]})
+                sent = len(ctx.rows)
+            if done or time.time() >= hard_stop:
+                break
+        cpu1 = proc.cpu_times()
+        wall = max(time.monotonic() - wall0, 1e-9)
+        cpu = 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall
+        runner.send_message(MSG_DONE, {"cpu_percent": cpu, "rows": sent})
+
+    runner.register_message(MSG_POINT, on_point)
+    runner.greenlet.join()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
