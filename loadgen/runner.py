@@ -519,7 +519,6 @@ class SweepRunner:
             return {}
         pid = self._point_id(key)
         run = self.spec.run
-        before = {u: scrape.snapshot(u, headers=target.headers) for u in target.urls}
         t0 = time.time() + 0.2
         measure_from = t0 + run.warmup_s
         ctx = PointContext(
@@ -552,6 +551,15 @@ class SweepRunner:
                 "config": config.config_id,
             }
         )
+        # The server's "before" is taken when the measured window opens, so its deltas cover
+        # (nearly) the same requests as the client's rows: warm-up requests still in flight
+        # at that instant are the only overlap.
+        before: dict[str, scrape.Snapshot] = {}
+
+        def snapshot_before() -> None:
+            before.update({u: scrape.snapshot(u, headers=target.headers) for u in target.urls})
+
+        snapper = gevent.spawn_later(max(0.0, measure_from - time.time()), snapshot_before)
         proc = psutil.Process()
         cpu0 = proc.cpu_times()
         wall0 = time.monotonic()
@@ -566,6 +574,9 @@ class SweepRunner:
         if worker_cpu is not None:
             # The busiest load-generator process is what limits the offered load.
             cpu_pct = max(cpu_pct, worker_cpu)
+        snapper.join(timeout=30)
+        if not before:
+            snapshot_before()  # the point ended before its window opened (e.g. target died)
         after = {u: scrape.snapshot(u, headers=target.headers) for u in target.urls}
         server_rows = [
             row for u in target.urls for row in scrape.deltas(pid, u, before[u], after[u])

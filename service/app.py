@@ -194,7 +194,7 @@ async def _load(state: ServiceState, engine: Engine | None) -> None:
     except Exception as exc:
         state.phase = Phase.FAILED
         state.failure = str(exc) if isinstance(exc, TokenboothError) else repr(exc)
-        logger.exception("model load failed", extra={"fields": {"event": "load_failed"}})
+        log_event(logger, "load_failed", level=logging.ERROR, error=state.failure)
 
 
 def _greedy() -> Any:

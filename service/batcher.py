@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, Tracer
 
-from service.errors import DrainingError, EngineError, QueueFullError
+from service.errors import DrainingError, QueueFullError
 from telemetry import names
+from telemetry.logging import log_event
 
 if TYPE_CHECKING:
     from service.engine import Engine, SamplingOptions, StreamDecoder
@@ -158,12 +159,12 @@ class Batcher:
         self._admitted = 0  # between admission and enqueue (tokenizing)
         self._waiting = 0
         self._running: set[Job] = set()
-        self._arrival = asyncio.Event()
-        self._workers = asyncio.Semaphore(config.batch_workers)
+        self._free_workers = config.batch_workers
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._executor = ThreadPoolExecutor(
             max_workers=config.batch_workers, thread_name_prefix="batch-worker"
         )
-        self._scheduler: asyncio.Task[None] | None = None
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._eos_ids = engine.codec.eos_token_ids
@@ -174,19 +175,16 @@ class Batcher:
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        """Start the scheduler task on the running loop."""
+        """Bind to the running event loop."""
         self._loop = asyncio.get_running_loop()
-        self._scheduler = asyncio.create_task(self._schedule(), name="batch-scheduler")
 
     async def stop(self) -> None:
         """Abort whatever is left, wait for running batches, stop the workers."""
         for bucket in self._buckets.values():
             for job in list(bucket):
                 self._finish(job, Finished(Outcome.ABORTED, "shutdown", "server shut down"))
-        if self._scheduler is not None:
-            self._scheduler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scheduler
+        if self._timer is not None:
+            self._timer.cancel()
         for job in list(self._running):
             self._finish(job, Finished(Outcome.ABORTED, "shutdown", "server shut down"))
         if self._batch_tasks:
@@ -244,7 +242,9 @@ class Batcher:
         job._timeout_handle = self._loop.call_later(
             self.config.request_timeout_s, self._expire, job
         )
-        self._arrival.set()
+        # Dispatch synchronously: when a worker is free and the batch is due (full, or no
+        # delay configured) the engine starts before this handler even returns.
+        self._dispatch()
         return job
 
     def abort(self, job: Job) -> None:
@@ -262,22 +262,14 @@ class Batcher:
         )
 
     # ----------------------------------------------------------------- scheduling
-    async def _schedule(self) -> None:
-        while True:
-            await self._workers.acquire()
-            try:
-                jobs = await self._next_batch()
-            except BaseException:
-                self._workers.release()
-                raise
-            task = asyncio.create_task(self._run_batch(jobs), name="batch")
-            self._batch_tasks.add(task)
-            task.add_done_callback(self._batch_tasks.discard)
+    def _dispatch(self) -> None:
+        """Start every batch that is due while workers are free; arm a timer for the next.
 
-    async def _next_batch(self) -> list[Job]:
+        Called on submit, when a batch finishes, and when the delay timer fires: the batcher
+        is event-driven, with no polling task between a request and its batch.
+        """
         cfg = self.config
-        while True:
-            self._arrival.clear()
+        while self._free_workers > 0:
             now = time.perf_counter()
             best: deque[Job] | None = None
             best_key: tuple[int, float] | None = None
@@ -287,24 +279,39 @@ class Batcher:
                     continue
                 head_t = bucket[0].enqueued_at
                 full = len(bucket) >= cfg.max_batch_size
-                due = now >= head_t + cfg.max_batch_delay_s
-                if full or due:
+                if full or now >= head_t + cfg.max_batch_delay_s:
                     key = (0 if full else 1, head_t)  # full buckets first, then oldest
                     if best_key is None or key < best_key:
                         best, best_key = bucket, key
                 else:
                     next_deadline = min(next_deadline, head_t + cfg.max_batch_delay_s)
-            if best is not None:
-                n = min(len(best), cfg.max_batch_size)
-                jobs = [best.popleft() for _ in range(n)]
-                self._waiting -= n
-                self._buckets = {k: v for k, v in self._buckets.items() if v}
-                return jobs
-            timeout = None if math.isinf(next_deadline) else max(0.0, next_deadline - now)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrival.wait(), timeout)
+            if best is None:
+                self._arm_timer(next_deadline)
+                return
+            n = min(len(best), cfg.max_batch_size)
+            jobs = [best.popleft() for _ in range(n)]
+            self._waiting -= n
+            self._buckets = {k: v for k, v in self._buckets.items() if v}
+            self._free_workers -= 1
+            self._run_batch(jobs)
 
-    async def _run_batch(self, jobs: list[Job]) -> None:
+    def _arm_timer(self, deadline: float) -> None:
+        if math.isinf(deadline) or deadline >= self._timer_at:
+            return
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        delay = max(0.0, deadline - time.perf_counter())
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        self._dispatch()
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """Hand ``jobs`` to a worker thread now; a task finishes the batch when it returns."""
         assert self._loop is not None
         loop = self._loop
         started = time.perf_counter()
@@ -363,21 +370,43 @@ class Batcher:
             return stop
 
         max_new = max(j.max_tokens for j in jobs)
-        live = [j for j in jobs if not j.cancelled]
-        error: EngineError | None = None
+        fut: asyncio.Future[None]
+        if any(not j.cancelled for j in jobs):
+            fut = loop.run_in_executor(
+                self._executor,
+                self.engine.generate_batch,
+                [j.prompt_tokens for j in jobs],
+                jobs[0].options,
+                max_new,
+                on_step,
+            )
+        else:
+            fut = loop.create_future()
+            fut.set_result(None)
+        task = asyncio.ensure_future(
+            self._complete_batch(
+                jobs, fut, flush, started, formation_delay, first_step_at, batch_span
+            )
+        )
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
+
+    async def _complete_batch(
+        self,
+        jobs: list[Job],
+        fut: asyncio.Future[None],
+        flush: Callable[[], None],
+        started: float,
+        formation_delay: float,
+        first_step_at: list[float],
+        batch_span: Span,
+    ) -> None:
+        error: Exception | None = None
         try:
-            if live:
-                await loop.run_in_executor(
-                    self._executor,
-                    self.engine.generate_batch,
-                    [j.prompt_tokens for j in jobs],
-                    jobs[0].options,
-                    max_new,
-                    on_step,
-                )
-        except EngineError as exc:
+            await fut
+        except Exception as exc:
             error = exc
-            logger.exception("batch failed", extra={"fields": {"event": "batch_error"}})
+            log_event(logger, "batch_error", level=logging.ERROR, error=str(exc), size=len(jobs))
         finally:
             flush()
             ended = time.perf_counter()
@@ -399,7 +428,8 @@ class Batcher:
                     self._finish(j, fin)
                 self._record_phase_spans(j, started, prefill_end)
             batch_span.end(end_time=_wall_ns(ended))
-            self._workers.release()
+            self._free_workers += 1
+            self._dispatch()
 
     def _record_phase_spans(self, job: Job, started: float, prefill_end: float) -> None:
         if job.span_context is None:

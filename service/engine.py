@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from service.errors import EngineError, ModelBuildError
+from telemetry.logging import log_event
 
 __all__ = [
     "CTranslate2Engine",
@@ -207,18 +208,14 @@ class CTranslate2Engine:
         self._device = resolve_device(device)
         if compute_type == "default":
             compute_type = "int8_float16" if self._device == "cuda" else "int8"
-        logger.info(
-            "loading model",
-            extra={
-                "fields": {
-                    "event": "model_load",
-                    "model_dir": str(model_dir),
-                    "device": self._device,
-                    "compute_type": compute_type,
-                    "device_choice": device,
-                    "cuda_devices": ctranslate2.get_cuda_device_count(),
-                }
-            },
+        log_event(
+            logger,
+            "model_load",
+            model_dir=str(model_dir),
+            device=self._device,
+            compute_type=compute_type,
+            device_choice=device,
+            cuda_devices=ctranslate2.get_cuda_device_count(),
         )
         try:
             self._generator = ctranslate2.Generator(

@@ -294,21 +294,24 @@ def _end_span(span: trace.Span, job: Job) -> None:
 
 def _log_job(job: Job, route: str, status: int) -> None:
     fin = job.result
-    log_event(
-        logger,
-        "request",
-        request_id=job.request_id,
-        route=route,
-        status=status,
-        outcome=fin.outcome.value if fin else "unknown",
-        error_type=fin.error_type if fin else "",
-        prompt_tokens=job.prompt_len,
-        completion_tokens=job.completion_tokens,
-        ttft_s=None if job.ttft_s is None else round(job.ttft_s, 6),
-        duration_s=round((job.finished_at or time.perf_counter()) - job.arrival, 6),
-        queue_wait_s=None if job.queue_wait_s is None else round(job.queue_wait_s, 6),
-        batch_size=job.batch_size,
-    )
+    # Runs after _handle's bind_request block has exited (streaming and response phases), so
+    # the request's ids are bound again here or the line would lack its trace_id.
+    with bind_request(job.request_id, job.trace_id):
+        log_event(
+            logger,
+            "request",
+            request_id=job.request_id,
+            route=route,
+            status=status,
+            outcome=fin.outcome.value if fin else "unknown",
+            error_type=fin.error_type if fin else "",
+            prompt_tokens=job.prompt_len,
+            completion_tokens=job.completion_tokens,
+            ttft_s=None if job.ttft_s is None else round(job.ttft_s, 6),
+            duration_s=round((job.finished_at or time.perf_counter()) - job.arrival, 6),
+            queue_wait_s=None if job.queue_wait_s is None else round(job.queue_wait_s, 6),
+            batch_size=job.batch_size,
+        )
 
 
 def _chunk(
