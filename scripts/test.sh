@@ -3,7 +3,8 @@
 # Extra pytest arguments are passed through, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh" test
-apt_install prometheus prometheus
+apt_install prometheus prometheus    # integration: real Prometheus scrapes the service
+apt_install chromium chromium        # reports: the HTML report is opened in headless Chromium
 
 echo "== ruff"
 ruff check .
