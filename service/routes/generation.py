@@ -29,6 +29,7 @@ from service.errors import (
     APIError,
     DrainingError,
     InvalidRequestError,
+    ModelBuildError,
     ModelNotFoundError,
     RequestTimeoutError,
     UnprocessableError,
@@ -189,7 +190,14 @@ async def _handle(
             with st.batcher.admission():
                 codec = st.engine.codec
                 if isinstance(req, schemas.ChatCompletionRequest):
-                    prompt = codec.render_chat(_chat_text(req.messages))
+                    try:
+                        prompt = codec.render_chat(_chat_text(req.messages))
+                    except ModelBuildError as exc:
+                        # The model's template rejected these messages (e.g. role order).
+                        raise InvalidRequestError(
+                            f"messages do not fit the model's chat template: {exc.detail}",
+                            param="messages",
+                        ) from exc
                     param = "messages"
                 else:
                     if isinstance(req.prompt, list):

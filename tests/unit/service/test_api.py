@@ -308,3 +308,20 @@ async def test_openapi_documents_request_bodies(client: Any) -> None:
     body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
     props = body["content"]["application/json"]["schema"]["properties"]
     assert {"model", "messages", "max_tokens", "stream"} <= set(props)
+
+
+async def test_chat_template_rejection_is_400(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.errors import ModelBuildError
+    from service.fake_engine import FakeCodec
+
+    def reject(self: FakeCodec, messages: list[dict[str, str]]) -> str:
+        raise ModelBuildError("chat template error: Conversation roles must alternate")
+
+    monkeypatch.setattr(FakeCodec, "render_chat", reject)
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "messages"
+    assert "alternate" in r.json()["error"]["message"]
