@@ -89,6 +89,9 @@ class ServerSpec:
     intra_threads: tuple[int, ...] = (1,)
     quantization: tuple[str, ...] = ("int8",)
     env: dict[str, str] = field(default_factory=dict)
+    # A listed subset instead of the cross product: each entry fixes some dimensions; the
+    # others take their first listed value.
+    configs: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,18 @@ class SweepSpec:
     def configs(self) -> list[ServerConfig]:
         """The cross product of the [server] dimensions, in spec order."""
         s = self.server
+        if s.configs:
+            return [
+                ServerConfig(
+                    replicas=c.get("replicas", s.replicas[0]),
+                    max_batch_size=c.get("max_batch_size", s.max_batch_size[0]),
+                    max_batch_delay_ms=c.get("max_batch_delay_ms", s.max_batch_delay_ms[0]),
+                    batch_workers=c.get("batch_workers", s.batch_workers[0]),
+                    intra_threads=c.get("intra_threads", s.intra_threads[0]),
+                    quantization=c.get("quantization", s.quantization[0]),
+                )
+                for c in s.configs
+            ]
         return [
             ServerConfig(*combo)
             for combo in itertools.product(
@@ -339,6 +354,35 @@ def _env_table(ctx: _Ctx, value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
+_CONFIG_KEYS: dict[str, type] = {
+    "replicas": int,
+    "max_batch_size": int,
+    "max_batch_delay_ms": float,
+    "batch_workers": int,
+    "intra_threads": int,
+    "quantization": str,
+}
+
+
+def _config_list(ctx: _Ctx, value: Any) -> tuple[dict[str, Any], ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(c, dict) for c in value):
+        raise ctx.error("server", "configs", "expected a non-empty list of tables")
+    out = []
+    for i, c in enumerate(value):
+        entry: dict[str, Any] = {}
+        for k, v in c.items():
+            typ = _CONFIG_KEYS.get(k)
+            if typ is None:
+                raise ctx.error("server", "configs", f"entry {i}: unknown key {k!r}")
+            if typ is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if isinstance(v, bool) or not isinstance(v, typ):
+                raise ctx.error("server", "configs", f"entry {i}: {k} must be {typ.__name__}")
+            entry[k] = v
+        out.append(entry)
+    return tuple(out)
+
+
 def _section(ctx: _Ctx, data: dict[str, Any], name: str) -> dict[str, Any]:
     value = data.get(name, {})
     if not isinstance(value, dict):
@@ -444,6 +488,7 @@ def parse_spec(text: str, path: str = "<spec>") -> SweepSpec:
                 for q in (v if isinstance(v, list) else [v])
             ),
             "env": lambda v: _env_table(ctx, v),
+            "configs": lambda v: _config_list(ctx, v),
         },
     )
     load = _build(
