@@ -317,8 +317,11 @@ class RunDir:
         path = self.path / POINTS_FILE
         if not path.exists():
             return pd.DataFrame(columns=list(POINT_COLUMNS))
-        frame = pd.read_csv(path, keep_default_na=True)
-        for c in (Point.STATUS_DETAIL, Point.INVALID_REASON):
+        text_columns = (Point.STATUS_DETAIL, Point.INVALID_REASON)
+        # Read as text: an all-empty column would otherwise load as float64 NaN, and filling
+        # float NaN with "" is deprecated in pandas (a warning now, an error later).
+        frame = pd.read_csv(path, keep_default_na=True, dtype=dict.fromkeys(text_columns, str))
+        for c in text_columns:
             frame[c] = frame[c].fillna("").astype(str)
         return frame
 
