@@ -36,7 +36,7 @@ from service.state import Phase, ServiceState
 from telemetry.gpu import GpuSampler
 from telemetry.logging import log_event
 from telemetry.metrics import ServiceMetrics, register_process_collectors
-from telemetry.tracing import configure_tracing, shutdown_tracing
+from telemetry.tracing import TRACER_NAME, configure_tracing, shutdown_tracing
 
 __all__ = ["create_app", "get_state", "load_engine"]
 
@@ -227,7 +227,7 @@ def create_app(
     state = ServiceState(
         settings=settings,
         registry=registry,
-        tracer=provider.get_tracer("tokenbooth.service"),
+        tracer=provider.get_tracer(TRACER_NAME),
         tracer_provider=provider,
     )
 
