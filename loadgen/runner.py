@@ -559,6 +559,10 @@ class SweepRunner:
         def snapshot_before() -> None:
             before.update({u: scrape.snapshot(u, headers=target.headers) for u in target.urls})
 
+        # Loop timers count from the hub's cached clock, which is stale by however long this
+        # greenlet just blocked (writing the previous point's files): refresh it, or the
+        # snapshot fires that much early and the server window swallows warm-up requests.
+        gevent.get_hub().loop.update_now()
         snapper = gevent.spawn_later(max(0.0, measure_from - time.time()), snapshot_before)
         proc = psutil.Process()
         cpu0 = proc.cpu_times()

@@ -364,6 +364,9 @@ _CONFIG_KEYS: dict[str, type] = {
 }
 
 
+_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "float16", "float32")
+
+
 def _config_list(ctx: _Ctx, value: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list) or not value or not all(isinstance(c, dict) for c in value):
         raise ctx.error("server", "configs", "expected a non-empty list of tables")
@@ -378,6 +381,13 @@ def _config_list(ctx: _Ctx, value: Any) -> tuple[dict[str, Any], ...]:
                 v = float(v)
             if isinstance(v, bool) or not isinstance(v, typ):
                 raise ctx.error("server", "configs", f"entry {i}: {k} must be {typ.__name__}")
+            # The same bounds and choices as the [server] dimension lists.
+            if isinstance(v, int | float) and (v < 1 if typ is int else v < 0):
+                raise ctx.error("server", "configs", f"entry {i}: {k} out of range, got {v!r}")
+            if k == "quantization" and v not in _QUANTIZATIONS:
+                raise ctx.error(
+                    "server", "configs", f"entry {i}: quantization must be one of {_QUANTIZATIONS}"
+                )
             entry[k] = v
         out.append(entry)
     return tuple(out)
@@ -483,7 +493,7 @@ def parse_spec(text: str, path: str = "<spec>") -> SweepSpec:
                     "server",
                     "quantization",
                     q,
-                    ("int8", "int8_float32", "int8_float16", "float16", "float32"),
+                    _QUANTIZATIONS,
                 )
                 for q in (v if isinstance(v, list) else [v])
             ),

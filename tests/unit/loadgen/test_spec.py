@@ -1,0 +1,404 @@
+"""Sweep spec parsing: the documented example, the cross product, levels, and errors that name
+the offending key and its line."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+import loadgen
+from loadgen.spec import (
+    LengthDist,
+    LoadLevel,
+    LoadSpec,
+    RunSpec,
+    ServerConfig,
+    ServerSpec,
+    SLOSpec,
+    SpecError,
+    TargetSpec,
+    WorkloadSpec,
+    load_spec,
+    parse_spec,
+)
+
+EXAMPLE = Path(loadgen.__file__).parent / "examples" / "sweep.toml"
+
+
+def write_spec(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def spec_error(tmp_path: Path, text: str) -> str:
+    path = write_spec(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    return str(info.value)
+
+
+# ------------------------------------------------------------------------------ the example
+
+
+def test_example_spec_parses_with_its_documented_values() -> None:
+    spec = load_spec(EXAMPLE)
+    assert spec.path == str(EXAMPLE)
+    assert spec.text == EXAMPLE.read_text()
+    assert spec.run == RunSpec(
+        name="example",
+        duration_s=20.0,
+        warmup_s=3.0,
+        max_requests=2000,
+        repeats=1,
+        seed=42,
+        lag_threshold_s=0.05,
+        min_samples=20,
+        request_timeout_s=120.0,
+    )
+    assert spec.target.kind == "local"
+    assert spec.target.engine == "ctranslate2"
+    assert spec.target.urls == ()
+    assert spec.server.replicas == (1, 2)
+    assert spec.server.max_batch_delay_ms == (5.0,)
+    assert spec.server.env == {}
+    assert spec.load.mode == "concurrency"
+    assert spec.load.concurrency == (1, 4, 8)
+    assert spec.workload.input_tokens == LengthDist(dist="uniform", min=32, max=96)
+    assert spec.workload.output_tokens == LengthDist(dist="fixed", value=32, min=32, max=32)
+    assert spec.slo == SLOSpec(ttft_p95_s=1.0, tpot_p95_s=0.2, e2e_p95_s=30.0, max_error_rate=0.01)
+    assert spec.target_rps == 4.0
+    assert [c.config_id for c in spec.configs()] == ["r1-b8-d5-w1-t1-int8", "r2-b8-d5-w1-t1-int8"]
+    assert [lv.key for lv in spec.levels()] == [
+        "concurrency=1/closed",
+        "concurrency=4/closed",
+        "concurrency=8/closed",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "cls"),
+    [
+        ("run", RunSpec),
+        ("target", TargetSpec),
+        ("server", ServerSpec),
+        ("load", LoadSpec),
+        ("workload", WorkloadSpec),
+        ("slo", SLOSpec),
+    ],
+)
+def test_example_documents_every_key(section: str, cls: type) -> None:
+    # The example is the reference ("every key, commented"): each field of the section is set,
+    # or shown in a comment when it is optional (e.g. [server] configs).
+    table = tomllib.loads(EXAMPLE.read_text())[section]
+    lines = EXAMPLE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"[{section}]"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    commented = {
+        m.group(1) for line in lines[start:end] if (m := re.match(r"^#\s*([a-z_]+)\s*=", line))
+    }
+    names = {f.name for f in fields(cls)}
+    assert set(table) <= names
+    assert names - set(table) <= commented, names - set(table) - commented
+
+
+def test_empty_spec_uses_defaults() -> None:
+    spec = parse_spec("")
+    assert spec.run == RunSpec()
+    assert spec.target == TargetSpec()
+    assert spec.target_rps is None
+    assert len(spec.configs()) == 1
+    assert [lv.value for lv in spec.levels()] == [1.0, 4.0, 8.0]
+
+
+# ------------------------------------------------------------------------------ cross product
+
+
+def test_configs_are_the_cross_product_in_spec_order() -> None:
+    spec = parse_spec(
+        textwrap.dedent(
+            """
+            [server]
+            replicas = [1, 2]
+            max_batch_size = [4, 8, 16]
+            max_batch_delay_ms = [0, 2.5]
+            batch_workers = 1
+            intra_threads = [1, 2]
+            quantization = ["int8", "float32"]
+            """
+        )
+    )
+    configs = spec.configs()
+    assert len(configs) == 2 * 3 * 2 * 1 * 2 * 2
+    assert len({c.config_id for c in configs}) == len(configs)
+    # The first dimension varies slowest, the last fastest.
+    assert configs[0] == ServerConfig(1, 4, 0.0, 1, 1, "int8")
+    assert configs[1] == ServerConfig(1, 4, 0.0, 1, 1, "float32")
+    assert configs[-1] == ServerConfig(2, 16, 2.5, 1, 2, "float32")
+    assert configs[-1].config_id == "r2-b16-d2.5-w1-t2-float32"
+    # A scalar is a one-element dimension; integers in a float list become floats.
+    assert spec.server.batch_workers == (1,)
+    assert spec.server.max_batch_delay_ms == (0.0, 2.5)
+    assert all(isinstance(d, float) for d in spec.server.max_batch_delay_ms)
+
+
+def test_listed_configs_replace_the_cross_product() -> None:
+    spec = parse_spec(
+        textwrap.dedent(
+            """
+            [server]
+            replicas = [1, 2, 4]
+            max_batch_size = [8, 16]
+            max_batch_delay_ms = [5]
+            configs = [
+                { replicas = 1, max_batch_size = 8 },
+                { replicas = 2, max_batch_delay_ms = 0, quantization = "float32" },
+                { max_batch_size = 16, intra_threads = 2, batch_workers = 2 },
+            ]
+            """
+        )
+    )
+    assert spec.configs() == [
+        ServerConfig(1, 8, 5.0, 1, 1, "int8"),
+        ServerConfig(2, 8, 0.0, 1, 1, "float32"),
+        ServerConfig(1, 16, 5.0, 2, 2, "int8"),  # unlisted keys: the first listed value
+    ]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "{ replica = 1 }",
+        '{ replicas = "2" }',
+        "{ replicas = true }",
+        "{ replicas = 0 }",
+        "{ max_batch_size = -8 }",
+        "{ max_batch_delay_ms = -1 }",
+        '{ quantization = "int4" }',
+    ],
+)
+def test_bad_listed_config_names_key_and_line(tmp_path: Path, entry: str) -> None:
+    msg = spec_error(tmp_path, f"[server]\nreplicas = [1]\nconfigs = [{entry}]\n")
+    assert "spec.toml:3: [server] configs: entry 0" in msg
+
+
+def test_empty_listed_configs_are_rejected(tmp_path: Path) -> None:
+    assert "[server] configs" in spec_error(tmp_path, "[server]\nconfigs = []\n")
+    assert "[server] configs" in spec_error(tmp_path, "[server]\nconfigs = [1, 2]\n")
+
+
+# ------------------------------------------------------------------------------ levels
+
+
+def test_concurrency_levels_are_closed_loop() -> None:
+    spec = parse_spec('[load]\nmode = "concurrency"\nconcurrency = [2, 16]\n')
+    assert spec.levels() == [
+        LoadLevel("concurrency", 2.0, "closed"),
+        LoadLevel("concurrency", 16.0, "closed"),
+    ]
+    assert spec.levels()[1].key == "concurrency=16/closed"
+
+
+@pytest.mark.parametrize("arrival", ["poisson", "constant"])
+def test_rate_levels_carry_the_arrival_process(arrival: str) -> None:
+    spec = parse_spec(f'[load]\nmode = "rate"\nrate = [0.5, 3]\narrival = "{arrival}"\n')
+    assert spec.levels() == [
+        LoadLevel("rate", 0.5, arrival),  # type: ignore[arg-type]
+        LoadLevel("rate", 3.0, arrival),  # type: ignore[arg-type]
+    ]
+    assert spec.levels()[0].key == f"rate=0.5/{arrival}"
+
+
+def test_auto_mode_has_no_explicit_levels() -> None:
+    spec = parse_spec('[load]\nmode = "auto"\nauto_points = 3\n')
+    assert spec.levels() == []
+    assert spec.load.auto_points == 3
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def test_wrong_type_in_concurrency_names_key_and_line(tmp_path: Path) -> None:
+    msg = spec_error(
+        tmp_path,
+        """
+        [run]
+        name = "x"
+        duration_s = 2
+
+        [load]
+        mode = "concurrency"
+        concurrency = "8"
+        """,
+    )
+    assert msg.startswith(f"{tmp_path / 'spec.toml'}:7: ")
+    assert "spec.toml:7" in msg
+    assert "[load] concurrency" in msg
+    assert "'8'" in msg
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("[load]\nconcurrency = [1, 0]\n", 2, "[load] concurrency"),
+        ("[load]\nconcurrency = [1, true]\n", 2, "[load] concurrency"),
+        ("[load]\nconcurrency = []\n", 2, "[load] concurrency"),
+        ("[load]\nrate = [-1.0]\n", 2, "[load] rate"),
+        ('[run]\nseed = 1\nduration_s = "20"\n', 3, "[run] duration_s"),
+        ("[run]\nduration_s = 0\n", 2, "[run] duration_s"),
+        ("[run]\nmax_requests = 1.5\n", 2, "[run] max_requests"),
+        ("[run]\nrepeats = true\n", 2, "[run] repeats"),
+        ('[target]\nengine = "vllm"\n', 2, "[target] engine"),
+        ('[target]\nurls = ["ftp://x"]\n', 2, "[target] urls"),
+        ("[server]\n\nenv = { a = [1] }\n", 3, "[server] env"),
+        ('[server]\nquantization = ["int4"]\n', 2, "[server] quantization"),
+        ('[load]\nmode = "open"\n', 2, "[load] mode"),
+        ("[slo]\nttft_p95_s = -1\n", 2, "[slo] ttft_p95_s"),
+        ("[report]\ntarget_rps = 0\n", 2, "[report] target_rps"),
+        ("run = 3\n", 0, "[run]"),
+    ],
+)
+def test_bad_values_name_key_and_line(tmp_path: Path, text: str, line: int, key: str) -> None:
+    msg = spec_error(tmp_path, text)
+    where = f"spec.toml:{line}: " if line else "spec.toml: "
+    assert where in msg
+    assert key in msg
+
+
+def test_unknown_key_names_it_and_lists_known_keys(tmp_path: Path) -> None:
+    msg = spec_error(
+        tmp_path,
+        """
+        [run]
+        name = "x"
+        duraton_s = 3.0
+        """,
+    )
+    assert "spec.toml:3: [run] duraton_s: unknown key" in msg
+    assert "'duration_s'" in msg
+
+
+def test_unknown_key_in_report_is_rejected(tmp_path: Path) -> None:
+    msg = spec_error(tmp_path, "[report]\ntarget_rps = 2.0\ntarget = 3\n")
+    assert "spec.toml:3: [report] target: unknown key" in msg
+
+
+def test_unknown_section_names_it_and_its_line(tmp_path: Path) -> None:
+    msg = spec_error(
+        tmp_path,
+        """
+        [run]
+        name = "x"
+
+        [lod]
+        mode = "rate"
+        """,
+    )
+    assert "spec.toml:4: unknown section [lod]" in msg
+    assert "'load'" in msg
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '{ dist = "zipf", value = 3 }',
+        '{ dist = "fixed", min = 3 }',
+        '{ dist = "uniform", min = 10 }',
+        '{ dist = "uniform", min = 10, max = 5 }',
+        '{ dist = "normal", mean = 10, std = -1, min = 1, max = 20 }',
+        '{ dist = "fixed", value = "64" }',
+        '"64"',
+        "0",
+    ],
+)
+def test_bad_length_distribution_names_key_and_line(tmp_path: Path, value: str) -> None:
+    msg = spec_error(
+        tmp_path,
+        f"""
+        [workload]
+        api = "chat"
+        input_tokens = {value}
+        """,
+    )
+    assert "spec.toml:3: [workload] input_tokens:" in msg
+
+
+def test_length_distributions_parse() -> None:
+    spec = parse_spec(
+        textwrap.dedent(
+            """
+            [workload]
+            input_tokens = 17
+            output_tokens = { dist = "normal", mean = 40, std = 8, min = 10, max = 64 }
+            """
+        )
+    )
+    assert spec.workload.input_tokens == LengthDist(dist="fixed", value=17, min=17, max=17)
+    assert spec.workload.output_tokens == LengthDist(
+        dist="normal", mean=40.0, std=8.0, min=10, max=64
+    )
+
+
+def test_remote_target_without_urls_is_rejected(tmp_path: Path) -> None:
+    msg = spec_error(tmp_path, '[target]\nkind = "remote"\n')
+    assert "[target] urls" in msg
+    assert "needs at least one URL" in msg
+    msg = spec_error(tmp_path, '[target]\nkind = "remote"\nurls = []\n')
+    assert "spec.toml:3: [target] urls" in msg
+
+
+def test_remote_target_urls_are_normalised() -> None:
+    spec = parse_spec('[target]\nkind = "remote"\nurls = ["http://h:8000/", "https://g"]\n')
+    assert spec.target.urls == ("http://h:8000", "https://g")
+
+
+def test_invalid_toml_reports_file_and_line(tmp_path: Path) -> None:
+    msg = spec_error(
+        tmp_path,
+        """
+        [run]
+        name = "x"
+        duration_s = = 3
+        """,
+    )
+    assert msg.startswith(str(tmp_path / "spec.toml"))
+    assert "invalid TOML" in msg
+    assert "line 3" in msg
+
+
+def test_unreadable_spec_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read spec"):
+        load_spec(tmp_path / "absent.toml")
+
+
+def test_missing_workload_file_names_key_line_and_resolved_path(tmp_path: Path) -> None:
+    msg = spec_error(
+        tmp_path,
+        """
+        [workload]
+        kind = "file"
+        path = "prompts/none.jsonl"
+        """,
+    )
+    assert "spec.toml:3: [workload] path: file not found" in msg
+    assert str(tmp_path / "prompts" / "none.jsonl") in msg
+
+
+def test_file_workload_without_path_is_rejected(tmp_path: Path) -> None:
+    msg = spec_error(tmp_path, '[workload]\nkind = "file"\n')
+    assert "[workload] path" in msg
+    assert "needs a path" in msg
+
+
+def test_relative_workload_path_resolves_next_to_the_spec(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    path = write_spec(tmp_path, '[workload]\nkind = "file"\npath = "data/p.jsonl"\n')
+    spec = load_spec(path)
+    assert spec.workload.path == str(tmp_path / "data" / "p.jsonl")
+    assert spec.workload.kind == "file"

@@ -1,0 +1,203 @@
+"""Per-point statistics and validity (``loadgen.runner.summarize_point``).
+
+``loadgen.runner`` imports Locust, which gevent-monkey-patches the whole process, so it is only
+ever imported in a subprocess here: the cases go in as JSON on stdin, summaries come back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from loadgen.results import Col, Point
+
+ROOT = Path(__file__).resolve().parents[3]
+
+_SCRIPT = """
+import json, sys
+from loadgen.runner import summarize_point
+from loadgen.spec import LoadLevel
+out = []
+for case in json.load(sys.stdin):
+    mode, value, arrival = case["level"]
+    out.append(summarize_point(
+        case["rows"],
+        level=LoadLevel(mode, value, arrival),
+        lag_threshold_s=case["lag_threshold_s"],
+        min_samples=case["min_samples"],
+    ))
+json.dump(out, sys.stdout)
+"""
+
+CLOSED = ("concurrency", 4.0, "closed")
+OPEN = ("rate", 10.0, "poisson")
+
+
+def row(i: int, *, lag: float = 0.0, ok: bool = True, open_loop: bool = False) -> dict[str, Any]:
+    """A request sent at t=i*0.1 with TTFT (20+i) ms, 8 tokens 10 ms apart."""
+    sent = 1000.0 + i * 0.1
+    ttft = 0.020 + i * 0.001
+    itl = [0.010 + 0.0001 * k for k in range(7)]
+    e2e = ttft + sum(itl)
+    scheduled = sent - lag if open_loop else math.nan
+    return {
+        Col.SENT_AT: sent,
+        Col.SCHEDULED_AT: scheduled,
+        Col.FINISHED_AT: sent + e2e,
+        Col.SCHEDULE_LAG_S: lag,
+        Col.TTFT_S: ttft if ok else math.nan,
+        Col.TTFT_FROM_SCHEDULE_S: ttft + lag if ok else math.nan,
+        Col.E2E_S: e2e,
+        Col.E2E_FROM_SCHEDULE_S: e2e + lag,
+        Col.TPOT_S: (e2e - ttft) / 7 if ok else math.nan,
+        Col.ITL_S: itl if ok else [],
+        Col.PROMPT_TOKENS: 16 if ok else 0,
+        Col.COMPLETION_TOKENS: 8 if ok else 0,
+        Col.OK: ok,
+    }
+
+
+def summarize(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: list[dict[str, Any]] = json.loads(proc.stdout)
+    return result
+
+
+def case(
+    rows: list[dict[str, Any]],
+    level: tuple[str, float, str] = CLOSED,
+    *,
+    lag_threshold_s: float = 0.05,
+    min_samples: int = 5,
+) -> dict[str, Any]:
+    return {
+        "rows": rows,
+        "level": level,
+        "lag_threshold_s": lag_threshold_s,
+        "min_samples": min_samples,
+    }
+
+
+CLOSED_ROWS = [row(i) for i in range(40)]
+OPEN_ON_TIME = [row(i, lag=0.001 * (i % 5), open_loop=True) for i in range(40)]
+OPEN_LAGGING = [row(i, lag=0.002 * i, open_loop=True) for i in range(40)]  # p95 ~74 ms
+FEW = [row(i) for i in range(3)]
+MOSTLY_ERRORS = [row(i, ok=i % 4 == 0) for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def summaries() -> list[dict[str, Any]]:
+    """Summaries of every case below, from one subprocess."""
+    return summarize(
+        [
+            case(CLOSED_ROWS),
+            case(OPEN_ON_TIME, OPEN),
+            case(OPEN_LAGGING, OPEN),
+            case(FEW),
+            case(MOSTLY_ERRORS),
+            case([]),
+            case(OPEN_LAGGING, CLOSED),
+        ]
+    )
+
+
+def test_closed_loop_statistics_are_exact(summaries: list[dict[str, Any]]) -> None:
+    s = summaries[0]
+    rows = CLOSED_ROWS
+    ttft = np.array([r[Col.TTFT_S] for r in rows])
+    e2e = np.array([r[Col.E2E_S] for r in rows])
+    itl = np.array([g for r in rows for g in r[Col.ITL_S]])
+    duration = max(r[Col.FINISHED_AT] for r in rows) - min(r[Col.SENT_AT] for r in rows)
+    assert (s[Point.N_REQUESTS], s[Point.N_OK], s[Point.N_ERRORS]) == (40, 40, 0)
+    assert s[Point.ERROR_RATE] == 0.0
+    assert math.isnan(s[Point.OFFERED_RPS])
+    assert s[Point.DURATION_S] == pytest.approx(duration)
+    assert s[Point.ACHIEVED_RPS] == pytest.approx(40 / duration)
+    assert s[Point.OUTPUT_TOKENS_PER_S] == pytest.approx(40 * 8 / duration)
+    assert s[Point.INPUT_TOKENS_PER_S] == pytest.approx(40 * 16 / duration)
+    for col, q in ((Point.TTFT_P50_S, 50), (Point.TTFT_P90_S, 90), (Point.TTFT_P99_S, 99)):
+        assert s[col] == pytest.approx(np.percentile(ttft, q))
+    assert s[Point.ITL_P50_S] == pytest.approx(np.percentile(itl, 50))
+    assert s[Point.ITL_P99_S] == pytest.approx(np.percentile(itl, 99))
+    assert s[Point.E2E_P95_S] == pytest.approx(np.percentile(e2e, 95))
+    assert s[Point.PER_USER_TOKENS_PER_S] == pytest.approx(np.median(8 / e2e))
+    # Closed loop: no schedule, no lag; corrected equals uncorrected.
+    assert s[Point.LAG_P95_S] == 0.0
+    assert s[Point.LAG_MAX_S] == 0.0
+    assert s[Point.TTFT_SCHED_P95_S] == pytest.approx(s[Point.TTFT_P95_S])
+    assert s[Point.E2E_SCHED_P95_S] == pytest.approx(s[Point.E2E_P95_S])
+    assert s[Point.VALID] is True
+    assert s[Point.INVALID_REASON] == ""
+
+
+def test_open_loop_on_schedule_is_valid(summaries: list[dict[str, Any]]) -> None:
+    s = summaries[1]
+    assert s[Point.OFFERED_RPS] == 10.0
+    assert s[Point.LAG_MAX_S] == pytest.approx(0.004)
+    assert s[Point.LAG_P95_S] == pytest.approx(0.004)
+    assert s[Point.VALID] is True
+    assert s[Point.TTFT_SCHED_P95_S] > s[Point.TTFT_P95_S]
+
+
+def test_open_loop_behind_schedule_is_invalid(summaries: list[dict[str, Any]]) -> None:
+    s = summaries[2]
+    lag = np.array([r[Col.SCHEDULE_LAG_S] for r in OPEN_LAGGING])
+    assert s[Point.LAG_P95_S] == pytest.approx(np.percentile(lag, 95))
+    assert s[Point.LAG_MAX_S] == pytest.approx(0.078)
+    assert s[Point.VALID] is False
+    assert "schedule lag p95 74 ms > 50 ms" in s[Point.INVALID_REASON]
+    # Coordinated-omission correction: latency from the schedule includes the lag.
+    corrected = np.array([r[Col.TTFT_FROM_SCHEDULE_S] for r in OPEN_LAGGING])
+    assert s[Point.TTFT_SCHED_P95_S] == pytest.approx(np.percentile(corrected, 95))
+    assert s[Point.TTFT_SCHED_P95_S] > s[Point.TTFT_P95_S] + 0.05
+    assert s[Point.E2E_SCHED_P95_S] > s[Point.E2E_P95_S] + 0.05
+
+
+def test_lag_does_not_invalidate_a_closed_loop_point(summaries: list[dict[str, Any]]) -> None:
+    assert summaries[6][Point.VALID] is True
+
+
+def test_too_few_samples_is_invalid(summaries: list[dict[str, Any]]) -> None:
+    s = summaries[3]
+    assert s[Point.VALID] is False
+    assert s[Point.INVALID_REASON] == "too few samples (3 < 5)"
+
+
+def test_mostly_errors_is_invalid_and_errors_are_excluded(
+    summaries: list[dict[str, Any]],
+) -> None:
+    s = summaries[4]
+    assert (s[Point.N_REQUESTS], s[Point.N_OK], s[Point.N_ERRORS]) == (40, 10, 30)
+    assert s[Point.ERROR_RATE] == 0.75
+    assert s[Point.VALID] is False
+    assert "mostly errors (75%)" in s[Point.INVALID_REASON]
+    ok_ttft = [r[Col.TTFT_S] for r in MOSTLY_ERRORS if r[Col.OK]]
+    assert s[Point.TTFT_P50_S] == pytest.approx(np.percentile(ok_ttft, 50))
+    assert s[Point.OUTPUT_TOKENS_PER_S] == pytest.approx(10 * 8 / s[Point.DURATION_S])
+
+
+def test_no_rows(summaries: list[dict[str, Any]]) -> None:
+    s = summaries[5]
+    assert s[Point.N_REQUESTS] == 0
+    assert math.isnan(s[Point.DURATION_S])
+    assert math.isnan(s[Point.ACHIEVED_RPS])
+    assert math.isnan(s[Point.TTFT_P50_S])
+    assert math.isnan(s[Point.PER_USER_TOKENS_PER_S])
+    assert s[Point.VALID] is False
+    assert "too few samples (0 < 5)" in s[Point.INVALID_REASON]
