@@ -614,3 +614,41 @@ def test_unreachable_remote_target_is_recorded(tmp_path: Path) -> None:
     assert len(run.requests()) == 0
     assert sorted(p.name for p in (out / "requests").iterdir()) == ["0000.parquet", "0001.parquet"]
     assert len(run.state()["done"]) == 2
+
+
+# ------------------------------------------------------------------------ distributed
+
+
+@pytest.mark.slow
+def test_distributed_mode_splits_an_open_loop_schedule_over_locust_workers(
+    tmp_path: Path,
+) -> None:
+    """``--workers 2``: a Locust master and two worker processes share one global schedule."""
+    spec = tmp_path / "dist.toml"
+    spec.write_text(
+        fake_spec(name="dist", mode="rate", levels="[20.0]", duration_s=3.0, output_tokens=4)
+    )
+    out = tmp_path / "run"
+    run_sweep_args = [str(TOKENBOOTH), "sweep", str(spec), "--output", str(out), "--quiet"]
+    proc = subprocess.run(
+        [*run_sweep_args, "--workers", "2"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = RunDir(out)
+    p = point(run, 0)
+    rows = requests_of(run, 0)
+    # A constant 20 req/s schedule over 3 s: 60 sends, split between the two workers.
+    assert 55 <= len(rows) <= 61
+    assert rows[Col.OK].all()
+    assert p[Point.VALID], p[Point.INVALID_REASON]
+    sched = np.sort(rows[Col.SCHEDULED_AT].to_numpy())
+    # Both workers' shares interleave back into the single global schedule.
+    assert np.allclose(np.diff(sched), 1 / 20.0, atol=1e-6)
+    assert rows[Col.SCHEDULE_LAG_S].quantile(0.95) < 0.05
+    assert "Locust distributed mode: 2 workers connected" in (out / "sweep.log").read_text()
