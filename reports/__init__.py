@@ -1,3 +1,19 @@
-"""Capacity reports built from loadgen run directories."""
+"""Capacity reports built from loadgen run directories.
+
+``tokenbooth report RUN_DIR [RUN_DIR_B]`` turns a sweep into the document a capacity review
+needs. The pipeline, one module per stage:
+
+* :mod:`reports.load`: read a run directory (through :mod:`loadgen.results`) and its spec.
+* :mod:`reports.analysis`: exact percentiles with bootstrap CIs, validity, knees, SLO capacity.
+* :mod:`reports.model`: a batch-service queue fitted from the server's batch metrics, simulated
+  to predict replica counts and rates that were not measured, with its hold-out error.
+* :mod:`reports.recommend`: configuration and replica count for a target load.
+* :mod:`reports.compare`: two runs side by side, regressions beyond noise.
+* :mod:`reports.plots`: one pure function per figure.
+* :mod:`reports.render`: HTML (self-contained), Markdown, PNG and CSV output.
+* :mod:`reports.cli`: the ``report`` subcommand, registered through an entry point.
+
+Nothing here talks to a live service.
+"""
 
 __all__: list[str] = []
