@@ -52,6 +52,7 @@ def snapshot(
 
 
 _CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
+# process_cpu_seconds_total is a counter, process_resident_memory_bytes a gauge.
 
 
 def deltas(point_id: int, replica: str, before: Snapshot, after: Snapshot) -> list[dict[str, Any]]:
@@ -59,7 +60,10 @@ def deltas(point_id: int, replica: str, before: Snapshot, after: Snapshot) -> li
     rows = []
     for key, value in after.items():
         name, le, labels = key
-        if not name.startswith(("tokenbooth_", "gen_ai_")) or name.endswith("_created"):
+        # Process CPU and memory come along: they show how much of the host each replica used.
+        if not name.startswith(("tokenbooth_", "gen_ai_", "process_cpu", "process_resident")):
+            continue
+        if name.endswith("_created"):
             continue
         prev = before.get(key, 0.0 if name.endswith(_CUMULATIVE_SUFFIXES) else math.nan)
         cumulative = name.endswith(_CUMULATIVE_SUFFIXES)

@@ -113,8 +113,11 @@ def test_deltas_of_counters_histograms_and_gauges() -> None:
     assert {r[Srv.REPLICA] for r in rows} == {"http://a"}
     assert all(set(r) == set(SERVER_COLUMNS) for r in rows)
     rows_by = by_key(rows)
-    # Only tokenbooth_/gen_ai_ series, never _created or process metrics.
-    assert all(r[Srv.METRIC].startswith(("tokenbooth_", "gen_ai_")) for r in rows)
+    # Only tokenbooth_/gen_ai_ series and process CPU/memory, never _created samples.
+    assert all(
+        r[Srv.METRIC].startswith(("tokenbooth_", "gen_ai_", "process_cpu", "process_resident"))
+        for r in rows
+    )
     assert not any(r[Srv.METRIC].endswith("_created") for r in rows)
 
     bucket = rows_by[(f"{TTFT}_bucket", "0.1", MR)]
