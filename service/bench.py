@@ -55,6 +55,7 @@ class EngineBenchResult:
     throughput_ratio: float
     engine_ttft_ms: float
     service_ttft_ms: float
+    service_mean_batch_size: float
     ttft_delta_ms: float
     cpu_count: int
 
@@ -144,7 +145,7 @@ async def _service_phase(
     max_tokens: int,
     per_client: int,
     ttft_samples: int,
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     body = {
         "model": model,
         "prompt": prompt,
@@ -173,10 +174,33 @@ async def _service_phase(
                 _, n = await _stream_once(client, body)
                 total += n
 
+        before = await _batch_totals(client)
         t0 = time.perf_counter()
         await asyncio.gather(*[user() for _ in range(concurrency)])
         elapsed = time.perf_counter() - t0
-    return total / elapsed, statistics.median(ttfts)
+        after = await _batch_totals(client)
+    batches = after[1] - before[1]
+    mean_batch = (after[0] - before[0]) / batches if batches else 0.0
+    return total / elapsed, statistics.median(ttfts), mean_batch
+
+
+async def _batch_totals(client: httpx.AsyncClient) -> tuple[float, float]:
+    """(sum, count) of the service's batch-size histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from telemetry import names
+
+    text = (await client.get("/metrics")).text
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != names.TOKENBOOTH_BATCH_SIZE:
+            continue
+        for s in family.samples:
+            if s.name.endswith("_sum"):
+                total += s.value
+            elif s.name.endswith("_count"):
+                count += s.value
+    return total, count
 
 
 def _free_port() -> int:
@@ -252,7 +276,7 @@ def measure(
         per_client = max(
             1, rounds * settings.max_batch_size * settings.batch_workers // concurrency
         )
-        service_tps, service_ttft = asyncio.run(
+        service_tps, service_ttft, mean_batch = asyncio.run(
             _service_phase(
                 base, info.model_name, prompt, concurrency, max_tokens, per_client, ttft_samples
             )
@@ -279,6 +303,7 @@ def measure(
         throughput_ratio=service_tps / raw if raw else 0.0,
         engine_ttft_ms=engine_ttft * 1000,
         service_ttft_ms=service_ttft * 1000,
+        service_mean_batch_size=mean_batch,
         ttft_delta_ms=(service_ttft - engine_ttft) * 1000,
         cpu_count=os.cpu_count() or 0,
     )
@@ -296,7 +321,10 @@ def run_engine_bench(settings: ServiceSettings, **kwargs: Any) -> int:
         f"prompt={r.prompt_tokens} tok, output={r.max_tokens} tok"
     )
     print(f"raw generate_batch      {r.raw_tokens_per_s:9.1f} output tok/s")
-    print(f"service (HTTP, SSE)     {r.service_tokens_per_s:9.1f} output tok/s")
+    print(
+        f"service (HTTP, SSE)     {r.service_tokens_per_s:9.1f} output tok/s  "
+        f"(mean batch {r.service_mean_batch_size:.1f} of {r.max_batch_size})"
+    )
     print(
         f"throughput ratio        {r.throughput_ratio:9.3f}  "
         f"(target >= {_THROUGHPUT_TARGET:.2f}: {'met' if ok_tp else 'NOT met'})"
