@@ -83,7 +83,8 @@ def main() -> int:
         ttft = req[Col.TTFT_S].to_numpy() * 1000
         itl = np.concatenate(req[Col.ITL_S].to_numpy()) * 1000
         print(
-            f"closed loop, concurrency 1, fake TTFT {a.ttft_ms:g} ms / ITL {a.itl_ms:g} ms, n={len(req)}"
+            f"closed loop, concurrency 1, fake TTFT {a.ttft_ms:g} ms / ITL {a.itl_ms:g} ms, "
+            f"n={len(req)}"
         )
         print(
             f"  harness TTFT   p50 {np.median(ttft):7.2f} ms  mean {ttft.mean():7.2f} ms  "
@@ -117,7 +118,8 @@ def main() -> int:
         print(f"open loop (Poisson), batch size 1: capacity about {capacity:.2f} req/s")
         for _, r in p.iterrows():
             print(
-                f"  offered {r[Point.OFFERED_RPS]:6.2f} req/s  achieved {r[Point.ACHIEVED_RPS]:6.2f} "
+                f"  offered {r[Point.OFFERED_RPS]:6.2f} req/s  "
+                f"achieved {r[Point.ACHIEVED_RPS]:6.2f} "
                 f"({r[Point.ACHIEVED_RPS] / r[Point.OFFERED_RPS]:.3f}x)  "
                 f"TTFT p95 {r[Point.TTFT_P95_S] * 1000:8.1f} ms  "
                 f"corrected {r[Point.TTFT_SCHED_P95_S] * 1000:8.1f} ms  "
