@@ -36,7 +36,7 @@ from service.state import Phase, ServiceState
 from telemetry.gpu import GpuSampler
 from telemetry.logging import log_event
 from telemetry.metrics import ServiceMetrics, register_process_collectors
-from telemetry.tracing import TRACER_NAME, configure_tracing, shutdown_tracing
+from telemetry.tracing import TRACER_NAME, configure_tracing, exports_spans, shutdown_tracing
 
 __all__ = ["create_app", "get_state", "load_engine"]
 
@@ -185,6 +185,7 @@ async def _load(state: ServiceState, engine: Engine | None) -> None:
             ),
             metrics,
             state.tracer,
+            phase_spans=state.phase_spans,
         )
         await batcher.start()
         state.batcher = batcher
@@ -230,6 +231,7 @@ def create_app(
         tracer=provider.get_tracer(TRACER_NAME),
         tracer_provider=provider,
     )
+    state.phase_spans = exports_spans(provider)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -150,11 +150,15 @@ class Batcher:
         config: BatcherConfig,
         metrics: ServiceMetrics,
         tracer: Tracer | None = None,
+        *,
+        phase_spans: bool = True,
     ) -> None:
         self.engine = engine
         self.config = config
         self.metrics = metrics
-        self.tracer = tracer or trace.NoOpTracer()
+        # Child spans (queue wait, batch, prefill, decode) cost ~70 us each; without an exporter
+        # nobody sees them, so they are only created when spans go somewhere.
+        self.tracer = tracer if tracer is not None and phase_spans else trace.NoOpTracer()
         self._buckets: dict[SamplingOptions, deque[Job]] = {}
         self._admitted = 0  # between admission and enqueue (tokenizing)
         self._waiting = 0

@@ -51,4 +51,6 @@ class ServiceState:
         self.batcher: Batcher | None = None
         self.metrics: ServiceMetrics | None = None
         self.gpu_available: bool | None = None
+        # Child spans are created only when a span processor exports them.
+        self.phase_spans = True
         self.extra: dict[str, object] = {}

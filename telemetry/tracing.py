@@ -41,6 +41,7 @@ __all__ = [
     "TRACER_NAME",
     "TracingConfigError",
     "configure_tracing",
+    "exports_spans",
     "extract_context",
     "get_tracer",
     "inject_headers",
@@ -179,6 +180,19 @@ def configure_tracing(
             requested or "<unset>",
         )
     return provider
+
+
+def exports_spans(provider: TracerProvider) -> bool:
+    """Whether any span processor is attached, i.e. whether finished spans go anywhere.
+
+    Without one, only the request's own span is worth creating (its trace id joins logs and
+    exemplars); child spans would cost CPU per request and vanish.
+    """
+    active = getattr(provider, "_active_span_processor", None)
+    processors = getattr(active, "_span_processors", None)
+    if processors is None:
+        return True  # unknown SDK internals: assume spans are exported
+    return len(processors) > 0
 
 
 def shutdown_tracing(provider: TracerProvider) -> None:

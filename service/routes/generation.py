@@ -373,7 +373,7 @@ async def _sse(
             first = False
         async for ev in job.events():
             if isinstance(ev, TextDelta):
-                if stream_span is None:
+                if stream_span is None and st.phase_spans:
                     ctx = trace.set_span_in_context(span)
                     stream_span = st.tracer.start_span(names.SPAN_STREAM, context=ctx)
                 if ev.text:
