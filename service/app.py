@@ -185,7 +185,7 @@ async def _load(state: ServiceState, engine: Engine | None) -> None:
             ),
             metrics,
             state.tracer,
-            phase_spans=state.phase_spans,
+            phase_spans=state.export_spans,
         )
         await batcher.start()
         state.batcher = batcher
@@ -231,7 +231,7 @@ def create_app(
         tracer=provider.get_tracer(TRACER_NAME),
         tracer_provider=provider,
     )
-    state.phase_spans = exports_spans(provider)
+    state.export_spans = exports_spans(provider)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -81,6 +81,8 @@ class FakeEngine:
 
     @staticmethod
     def _stop_after(prompt: Sequence[str]) -> int | None:
+        if not any("stop_after:" in tok for tok in prompt):
+            return None
         for tok in prompt:
             word = tok.strip()
             if word.startswith("stop_after:"):

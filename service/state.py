@@ -52,5 +52,5 @@ class ServiceState:
         self.metrics: ServiceMetrics | None = None
         self.gpu_available: bool | None = None
         # Child spans are created only when a span processor exports them.
-        self.phase_spans = True
+        self.export_spans = True
         self.extra: dict[str, object] = {}

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -20,7 +21,7 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.response import Stream
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from service import schemas
 from service.batcher import Finished, Job, Outcome, TextDelta
@@ -160,14 +161,31 @@ def _ready(st: ServiceState) -> None:
         raise DrainingError(f"model is not ready ({st.phase.value})", code="not_ready")
 
 
+def _request_span(st: ServiceState, route: str, headers: Mapping[str, str]) -> trace.Span:
+    """The request's server span, continuing an incoming ``traceparent``.
+
+    When no processor exports spans, only the trace id matters (log lines, exemplars, the
+    client's rows); a non-recording span carries it without the SDK's per-span cost.
+    """
+    parent = extract_context(dict(headers))
+    if st.export_spans:
+        return st.tracer.start_span(f"POST {route}", context=parent, kind=SpanKind.SERVER)
+    parent_ctx = trace.get_current_span(parent).get_span_context()
+    if parent_ctx.is_valid:
+        trace_id, flags = parent_ctx.trace_id, parent_ctx.trace_flags
+    else:
+        trace_id, flags = secrets.randbits(128) or 1, TraceFlags(TraceFlags.SAMPLED)
+    span_id = secrets.randbits(64) or 1
+    return trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, flags))
+
+
 async def _handle(
     request: Request[Any, Any, Any], st: ServiceState, chat: bool
 ) -> Response[Any] | Stream:
     arrival = time.perf_counter()
     request_id = request.headers.get("x-request-id") or new_request_id()
     route = "/v1/chat/completions" if chat else "/v1/completions"
-    parent = extract_context(dict(request.headers))
-    span = st.tracer.start_span(f"POST {route}", context=parent, kind=SpanKind.SERVER)
+    span = _request_span(st, route, request.headers)
     trace_id = trace_id_hex(span)
     headers = {"X-Request-ID": request_id}
     with bind_request(request_id, trace_id):
@@ -373,7 +391,7 @@ async def _sse(
             first = False
         async for ev in job.events():
             if isinstance(ev, TextDelta):
-                if stream_span is None and st.phase_spans:
+                if stream_span is None and st.export_spans:
                     ctx = trace.set_span_in_context(span)
                     stream_span = st.tracer.start_span(names.SPAN_STREAM, context=ctx)
                 if ev.text:
