@@ -2,20 +2,33 @@
 
 Each replica is the service's dynamic batcher: requests queue, a free batch worker takes up to
 ``max_batch_size`` of them as soon as that many wait or ``max_batch_delay`` after the oldest
-arrived, and the batch runs prefill then one decode step per token until its longest request is
-done. The model fits, per base configuration (what one replica runs), how long a batch of ``b``
-requests takes from the server's own metrics:
+arrived, and the batch runs on CTranslate2's static ``generate_batch``: one prefill over the
+prompts up to the shortest one, then decode steps, the longer prompts' remaining tokens forced
+through the first of them, until its last request is done. A request's tokens therefore start
+``L_i - min L`` steps after the prefill, and a request stops costing compute after its last
+token. The model fits, per base configuration (what one replica runs), from the server's own
+metrics:
 
 * prefill per batch ``= p0 + p1 b`` (``tokenbooth_batch_prefill_seconds`` against
   ``tokenbooth_batch_size``), and
-* one decode step ``= s0 + s1 b`` (``tokenbooth_batch_decode_seconds`` divided by the expected
-  longest output in a batch of ``b``, from the measured output-length distribution),
+* one decode step ``= s0 + s1 a`` with ``a`` the sequences still active
+  (``tokenbooth_batch_decode_seconds`` against the expected steps of a batch of ``b``, drawn from
+  the measured (prompt, output) lengths),
 
 both by non-negative least squares over the measured points, plus the client-side overhead (client
-TTFT minus server TTFT). Predictions replay that queue in a discrete-event simulation with
-Poisson arrivals (or closed-loop users) spread over ``N`` replicas by the sweep's balancing rule,
-over the same measured window as the sweep, and read p95 TTFT and throughput off the simulated
-requests exactly as the analysis reads them off real ones.
+TTFT minus server TTFT), and two mechanisms that decide how closed-loop users spread over
+batches and how replicas share a CPU host:
+
+* the race between a batch's last request and the batch's release of its worker (counted in the
+  client rows: how often the user's next request still joined the next batch), and
+* CPU demand: cores per busy batch worker (``process_cpu_seconds_total`` over batch busy time)
+  and the load generator's CPU per request; beyond the host's cores every step slows in
+  proportion (processor sharing).
+
+Predictions replay that queue in a discrete-event simulation with Poisson arrivals (or
+closed-loop users) spread over ``N`` replicas by the sweep's balancing rule, over the same
+measured window as the sweep, and read p95 TTFT and throughput off the simulated requests
+exactly as the analysis reads them off real ones.
 
 Use :func:`fit` (data frames, as :class:`loadgen.results.RunDir` returns them),
 :func:`fit_run_dir` or :func:`fit_analysis`; then :meth:`CapacityModel.predict` and
@@ -24,11 +37,13 @@ Use :func:`fit` (data frames, as :class:`loadgen.results.RunDir` returns them),
 
 from __future__ import annotations
 
+import bisect
+import functools
 import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -38,45 +53,65 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.optimize import nnls
 
-from loadgen.results import Col, Point
+from loadgen.results import Col, Point, Srv
 from reports.analysis import Analysis, analyze
 from reports.load import Rpt, Run, RunSpec, Slo, load_run, parse_spec, prepare_points
+from telemetry import names
 
 __all__ = [
     "ASSUMPTIONS",
     "CapacityModel",
     "Holdout",
+    "Host",
     "Prediction",
     "ServiceTimes",
     "Window",
+    "batch_catch_counts",
+    "decode_step_table",
     "expected_max",
     "fit",
     "fit_analysis",
     "fit_run_dir",
+    "request_steps",
+    "step_clock",
 ]
 
 ASSUMPTIONS: Final[tuple[str, ...]] = (
     "Static dynamic batching as in service/batcher.py: a batch forms when max_batch_size requests "
     "wait or max_batch_delay after the oldest arrived, only when a batch worker is free, and "
-    "holds its worker until its longest request finishes.",
-    "Batch service time is linear in batch size (prefill p0 + p1·b; decode step s0 + s1·b), "
-    "fitted by non-negative least squares on the per-point means of the server's batch metrics; "
-    "prompt lengths and sampling options are those of the sweep's workload.",
-    "Output lengths are drawn from the measured completion-token distribution; a batch decodes "
-    "for as many steps as its longest request.",
+    "holds its worker until its last request finishes (no continuous batching).",
+    "CTranslate2's generate_batch prefills the prompts up to the shortest one, then forces the "
+    "longer prompts' remaining tokens through ordinary decode steps: a request's first token "
+    "comes (its prompt - the batch's shortest prompt) steps after the prefill, its last one "
+    "(output - 1) steps later, and it stops costing compute after that. Prompt and output "
+    "lengths are drawn as the measured pairs.",
+    "Prefill per batch is p0 + p1·b and one decode step s0 + s1·(sequences still active), "
+    "fitted by non-negative least squares on the per-point means of the server's batch metrics "
+    "against the expected steps of the measured mean batch size; sampling options are those of "
+    "the sweep's workload.",
+    "Closed loop: users whose requests end early (shorter prompts) send again while their batch "
+    "still runs and wait for it; the user of a batch's last request races the batch's release "
+    "of its worker and joins the requests already waiting with the probability counted in the "
+    "fitted points' client rows (Laplace's rule; even odds where it cannot be counted), else "
+    "waits a whole batch. This is what desynchronises users: batches hold fewer requests than "
+    "there are users, and fewer still when replicas split them.",
     "The batch workers of one replica run independently; their contention for the replica's "
     "threads is whatever it was in the fitted points.",
     "Replicas are independent and identical; requests are spread by the sweep's balancing rule. "
-    "On a CPU host, replicas x batch workers x intra threads beyond the machine's cores slow "
-    "every step proportionally (GPU replicas are assumed not to contend).",
+    "On a CPU host each busy batch worker needs the CPU measured per busy worker in the fitted "
+    "points (process CPU seconds over batch busy seconds; its intra threads when the run did not "
+    "record process CPU) and the load generator its measured CPU per request; where that demand "
+    "exceeds the host's cores every step slows by demand / cores, averaged over the simulated "
+    "time the workers are busy together. Slowdown below saturation (shared caches, memory "
+    "bandwidth, SMT siblings) is not modelled; GPU replicas are assumed not to contend.",
     "Open-loop predictions use Poisson arrivals; closed-loop ones use zero think time. The client "
     "adds a constant overhead (median of client minus server TTFT). Errors and timeouts are not "
     "modelled: predicted error rate is 0.",
     "Predictions measure the way the harness does: requests sent after the warm-up and before "
     "the end of the window (at most max_requests) count, in-flight ones are drained, and "
-    "throughput is their number over first send to last finish. Closed-loop users start within "
-    "Locust's 10 ms spawn interval or all at once, whichever reproduces the measured batch "
-    "sizes (users that start apart can settle into separate batches for good).",
+    "throughput is their number over first send to last finish, averaged over several simulated "
+    "windows. Closed-loop users start within Locust's 10 ms spawn interval or all at once, "
+    "whichever reproduces the measured batch sizes.",
 )
 
 _EPS: Final = 1e-12
@@ -87,6 +122,9 @@ _SIM_MAX_REQUESTS: Final = 4000
 _SIM_TARGET_SAMPLES: Final = 600
 _DEFAULT_DURATION_S: Final = 30.0
 _BISECT_STEPS: Final = 8
+_CLOSED_LOOP_REPLICATIONS: Final = 8
+_CONTENTION_ITERATIONS: Final = 3
+_CONTENTION_TOLERANCE: Final = 0.005
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -140,6 +178,116 @@ def expected_max(tokens: FloatArray, b: float) -> float:
     return em(lo) if frac == 0 else (1 - frac) * em(lo) + frac * em(lo + 1)
 
 
+def request_steps(prompts: Sequence[int], outputs: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Decode steps after the batch's prefill at which each request's first and last token come.
+
+    CTranslate2's ``generate_batch`` runs the prompts up to the shortest one in one pass
+    (the prefill, which yields the first token of the shortest requests) and then forces the
+    remaining prompt tokens of the longer ones through ordinary decode steps, one per token:
+    request ``i`` gets its first token ``L_i - min L`` steps after the prefill and its last
+    ``L_i - min L + T_i - 1`` steps after it (``L`` prompt, ``T`` output tokens).
+
+    Args:
+        prompts: Prompt tokens per request of one batch.
+        outputs: Output tokens per request.
+
+    Returns:
+        (first-token step, last-token step) per request.
+    """
+    m = min(prompts) if len(prompts) else 0
+    first = [int(p) - m for p in prompts]
+    last = [f + max(int(t), 1) - 1 for f, t in zip(first, outputs, strict=True)]
+    return first, last
+
+
+def step_clock(last: Sequence[int], s0: float, s1: float) -> Callable[[int], float]:
+    """Time from the end of the prefill to the end of decode step ``k`` of one batch.
+
+    A request stops costing compute after its last token (the batcher ends its index), so
+    step ``k`` takes ``s0 + s1 a_k`` with ``a_k`` the requests whose last step is ``k`` or later.
+
+    Args:
+        last: Last-token step of each request (:func:`request_steps`).
+        s0: Fixed cost of one decode step.
+        s1: Cost per active sequence.
+
+    Returns:
+        ``k -> seconds``.
+    """
+    ends = sorted(last)
+    n = len(ends)
+    knots = [0]
+    times = [0.0]
+    for idx, e in enumerate(ends):
+        if e > knots[-1]:
+            times.append(times[-1] + (e - knots[-1]) * (s0 + s1 * (n - idx)))
+            knots.append(e)
+
+    def at(k: int) -> float:
+        j = bisect.bisect_left(knots, k)
+        if j < len(knots) and knots[j] == k:
+            return times[j]
+        if j >= len(knots):
+            return times[-1] + (k - knots[-1]) * s0
+        rate = (times[j] - times[j - 1]) / (knots[j] - knots[j - 1])
+        return times[j - 1] + (k - knots[j - 1]) * rate
+
+    return at
+
+
+_STEP_DRAWS: Final = 4000
+
+
+def decode_step_table(
+    prompts: npt.NDArray[np.int64], outputs: npt.ArrayLike, max_batch_size: int
+) -> tuple[tuple[float, float], ...]:
+    """Expected decode steps of a batch of ``b = 1 .. max_batch_size`` requests drawn (with
+    replacement) from the measured (prompt, output) pairs: (steps of its longest request,
+    steps summed over its requests, i.e. sequence-steps of compute). Seeded Monte Carlo;
+    exact when every request has the same shape.
+
+    Args:
+        prompts: Prompt tokens per measured request.
+        outputs: Output tokens per measured request (same order).
+        max_batch_size: Largest batch.
+
+    Returns:
+        One (longest, total) pair per batch size, from 1.
+    """
+    out = np.maximum(np.asarray(outputs, dtype=np.int64), 1)
+    pr = np.asarray(prompts, dtype=np.int64)
+    if out.size == 0:
+        return ((math.nan, math.nan),) * max(max_batch_size, 1)
+    if pr.size != out.size:
+        pr = np.zeros_like(out)
+    rng = np.random.default_rng(0)
+    table: list[tuple[float, float]] = []
+    for b in range(1, max(max_batch_size, 1) + 1):
+        if b == 1:
+            mean = float(out.mean() - 1)
+            table.append((mean, mean))
+            continue
+        idx = rng.integers(0, out.size, size=(_STEP_DRAWS, b))
+        p = pr[idx]
+        last = p - p.min(axis=1, keepdims=True) + out[idx] - 1
+        table.append((float(last.max(axis=1).mean()), float(last.sum(axis=1).mean())))
+    return tuple(table)
+
+
+def _interpolate_steps(table: Sequence[tuple[float, float]], b: float) -> tuple[float, float]:
+    """(longest, total) decode steps at a fractional batch size, linear between sizes."""
+    if not table:
+        return math.nan, math.nan
+    b = min(max(b, 1.0), float(len(table)))
+    lo = math.floor(b)
+    frac = b - lo
+    a = table[lo - 1]
+    if frac == 0 or lo >= len(table):
+        return a
+    c = table[lo]
+    return (1 - frac) * a[0] + frac * c[0], (1 - frac) * a[1] + frac * c[1]
+
+
 @dataclass(frozen=True)
 class ServiceTimes:
     """Fitted batch service times of one base configuration (what one replica runs).
@@ -151,7 +299,8 @@ class ServiceTimes:
         batch_workers: Batches run in parallel per replica.
         intra_threads: Threads per batch.
         prefill_s: ``(p0, p1)``: prefill of a batch of ``b`` takes ``p0 + p1 b``.
-        step_s: ``(s0, s1)``: one decode step of a batch of ``b`` takes ``s0 + s1 b``.
+        step_s: ``(s0, s1)``: one decode step with ``a`` sequences still active takes
+            ``s0 + s1 a``.
         output_tokens: Measured completion tokens per request (sample).
         client_overhead_s: Client TTFT minus server TTFT.
         fit_points: Points the fit used.
@@ -163,6 +312,15 @@ class ServiceTimes:
         user_start_spread_s: Closed loop: users start evenly over this long. Calibrated on the
             measured batch sizes: users that start together share batches for good, users
             spread over Locust's spawn interval settle into separate groups.
+        prompt_tokens: Measured prompt tokens of the same requests as ``output_tokens`` (empty:
+            not recorded, every prompt the same length).
+        decode_steps: :func:`decode_step_table` of the measured lengths.
+        catch_next_batch_p: Closed loop: probability that the next request of a batch's last
+            user reaches the server before the batch frees its worker
+            (:func:`batch_catch_counts`).
+        worker_cpu_cores: Measured CPU cores per busy batch worker, the replica's request
+            handling included (NaN: not recorded).
+        loadgen_cpu_s_per_request: The load generator's CPU seconds per request.
     """
 
     base_config: str
@@ -181,14 +339,40 @@ class ServiceTimes:
     step_rel_rmse: float
     notes: tuple[str, ...] = ()
     user_start_spread_s: float = LOCUST_START_SPREAD_S
+    prompt_tokens: tuple[int, ...] = ()
+    decode_steps: tuple[tuple[float, float], ...] = ()
+    catch_next_batch_p: float = 0.0
+    worker_cpu_cores: float = math.nan
+    loadgen_cpu_s_per_request: float = 0.0
 
-    def batch_time_s(self, b: int) -> float:
+    @property
+    def cpu_per_worker(self) -> float:
+        """CPU cores one busy batch worker keeps busy, with its replica's own request handling
+        (measured; the engine's threads when the run did not record process CPU)."""
+        v = self.worker_cpu_cores
+        return v if math.isfinite(v) and v > 0 else float(max(self.intra_threads, 1))
+
+    def prompts(self) -> npt.NDArray[np.int64]:
+        """Prompt tokens of each sampled request (zeros when the run did not record them)."""
+        if len(self.prompt_tokens) == len(self.output_tokens):
+            return np.asarray(self.prompt_tokens, dtype=np.int64)
+        return np.zeros(len(self.output_tokens), dtype=np.int64)
+
+    def steps(self, b: float) -> tuple[float, float]:
+        """Expected decode steps of a batch of ``b``: (longest request, sum over requests)."""
+        table = self.decode_steps or decode_step_table(
+            self.prompts(), np.asarray(self.output_tokens), self.max_batch_size
+        )
+        return _interpolate_steps(table, b)
+
+    def batch_time_s(self, b: float) -> float:
         """Expected time a batch of ``b`` holds its worker, without contention."""
-        steps = expected_max(np.asarray(self.output_tokens, dtype=float), b) - 1
+        longest, total = self.steps(b)
         return (
             self.prefill_s[0]
             + self.prefill_s[1] * b
-            + max(steps, 0.0) * (self.step_s[0] + self.step_s[1] * b)
+            + self.step_s[0] * longest
+            + self.step_s[1] * total
         )
 
 
@@ -210,6 +394,7 @@ class Prediction:
         mean_batch_size: Mean executed batch size.
         saturated: Open loop only: the replicas fell behind the offered rate.
         samples: Simulated requests behind the percentiles.
+        slowdown: CPU contention factor the prediction's batches ran at (1: none).
     """
 
     config: str
@@ -225,6 +410,7 @@ class Prediction:
     mean_batch_size: float
     saturated: bool
     samples: int
+    slowdown: float = 1.0
 
     def meets(self, slo: Slo) -> bool:
         """Whether the prediction meets the SLO's latency terms and keeps up with its load."""
@@ -269,9 +455,17 @@ class _Sim:
     finish: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
+    busy: list[tuple[float, float]] = field(default_factory=list)
 
 
 _ARRIVE, _DEADLINE, _FINISH, _BATCH_DONE, _SEND = range(5)
+_RACE_NONE, _RACE_WON, _RACE_LOST = range(3)
+_RELEASE_S: Final = 1e-6
+PROCESS_CPU_METRIC: Final = "process_cpu_seconds_total"
+_SAME_BATCH_S: Final = 0.002
+_UNMEASURED_CATCH_P: Final = 0.5
+"""Client timestamps this close count as simultaneous when grouping rows into batches."""
+"""A finished batch frees its worker this long after its last token (orders the race)."""
 
 
 def _simulate(
@@ -302,12 +496,16 @@ def _simulate(
     p0, p1 = (v * slowdown for v in st.prefill_s)
     s0, s1 = (v * slowdown for v in st.step_s)
     token_pool = np.asarray(st.output_tokens, dtype=int)
+    prompt_pool = st.prompts()
 
     def draws() -> Iterator[int]:
         while True:
-            yield from (int(v) for v in rng.choice(token_pool, size=4096))
+            yield from (int(v) for v in rng.integers(0, token_pool.size, size=4096))
 
     token_draws = draws()
+    prompts: list[int] = []
+    race: dict[int, int] = {}
+    race_rng = np.random.default_rng([seed, 1])
     overhead = st.client_overhead_s
 
     sim = _Sim()
@@ -328,13 +526,18 @@ def _simulate(
     def sending(t: float) -> bool:
         return t < end and len(measured) < cap
 
-    def new_request(t: float) -> None:
+    def new_request(t: float, outcome: int) -> None:
         i = len(sim.send)
         sim.send.append(t)
         sim.first.append(math.nan)
         sim.finish.append(math.nan)
-        sim.tokens.append(int(next(token_draws)))
-        arrive.append(t + overhead)
+        draw = next(token_draws)
+        sim.tokens.append(int(token_pool[draw]))
+        prompts.append(int(prompt_pool[draw]))
+        # A request whose previous one ended its batch races that batch's release: it wins
+        # (arrives first, see dispatch) or loses (arrives just after).
+        at = t + overhead + (2 * _RELEASE_S if outcome == _RACE_LOST else 0.0)
+        arrive.append(at)
         if t >= start:
             measured.append(i)
         if replicas == 1:
@@ -350,7 +553,7 @@ def _simulate(
                     r = cand
         owner.append(r)
         outstanding[r] += 1
-        push(t + overhead, _ARRIVE, i)
+        push(at, _ARRIVE, i)
 
     def dispatch(r: int, t: float) -> None:
         q = queues[r]
@@ -360,17 +563,26 @@ def _simulate(
                 n = min(len(q), big_b)
                 batch = [q.popleft() for _ in range(n)]
                 free[r] -= 1
-                t_first = t + p0 + p1 * n
-                step = s0 + s1 * n
-                longest = 0
-                for i in batch:
-                    sim.first[i] = t_first
-                    sim.finish[i] = t_first + (sim.tokens[i] - 1) * step
-                    longest = max(longest, sim.tokens[i])
+                t_prefill = t + p0 + p1 * n
+                first, last = request_steps(
+                    [prompts[i] for i in batch], [sim.tokens[i] for i in batch]
+                )
+                clock = step_clock(last, s0, s1)
+                done_at = t_prefill + clock(max(last))
+                release = done_at + _RELEASE_S
+                for i, f, e in zip(batch, first, last, strict=True):
+                    sim.first[i] = t_prefill + clock(f)
+                    sim.finish[i] = t_prefill + clock(e)
                     push(sim.finish[i], _FINISH, i)
+                    if concurrency is not None and sim.finish[i] >= done_at:
+                        won = race_rng.random() < st.catch_next_batch_p
+                        race[i] = _RACE_WON if won else _RACE_LOST
+                        if won:  # the worker frees only after this user's next request arrived
+                            release = done_at + overhead + _RELEASE_S
                 if start <= t < end:
                     sim.batch_sizes.append(n)
-                push(t_first + (longest - 1) * step, _BATCH_DONE, r)
+                sim.busy.append((t, done_at))
+                push(release, _BATCH_DONE, r)
             else:
                 due = head + delay
                 if deadline_at[r] != due:
@@ -384,9 +596,10 @@ def _simulate(
 
     if concurrency is not None:
         for k in range(concurrency):
-            push(k * st.user_start_spread_s / concurrency, _SEND, -1)
+            push(k * st.user_start_spread_s / concurrency, _SEND, _RACE_NONE)
     elif rate is not None and rate > 0:
-        push(gap() if arrival == "poisson" else float(rng.uniform(0.0, 1.0 / rate)), _SEND, -1)
+        first_gap = gap() if arrival == "poisson" else float(rng.uniform(0.0, 1.0 / rate))
+        push(first_gap, _SEND, _RACE_NONE)
 
     while heap:
         t, _, kind, data = heapq.heappop(heap)
@@ -394,9 +607,9 @@ def _simulate(
             break
         if kind == _SEND:
             if sending(t):
-                new_request(t)
+                new_request(t, data)
                 if concurrency is None:
-                    push(t + gap(), _SEND, -1)
+                    push(t + gap(), _SEND, _RACE_NONE)
         elif kind == _ARRIVE:
             r = owner[data]
             queues[r].append(data)
@@ -408,7 +621,7 @@ def _simulate(
         else:  # _FINISH
             outstanding[owner[data]] -= 1
             if concurrency is not None:
-                push(t, _SEND, -1)
+                push(t, _SEND, race.get(data, _RACE_NONE))
     timeout = window.request_timeout_s
     done = [
         i
@@ -421,10 +634,64 @@ def _simulate(
     return sim, done, max(span, _EPS)
 
 
-def _slowdown(replicas: int, workers: int, threads: int, device: str, cores: int | None) -> float:
-    if device != "cpu" or not cores:
-        return 1.0
-    return max(1.0, replicas * workers * max(threads, 1) / cores)
+@dataclass(frozen=True)
+class Host:
+    """What the replicas share: the device and its CPU cores.
+
+    Attributes:
+        device: ``cpu`` or ``cuda``.
+        cores: CPU cores (``None``: unknown, no contention modelled).
+    """
+
+    device: str = "cpu"
+    cores: int | None = None
+
+    def contention(
+        self, cpu_per_worker: float, busy_workers: float, loadgen_cores: float = 0.0
+    ) -> float:
+        """Slowdown of every batch while ``busy_workers`` batch workers compute on the host.
+
+        CPU hosts only: the busy workers' measured CPU demand plus the load generator's,
+        beyond the host's cores, shares the cores (processor sharing: every runnable thread
+        gets ``cores / demand`` of one). Interference below that (shared caches, memory
+        bandwidth, SMT siblings) is not modelled.
+
+        Args:
+            cpu_per_worker: Cores one busy batch worker keeps busy
+                (:attr:`ServiceTimes.cpu_per_worker`).
+            busy_workers: Workers computing at once, over all replicas.
+            loadgen_cores: The load generator's CPU, in cores.
+
+        Returns:
+            The factor (1: no contention).
+        """
+        if self.device != "cpu" or not self.cores:
+            return 1.0
+        demand = busy_workers * cpu_per_worker + max(loadgen_cores, 0.0)
+        return max(1.0, demand / self.cores)
+
+
+def _busy_weighted(
+    sims: Sequence[_Sim], lo: float, hi: float, factor: Callable[[int], float]
+) -> float:
+    """Mean of ``factor(k)`` over the busy worker-time of the window ``[lo, hi)``, ``k`` being
+    the workers busy at once (every busy worker is slowed by the factor of that moment)."""
+    num = den = 0.0
+    for sim in sims:
+        edges: list[tuple[float, int]] = []
+        for a, b in sim.busy:
+            a, b = max(a, lo), min(b, hi)
+            if b > a:
+                edges += [(a, 1), (b, -1)]
+        edges.sort()
+        k, prev = 0, lo
+        for t, d in edges:
+            if k > 0 and t > prev:
+                num += (t - prev) * k * factor(k)
+                den += (t - prev) * k
+            k += d
+            prev = t
+    return num / den if den > 0 else factor(1)
 
 
 # ------------------------------------------------------------------------------ fitting
@@ -453,12 +720,172 @@ def _num(row: pd.Series, col: str, default: float = math.nan) -> float:
     return v if math.isfinite(v) else default
 
 
+_CPU_COLUMN: Final = "_process_cpu_s"
+_BUSY_COLUMN: Final = "_batch_busy_s"
+_RACE_COLUMN: Final = "_catch_counts"
+
+
+def _busy_workers(row: pd.Series, workers: int) -> float:
+    """Workers busy at once, as a busy worker of this point saw it on average.
+
+    Each of the point's ``replicas x workers`` workers was busy a measured fraction ``u`` of
+    the window (batch prefill + decode seconds over the window); one busy worker sees itself
+    plus, on average, ``u`` of every other one.
+    """
+    total = max(1, int(_num(row, Point.REPLICAS, 1)) * workers)
+    busy = _num(row, _BUSY_COLUMN)
+    window = _num(row, Point.DURATION_S)
+    if total == 1:
+        return 1.0
+    if not (busy > 0 and window > 0):
+        return float(total)  # busy time not recorded: every worker taken as busy
+    u = min(1.0, busy / (window * total))
+    return 1.0 + (total - 1) * u
+
+
+def _loadgen_cores(row: pd.Series) -> float:
+    pct = _num(row, Point.LOADGEN_CPU_PERCENT)
+    return pct / 100.0 if pct > 0 else 0.0
+
+
+def _cpu_demand(pts: pd.DataFrame, workers: int) -> tuple[float, float]:
+    """(CPU cores per busy batch worker, load-generator CPU seconds per request) from the
+    points' ``process_cpu_seconds_total`` deltas, batch busy time and load-generator CPU;
+    NaN / 0 where the run did not record them."""
+    cpu = busy = 0.0
+    lg_cpu = lg_requests = 0.0
+    for _, row in pts.iterrows():
+        window = _num(row, Point.DURATION_S)
+        c, b = _num(row, _CPU_COLUMN), _num(row, _BUSY_COLUMN)
+        capacity = window * max(1, int(_num(row, Point.REPLICAS, 1))) * workers
+        if c > 0 and b > 0 and window > 0:
+            cpu += c
+            busy += min(b, capacity)  # batches straddling the window edge count once
+        pct, n = _num(row, Point.LOADGEN_CPU_PERCENT), _num(row, Point.N_OK)
+        if pct >= 0 and n > 0 and window > 0:
+            lg_cpu += pct / 100.0 * window
+            lg_requests += n
+    per_worker = cpu / busy if busy > 0 else math.nan
+    return per_worker, (lg_cpu / lg_requests if lg_requests > 0 else 0.0)
+
+
+def _catch_probability(pts: pd.DataFrame, workers: int) -> tuple[float, str]:
+    """How often the last request of a batch caught the next batch (closed loop), and a note.
+
+    Counted from the client rows of the fitted points (:func:`batch_catch_counts`); only
+    identifiable with one batch worker per replica, where a replica's batches do not overlap.
+    """
+    if workers != 1 or _RACE_COLUMN not in pts.columns:
+        closed = (pts[Point.LOAD_MODE] == "concurrency").any()
+        return _UNMEASURED_CATCH_P, (
+            "closed-loop batch-catching race not identifiable with several batch workers: "
+            "taken as even odds"
+            if closed and workers != 1
+            else ""
+        )
+    caught = chances = 0
+    for counts in pts[_RACE_COLUMN]:
+        if isinstance(counts, tuple) and len(counts) == 2:
+            caught += int(counts[0])
+            chances += int(counts[1])
+    if chances == 0:
+        closed = (pts[Point.LOAD_MODE] == "concurrency").any()
+        note = "batch-catching race never observed in the client rows: taken as even odds"
+        return _UNMEASURED_CATCH_P, note if closed else ""
+    # Laplace's rule of succession: few chances (short windows) give a moderate estimate,
+    # none give even odds.
+    p = (caught + 1) / (chances + 2)
+    note = (
+        f"last request of a batch caught the next batch {caught}/{chances} times (estimate {p:.2f})"
+    )
+    return p, note
+
+
+def batch_catch_counts(rows: pd.DataFrame) -> tuple[int, int]:
+    """(times caught, chances) of the race between a batch's last request and its worker.
+
+    Closed loop, one batch worker per replica: a replica's batches do not overlap, so its
+    requests group into batches by their overlapping [first token, finish] spans. Whenever a
+    batch ends with another request already waiting for that replica, the user of the batch's
+    last request sends again at once: its request either reaches the server before the batch
+    frees the worker (and joins the waiting request's batch) or does not (and waits a whole
+    batch).
+
+    Args:
+        rows: Successful client rows of one point (``Col`` columns).
+
+    Returns:
+        The counts; (0, 0) when nothing could be counted.
+    """
+    need = (Col.TARGET, Col.USER, Col.SENT_AT, Col.FIRST_TOKEN_AT, Col.FINISHED_AT)
+    if rows.empty or any(c not in rows.columns for c in need):
+        return 0, 0
+    rows = rows.dropna(subset=[Col.SENT_AT, Col.FIRST_TOKEN_AT, Col.FINISHED_AT])
+    rows = rows[rows[Col.USER] >= 0]
+    caught = chances = 0
+    nxt: dict[int, int] = {}
+    for _, g in rows.groupby(Col.USER):
+        order = g.sort_values(Col.SENT_AT).index.tolist()
+        nxt.update(itertools.pairwise(order))
+    batch_of: dict[int, int] = {}
+    batches: list[list[int]] = []
+    by_target: dict[str, list[int]] = {}
+    for target, g in rows.groupby(Col.TARGET):
+        g = g.sort_values(Col.FIRST_TOKEN_AT)
+        current: list[int] = []
+        hi = -math.inf
+        for idx, ft, fin in zip(g.index, g[Col.FIRST_TOKEN_AT], g[Col.FINISHED_AT], strict=True):
+            if current and ft > hi + _SAME_BATCH_S:
+                by_target.setdefault(str(target), []).append(len(batches))
+                batches.append(current)
+                current, hi = [], -math.inf
+            current.append(idx)
+            batch_of[idx] = len(batches)
+            hi = max(hi, float(fin))
+        if current:
+            by_target.setdefault(str(target), []).append(len(batches))
+            batches.append(current)
+    sent, fin, tgt = rows[Col.SENT_AT], rows[Col.FINISHED_AT], rows[Col.TARGET]
+    for target, ks in by_target.items():
+        for a, b in itertools.pairwise(ks):
+            last = max(batches[a], key=lambda i: float(fin[i]))
+            follow = nxt.get(last)
+            if follow is None or str(tgt[follow]) != target:
+                continue
+            end = float(fin[last])
+            if not any(float(sent[i]) < end - _SAME_BATCH_S for i in batches[b] if i != follow):
+                continue  # nobody waiting: the returning request simply starts the next batch
+            chances += 1
+            caught += batch_of.get(follow) == b
+    return caught, chances
+
+
+def _nnls_steps(
+    longest: FloatArray, total: FloatArray, decode: FloatArray, spread: float
+) -> tuple[float, float, float]:
+    """Non-negative ``decode = s0 longest + s1 total``; (s0, s1, relative RMSE).
+
+    Without spread in batch size the two columns cannot be told apart: the step is then taken
+    as independent of the active sequences (``s1 = 0``).
+    """
+    if longest.size >= 2 and spread >= 0.5:
+        coef, _ = nnls(np.column_stack([longest, total]), decode)
+        s0, s1 = float(coef[0]), float(coef[1])
+    else:
+        ok = longest > 0
+        s0, s1 = (float(np.mean(decode[ok] / longest[ok])) if ok.any() else 0.0), 0.0
+    resid = decode - (s0 * longest + s1 * total)
+    mean = float(decode.mean())
+    rel = float(np.sqrt(np.mean(resid**2)) / mean) if mean > 0 else math.nan
+    return s0, s1, rel
+
+
 def _fit_service(
     base: str,
     pts: pd.DataFrame,
     tokens: FloatArray,
-    device: str,
-    cores: int | None,
+    prompts: FloatArray,
+    host: Host,
 ) -> ServiceTimes | str:
     """Fit one base configuration, or say why it cannot be fitted."""
     need = (Point.SERVER_BATCH_SIZE_MEAN, Point.SERVER_PREFILL_MEAN_S, Point.SERVER_DECODE_MEAN_S)
@@ -473,22 +900,50 @@ def _fit_service(
     first = usable.iloc[0]
     workers = int(_num(first, Point.BATCH_WORKERS, 1))
     threads = int(_num(first, Point.INTRA_THREADS, 1))
-    bs, pf, step = [], [], []
+    max_b = int(_num(first, Point.MAX_BATCH_SIZE, 1))
+    if tokens.size > 5000:
+        pick = np.random.default_rng(0).choice(tokens.size, 5000, replace=False)
+        tokens = tokens[pick]
+        prompts = prompts[pick] if prompts.size else prompts
+    out_sample = tokens.astype(np.int64)
+    prompt_sample = (
+        prompts.astype(np.int64) if prompts.size == tokens.size else np.empty(0, dtype=np.int64)
+    )
+    table = decode_step_table(
+        prompt_sample if prompt_sample.size else np.zeros_like(out_sample), out_sample, max_b
+    )
+    worker_cpu, loadgen_per_request = _cpu_demand(usable, workers)
+    cpu_per_worker = worker_cpu if math.isfinite(worker_cpu) else float(max(threads, 1))
+    catch_p, race_note = _catch_probability(usable, workers)
+    bs, pf, longest, total, decode = [], [], [], [], []
     for _, row in usable.iterrows():
         b = float(row[Point.SERVER_BATCH_SIZE_MEAN])
-        slow = _slowdown(int(row[Point.REPLICAS]), workers, threads, device, cores)
-        steps = expected_max(tokens, b) - 1
+        slow = host.contention(cpu_per_worker, _busy_workers(row, workers), _loadgen_cores(row))
+        lg, tt = _interpolate_steps(table, b)
         bs.append(b)
         pf.append(float(row[Point.SERVER_PREFILL_MEAN_S]) / slow)
-        step.append(float(row[Point.SERVER_DECODE_MEAN_S]) / slow / steps if steps > 0 else 0.0)
+        decode.append(float(row[Point.SERVER_DECODE_MEAN_S]) / slow)
+        longest.append(lg)
+        total.append(tt)
     x = np.asarray(bs)
     p0, p1, p_err, p_slope = _nnls_line(x, np.asarray(pf))
-    s0, s1, s_err, _ = _nnls_line(x, np.asarray(step))
+    s0, s1, s_err = _nnls_steps(
+        np.asarray(longest), np.asarray(total), np.asarray(decode), float(x.max() - x.min())
+    )
     notes = []
     if not p_slope:
         notes.append(
             "mean batch size hardly varied across points: service time taken as independent "
             "of batch size"
+        )
+    if not prompt_sample.size:
+        notes.append("no prompt lengths: every prompt taken as the same length")
+    if race_note:
+        notes.append(race_note)
+    if host.device == "cpu" and not math.isfinite(worker_cpu):
+        notes.append(
+            "no process CPU in the server deltas: a busy batch worker taken to use its "
+            "intra threads' cores"
         )
     has_ttft = Rpt.TTFT_MEAN_S in usable.columns and Point.SERVER_TTFT_MEAN_S in usable.columns
     overhead_rows = (
@@ -502,16 +957,17 @@ def _fit_service(
     else:
         diff = overhead_rows[Rpt.TTFT_MEAN_S] - overhead_rows[Point.SERVER_TTFT_MEAN_S]
         overhead = max(0.0, float(diff.median()))
-    sample = tokens if tokens.size <= 5000 else np.random.default_rng(0).choice(tokens, 5000)
     return ServiceTimes(
         base_config=base,
-        max_batch_size=int(_num(first, Point.MAX_BATCH_SIZE, 1)),
+        max_batch_size=max_b,
         max_batch_delay_s=_num(first, Point.MAX_BATCH_DELAY_MS, 0.0) / 1000.0,
         batch_workers=workers,
         intra_threads=threads,
         prefill_s=(p0, p1),
         step_s=(s0, s1),
-        output_tokens=tuple(int(t) for t in sample),
+        output_tokens=tuple(int(t) for t in out_sample),
+        prompt_tokens=tuple(int(p) for p in prompt_sample),
+        decode_steps=table,
         client_overhead_s=overhead,
         fit_points=len(usable),
         fit_replicas=tuple(sorted({int(r) for r in usable[Point.REPLICAS]})),
@@ -519,6 +975,9 @@ def _fit_service(
         prefill_rel_rmse=p_err,
         step_rel_rmse=s_err,
         notes=tuple(notes),
+        catch_next_batch_p=catch_p,
+        worker_cpu_cores=worker_cpu,
+        loadgen_cpu_s_per_request=loadgen_per_request,
     )
 
 
@@ -581,10 +1040,17 @@ class CapacityModel:
         reason = self.unfitted.get(base, "not in this run")
         raise KeyError(f"no capacity model for {config!r}: {reason}")
 
+    @property
+    def host(self) -> Host:
+        """What the replicas share (device, cores, co-run probe)."""
+        return Host(self.device, self.cpu_cores)
+
     def slowdown(self, config: str, replicas: int) -> float:
-        """Contention factor applied to every batch of ``replicas`` replicas."""
+        """Contention factor of ``replicas`` replicas with every batch worker busy (the load
+        generator not counted): what full batches back to back run at."""
         st = self.service(config)
-        return _slowdown(replicas, st.batch_workers, st.intra_threads, self.device, self.cpu_cores)
+        busy = float(replicas * st.batch_workers)
+        return self.host.contention(st.cpu_per_worker, busy)
 
     def predict(
         self,
@@ -620,30 +1086,58 @@ class CapacityModel:
         key = (st.base_config, replicas, rate, concurrency, arrival)
         if key in self._cache:
             return self._cache[key]
-        slow = self.slowdown(config, replicas)
         reps = self.replications
         if rate is not None and rate > 0:
             # Enough simulated requests that the arrival process's own noise stays small.
             expected = rate * self.window.duration_s
             reps = min(max(reps, math.ceil(_SIM_TARGET_SAMPLES / max(expected, 1.0))), 8)
+        elif concurrency is not None:
+            # Closed loop: each window is one realisation of the users' batch dynamics.
+            reps = max(reps, _CLOSED_LOOP_REPLICATIONS)
+        host = self.host
+        contended = host.device == "cpu" and bool(host.cores)
+        slow = self.slowdown(config, replicas)  # start from every worker busy
+        loadgen = 0.0
+        for attempt in range(_CONTENTION_ITERATIONS if contended else 1):
+            sims, runs = [], []
+            for rep in range(reps):
+                sim, measured, span = _simulate(
+                    st,
+                    replicas,
+                    slow,
+                    rate=rate,
+                    concurrency=concurrency,
+                    window=self.window,
+                    balance=self.balance,
+                    seed=self.seed + rep,
+                    arrival=arrival,
+                )
+                sims.append(sim)
+                runs.append((sim, measured, span))
+            if not contended:
+                break
+            # Contention follows the simulated overlap of busy workers and the load
+            # generator's CPU at the simulated throughput; replay until they agree.
+            done = sum(len(m) for _, m, _ in runs)
+            loadgen = st.loadgen_cpu_s_per_request * done / sum(sp for _, _, sp in runs)
+            lo, hi = self.window.warmup_s, self.window.warmup_s + self.window.duration_s
+            new = _busy_weighted(
+                sims,
+                lo,
+                hi,
+                functools.partial(host.contention, st.cpu_per_worker, loadgen_cores=loadgen),
+            )
+            if abs(new - slow) <= _CONTENTION_TOLERANCE * slow:
+                break
+            if attempt < _CONTENTION_ITERATIONS - 1:
+                slow = new
         sends: list[float] = []
         firsts: list[float] = []
         finishes: list[float] = []
         toks: list[int] = []
         batch_sizes: list[int] = []
         thr, tps = [], []
-        for rep in range(reps):
-            sim, measured, span = _simulate(
-                st,
-                replicas,
-                slow,
-                rate=rate,
-                concurrency=concurrency,
-                window=self.window,
-                balance=self.balance,
-                seed=self.seed + rep,
-                arrival=arrival,
-            )
+        for sim, measured, span in runs:
             idx = np.asarray(measured, dtype=int)
             send = np.asarray(sim.send)[idx] if idx.size else np.empty(0)
             tok = np.asarray(sim.tokens)[idx] if idx.size else np.empty(0, dtype=int)
@@ -677,6 +1171,7 @@ class CapacityModel:
             mean_batch_size=float(np.mean(batch_sizes)) if batch_sizes else math.nan,
             saturated=rate is not None and throughput < 0.95 * rate,
             samples=int(s.size),
+            slowdown=slow,
         )
         self._cache[key] = pred
         return pred
@@ -746,8 +1241,7 @@ class CapacityModel:
             config_points,
             window=self.window,
             balance=self.balance,
-            device=self.device,
-            cpu_cores=self.cpu_cores,
+            host=self.host,
             seed=self.seed,
             replications=self.replications,
         )
@@ -844,8 +1338,7 @@ def _calibrate_start(
     points: pd.DataFrame,
     window: Window,
     balance: str,
-    device: str,
-    cpu_cores: int | None,
+    host: Host,
     seed: int,
 ) -> ServiceTimes:
     """Pick the closed-loop start spread whose simulated batch sizes match the measured ones."""
@@ -863,7 +1356,9 @@ def _calibrate_start(
             sim, _, _ = _simulate(
                 cand,
                 n,
-                _slowdown(n, st.batch_workers, st.intra_threads, device, cpu_cores),
+                host.contention(
+                    st.cpu_per_worker, _busy_workers(row, st.batch_workers), _loadgen_cores(row)
+                ),
                 rate=None,
                 concurrency=max(1, round(float(row[Point.LOAD_LEVEL]))),
                 window=window,
@@ -885,34 +1380,27 @@ def _fit_points(
     *,
     window: Window,
     balance: str,
-    device: str,
-    cpu_cores: int | None,
+    host: Host,
     seed: int,
     replications: int,
     fit_replicas: tuple[int, ...] | None = None,
-    tokens_by_base: Mapping[str, FloatArray] | None = None,
 ) -> CapacityModel:
     services: dict[str, ServiceTimes] = {}
     unfitted: dict[str, str] = {}
     for base, group in points.groupby(Rpt.BASE_CONFIG, sort=True):
-        if tokens_by_base is not None and str(base) in tokens_by_base:
-            tokens = tokens_by_base[str(base)]
-        else:
-            tokens = _tokens_from_points(group)
-        result = _fit_service(str(base), group, tokens, device, cpu_cores)
+        tokens, prompts = _tokens_from_points(group)
+        result = _fit_service(str(base), group, tokens, prompts, host)
         if isinstance(result, str):
             unfitted[str(base)] = result
         else:
-            services[str(base)] = _calibrate_start(
-                result, group, window, balance, device, cpu_cores, seed
-            )
+            services[str(base)] = _calibrate_start(result, group, window, balance, host, seed)
     return CapacityModel(
         services=services,
         unfitted=unfitted,
         window=window,
         balance=balance,
-        device=device,
-        cpu_cores=cpu_cores,
+        device=host.device,
+        cpu_cores=host.cores,
         points=points,
         fit_replicas=fit_replicas,
         seed=seed,
@@ -921,28 +1409,66 @@ def _fit_points(
 
 
 _TOKENS_COLUMN: Final = "_completion_tokens"
+_PROMPTS_COLUMN: Final = "_prompt_tokens"
 
 
-def _tokens_from_points(points: pd.DataFrame) -> FloatArray:
+def _tokens_from_points(points: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
+    """(completion tokens, prompt tokens) per measured request; prompts empty when unknown."""
     if _TOKENS_COLUMN in points.columns:
         parts = [np.asarray(v, dtype=float) for v in points[_TOKENS_COLUMN] if len(v)]
         if parts:
-            return np.concatenate(parts)
+            prompts: list[FloatArray] = []
+            if _PROMPTS_COLUMN in points.columns:
+                for t, p in zip(points[_TOKENS_COLUMN], points[_PROMPTS_COLUMN], strict=True):
+                    if len(t):
+                        prompts.append(np.asarray(p, dtype=float))
+            tokens = np.concatenate(parts)
+            prompt = np.concatenate(prompts) if prompts else np.empty(0)
+            return tokens, prompt if prompt.size == tokens.size else np.empty(0)
     if Rpt.COMPLETION_TOKENS_MEAN in points.columns:
         mean = pd.to_numeric(points[Rpt.COMPLETION_TOKENS_MEAN], errors="coerce").dropna()
     else:  # no raw rows: the harness's summary still gives output tokens per request
         tps = pd.to_numeric(points[Point.OUTPUT_TOKENS_PER_S], errors="coerce")
         rps = pd.to_numeric(points[Point.ACHIEVED_RPS], errors="coerce")
         mean = (tps / rps.where(rps > 0)).dropna()
-    return np.asarray([max(1, round(float(mean.mean())))]) if len(mean) else np.empty(0)
+    tokens = np.asarray([max(1, round(float(mean.mean())))]) if len(mean) else np.empty(0)
+    return tokens, np.empty(0)
 
 
-def _environment_device(environment: Mapping[str, Any]) -> tuple[str, int | None]:
+def _environment_host(environment: Mapping[str, Any]) -> Host:
     gpu = environment.get("gpu") or {}
     device = "cuda" if isinstance(gpu, Mapping) and gpu.get("available") else "cpu"
     machine = environment.get("machine") or {}
     cores = machine.get("cpu_count") if isinstance(machine, Mapping) else None
-    return device, int(cores) if cores else None
+    return Host(device, int(cores) if cores else None)
+
+
+def _add_server_columns(pts: pd.DataFrame, server: pd.DataFrame) -> None:
+    """Per point: batch busy seconds and process CPU seconds, summed over replicas."""
+    busy: dict[int, float] = {}
+    cpu: dict[int, float] = {}
+    need = (Srv.POINT_ID, Srv.METRIC, Srv.DELTA)
+    if not server.empty and all(c in server.columns for c in need):
+        plain = server[server[Srv.LE].fillna("") == ""] if Srv.LE in server.columns else server
+        sums = (names.TOKENBOOTH_BATCH_PREFILL + "_sum", names.TOKENBOOTH_BATCH_DECODE + "_sum")
+        for pid, g in plain.groupby(Srv.POINT_ID):
+            deltas = pd.to_numeric(g[Srv.DELTA], errors="coerce")
+            busy[int(pid)] = float(deltas[g[Srv.METRIC].isin(sums)].sum())
+            c = deltas[g[Srv.METRIC] == PROCESS_CPU_METRIC].dropna()
+            cpu[int(pid)] = float(c.sum()) if len(c) else math.nan
+    pts[_BUSY_COLUMN] = [busy.get(int(p), math.nan) for p in pts[Point.POINT_ID]]
+    pts[_CPU_COLUMN] = [cpu.get(int(p), math.nan) for p in pts[Point.POINT_ID]]
+
+
+def _add_catch_counts(pts: pd.DataFrame, requests: pd.DataFrame) -> None:
+    counts: dict[int, tuple[int, int]] = {}
+    if not requests.empty and Col.POINT_ID in requests.columns:
+        ok = requests[requests[Col.OK].fillna(False).astype(bool)]
+        closed = set(pts.loc[pts[Point.LOAD_MODE] == "concurrency", Point.POINT_ID].astype(int))
+        for pid, g in ok.groupby(Col.POINT_ID):
+            if int(pid) in closed:
+                counts[int(pid)] = batch_catch_counts(g)
+    pts[_RACE_COLUMN] = [counts.get(int(p), (0, 0)) for p in pts[Point.POINT_ID]]
 
 
 def fit_analysis(
@@ -970,19 +1496,31 @@ def fit_analysis(
     if keep is not None:
         pts = pts[pts[Point.REPLICAS].isin(keep)]
     tokens: dict[int, FloatArray] = {}
+    prompts: dict[int, FloatArray] = {}
     if not run.requests.empty:
         ok = run.requests[run.requests[Col.OK].fillna(False).astype(bool)]
         for pid, g in ok.groupby(Col.POINT_ID):
-            vals = pd.to_numeric(g[Col.COMPLETION_TOKENS], errors="coerce").dropna()
-            tokens[int(pid)] = vals.to_numpy(dtype=float)
+            out = pd.to_numeric(g[Col.COMPLETION_TOKENS], errors="coerce")
+            if Col.PROMPT_TOKENS in g.columns:
+                inp = pd.to_numeric(g[Col.PROMPT_TOKENS], errors="coerce")
+            else:
+                inp = pd.Series(math.nan, index=g.index)
+            both = out.notna() & inp.notna()
+            if both.any():  # pairs: a request's prompt and output length go together
+                tokens[int(pid)] = out[both].to_numpy(dtype=float)
+                prompts[int(pid)] = inp[both].to_numpy(dtype=float)
+            else:
+                tokens[int(pid)] = out.dropna().to_numpy(dtype=float)
+                prompts[int(pid)] = np.empty(0)
     pts[_TOKENS_COLUMN] = [tokens.get(int(p), np.empty(0)) for p in pts[Point.POINT_ID]]
-    device, cores = _environment_device(run.environment)
+    pts[_PROMPTS_COLUMN] = [prompts.get(int(p), np.empty(0)) for p in pts[Point.POINT_ID]]
+    _add_server_columns(pts, run.server)
+    _add_catch_counts(pts, run.requests)
     return _fit_points(
         pts.reset_index(drop=True),
         window=Window.from_spec(run.spec),
         balance=run.spec.balance,
-        device=device,
-        cpu_cores=cores,
+        host=_environment_host(run.environment),
         seed=seed,
         replications=replications,
         fit_replicas=keep,

@@ -363,8 +363,11 @@ def _model_section(
         [
             st.base_config,
             f"{st.prefill_s[0] * 1e3:.3g} + {st.prefill_s[1] * 1e3:.3g}·b ms",
-            f"{st.step_s[0] * 1e3:.3g} + {st.step_s[1] * 1e3:.3g}·b ms",
+            f"{st.step_s[0] * 1e3:.3g} + {st.step_s[1] * 1e3:.3g}·a ms",
             f"{st.client_overhead_s * 1e3:.3g} ms",
+            f"{st.catch_next_batch_p:.2f}",
+            f"{st.cpu_per_worker:.2f}"
+            + ("" if math.isfinite(st.worker_cpu_cores) else " (assumed)"),
             f"{st.batch_size_range[0]:.3g}–{st.batch_size_range[1]:.3g}",
             f"{st.fit_points} ({', '.join(str(r) for r in st.fit_replicas)})",
             f"{_pct(st.prefill_rel_rmse)} / {_pct(st.step_rel_rmse)}",
@@ -379,11 +382,13 @@ def _model_section(
             [
                 "configuration",
                 "prefill per batch",
-                "decode step",
+                "decode step (a: active sequences)",
                 "client overhead",
+                "last request catches next batch",
+                "CPU cores per busy worker",
                 "batch sizes seen",
                 "points (replicas)",
-                "rel. RMSE prefill / step",
+                "rel. RMSE prefill / decode",
                 "full-batch req/s per replica",
                 "notes",
             ],

@@ -88,6 +88,7 @@ class SynthPoint:
     queue_wait_mean_s: float = 0.001
     formation_mean_s: float = 0.001
     gpu_memory_bytes: float | None = None
+    cpu_per_busy_s: float | None = None  # process CPU seconds per batch busy second
     service: ServiceParams = field(default_factory=ServiceParams)
 
 
@@ -218,6 +219,20 @@ def _server_rows(p: SynthPoint, pid: int, n_ok: int) -> list[dict[str, Any]]:
                     Srv.BEFORE: 100.0,
                     Srv.AFTER: 100.0 + share,
                     Srv.DELTA: share,
+                }
+            )
+        if p.cpu_per_busy_s is not None:
+            busy = batches * svc.batch_time(b) / p.replicas
+            rows.append(
+                {
+                    Srv.POINT_ID: pid,
+                    Srv.REPLICA: replica,
+                    Srv.METRIC: "process_cpu_seconds_total",
+                    Srv.LE: "",
+                    Srv.LABELS: "",
+                    Srv.BEFORE: 50.0,
+                    Srv.AFTER: 50.0 + p.cpu_per_busy_s * busy,
+                    Srv.DELTA: p.cpu_per_busy_s * busy,
                 }
             )
         if p.gpu_memory_bytes is not None:

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from loadgen.results import SERVER_DIR, RunDir
+from loadgen.results import SERVER_DIR, Col, RunDir
 from reports.load import Rpt, Slo
-from reports.model import LOCUST_START_SPREAD_S, CapacityModel, expected_max, fit, fit_run_dir
+from reports.model import (
+    LOCUST_START_SPREAD_S,
+    CapacityModel,
+    ServiceTimes,
+    Window,
+    batch_catch_counts,
+    decode_step_table,
+    expected_max,
+    fit,
+    fit_run_dir,
+    request_steps,
+    step_clock,
+)
 from tests.unit.reports import synth
 
 BASE = "int8 b8 d5ms w1 t1"
@@ -140,3 +154,155 @@ def test_expected_max() -> None:
     assert expected_max(np.array([1.0, 3.0]), 2) == pytest.approx(2.5)
     assert expected_max(np.array([1.0, 3.0]), 1.5) == pytest.approx(2.25)
     assert np.isnan(expected_max(np.array([]), 2))
+
+
+# ------------------------------------------------------------------ batch dynamics
+
+
+def test_longer_prompts_start_and_end_later_in_a_batch() -> None:
+    # CTranslate2 prefills up to the shortest prompt and forces the rest one step at a time.
+    first, last = request_steps([30, 45], [24, 24])
+    assert first == [0, 15]
+    assert last == [23, 38]
+    clock = step_clock(last, 0.02, 0.01)
+    # Steps 1..23 run both sequences (40 ms each), 24..38 only the longer prompt (30 ms).
+    assert clock(0) == 0.0
+    assert clock(15) == pytest.approx(15 * 0.04)
+    assert clock(23) == pytest.approx(23 * 0.04)
+    assert clock(38) == pytest.approx(23 * 0.04 + 15 * 0.03)
+
+
+def test_decode_step_table() -> None:
+    same = decode_step_table(np.full(10, 64), np.full(10, 16), 4)
+    assert same == tuple((15.0, 15.0 * b) for b in range(1, 5))
+    # Prompts of 0 or 10 tokens, one output token: two requests differ by 10 steps half the
+    # time, and then only the longer one runs those steps.
+    spread = decode_step_table(np.array([0, 10]), np.array([1, 1]), 2)
+    assert spread[0] == (0.0, 0.0)
+    assert spread[1] == pytest.approx((5.0, 5.0), abs=0.3)
+
+
+def _race_rows(rows: list[tuple[int, float, float, float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                Col.USER: user,
+                Col.TARGET: "http://127.0.0.1:8000",
+                Col.SENT_AT: sent,
+                Col.FIRST_TOKEN_AT: first,
+                Col.FINISHED_AT: fin,
+            }
+            for user, sent, first, fin in rows
+        ]
+    )
+
+
+def test_batch_catch_counts_from_client_rows() -> None:
+    rows = _race_rows(
+        [
+            # batch 1: user 1's longer prompt finishes last; user 0 already waits again
+            (0, 0.0, 0.1, 0.5),
+            (1, 0.0, 0.3, 0.8),
+            # batch 2: user 1's next request caught it
+            (0, 0.5, 0.9, 1.3),
+            (1, 0.8, 1.1, 1.6),
+            # batch 3: user 1 (last of batch 2) missed it and waits for batch 4
+            (0, 1.3, 1.7, 2.1),
+            (1, 1.6, 2.2, 2.6),
+            # batch 5: user 0 (last of batch 3) missed batch 4
+            (0, 2.1, 2.7, 3.0),
+        ]
+    )
+    assert batch_catch_counts(rows) == (1, 3)
+    assert batch_catch_counts(rows.iloc[:0]) == (0, 0)
+
+
+STAGGERED = ServiceTimes(
+    base_config="staggered",
+    max_batch_size=8,
+    max_batch_delay_s=0.005,
+    batch_workers=1,
+    intra_threads=1,
+    prefill_s=(0.020, 0.004),
+    step_s=(0.010, 0.002),
+    output_tokens=(16, 16),
+    prompt_tokens=(40, 60),  # two prompt lengths, 20 tokens apart
+    client_overhead_s=0.003,
+    fit_points=1,
+    fit_replicas=(1,),
+    batch_size_range=(1.0, 2.0),
+    prefill_rel_rmse=0.0,
+    step_rel_rmse=0.0,
+)
+
+
+def _staggered_model(catch: float) -> CapacityModel:
+    st = replace(STAGGERED, catch_next_batch_p=catch)
+    return CapacityModel(
+        services={st.base_config: st},
+        unfitted={},
+        window=Window(duration_s=20.0, warmup_s=2.0),
+        balance="least_outstanding",
+        device="cuda",
+        cpu_cores=None,
+        points=pd.DataFrame(),
+    )
+
+
+def test_users_desynchronise_when_the_last_request_misses_the_next_batch() -> None:
+    single = STAGGERED.batch_time_s(1)  # 0.024 + 15 x 0.012 = 0.204 s
+    assert single == pytest.approx(0.204)
+    # Always caught: both users share every batch.
+    caught = _staggered_model(1.0).predict("staggered", 1, concurrency=2)
+    assert caught.mean_batch_size == 2.0
+    # Never caught: once two prompts of different length share a batch, the shorter one's
+    # user waits for it, the longer one's misses the next batch, and from then on each runs
+    # alone while the other waits: single-request batches back to back.
+    missed = _staggered_model(0.0)
+    one = missed.predict("staggered", 1, concurrency=2)
+    assert one.mean_batch_size == pytest.approx(1.0, abs=0.05)
+    assert one.throughput_rps == pytest.approx(1 / single, rel=0.03)
+    assert one.throughput_rps < caught.throughput_rps
+    # The same with two replicas of two users each: twice the throughput, batches of one.
+    two = missed.predict("staggered", 2, concurrency=4)
+    assert two.mean_batch_size == pytest.approx(1.0, abs=0.05)
+    assert two.throughput_rps == pytest.approx(2 / single, rel=0.03)
+
+
+def test_unobserved_catch_race_is_even_odds(one_replica_model: CapacityModel) -> None:
+    # The synthetic users of a replica always share one batch: nobody ever waits while a
+    # batch ends, so the race is never run and its odds are unknown.
+    st = one_replica_model.service(BASE)
+    assert st.catch_next_batch_p == 0.5
+    assert any("never observed" in n for n in st.notes)
+
+
+# ------------------------------------------------------------------ CPU contention
+
+
+def test_cpu_demand_from_process_cpu_sets_the_contention(tmp_path: Path) -> None:
+    # Each busy replica uses 1.5 cores (engine plus request handling) on a 2-core host: one
+    # replica fits, two need 3 cores and every step runs 1.5x slower.
+    pts = [synth.closed_loop_point(u, 1) for u in synth.SCALING_USERS]
+    for p in pts:
+        p.cpu_per_busy_s = 1.5
+    run = synth.write_run(
+        tmp_path / "cpu", pts, name="cpu", env=synth.environment(gpu=False, cpu_count=2)
+    )
+    model = fit_run_dir(run)
+    st = model.service(BASE)
+    assert st.worker_cpu_cores == pytest.approx(1.5)
+    # The fitted points ran uncontended: the service times are the true ones.
+    assert st.prefill_s == pytest.approx((synth.SERVICE.p0, synth.SERVICE.p1), rel=1e-6)
+    assert model.slowdown(BASE, 1) == 1.0
+    assert model.slowdown(BASE, 2) == pytest.approx(1.5)
+    assert model.max_throughput(BASE, 2) == pytest.approx(2 * model.max_throughput(BASE, 1) / 1.5)
+    # Closed loop, users of each replica in one batch: the replicas run their batches in
+    # lockstep, so every batch runs contended. Cycle: overhead, batcher delay, slowed batch.
+    svc = synth.SERVICE
+    pred = model.predict(BASE, 2, concurrency=8)
+    assert pred.slowdown == pytest.approx(1.5)
+    cycle = svc.overhead_s + 0.005 + 1.5 * svc.batch_time(4)
+    assert pred.throughput_rps == pytest.approx(8 / cycle, rel=0.03)
+    # One user in all: only one worker is ever busy and nothing slows.
+    assert model.predict(BASE, 2, concurrency=1).slowdown == 1.0

@@ -61,7 +61,11 @@ def test_model_section_states_assumptions_and_error(capacity_report: CliReport) 
     assert "Fitted batch service times" in html
     assert "Prediction error on held-out measured points" in html
     assert "cross-replica" in html
-    assert "linear in batch size" in html
+    # The mechanisms the model rests on are stated.
+    assert "forces the longer prompts" in html  # CTranslate2's static batches
+    assert "races the batch" in html  # closed-loop desynchronisation
+    assert "demand / cores" in html  # CPU contention
+    assert "last request catches next batch" in html  # fitted race probability
     assert "Predictions at the target load (10 req/s, Poisson)" in html
 
 
