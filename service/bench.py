@@ -52,7 +52,8 @@ class EngineBenchResult:
     prompt_tokens: int
     raw_tokens_per_s: float
     service_tokens_per_s: float
-    throughput_ratio: float
+    throughput_ratio: float  # median of the per-repeat ratios
+    ratios: list[float]
     engine_ttft_ms: float
     service_ttft_ms: float
     service_mean_batch_size: float
@@ -106,15 +107,41 @@ class _FirstToken:
         return True
 
 
-def _engine_ttft(engine: Engine, tokens: list[str], samples: int) -> float:
+def _engine_ttft_once(engine: Engine, tokens: list[str]) -> float:
     options = SamplingOptions(temperature=0.0, top_k=1, ignore_eos=True)
-    out: list[float] = []
-    for _ in range(samples):
-        first = _FirstToken()
-        t0 = time.perf_counter()
-        engine.generate_batch([tokens], options, 2, first)
-        out.append(first.at - t0)
-    return statistics.median(out)
+    first = _FirstToken()
+    t0 = time.perf_counter()
+    engine.generate_batch([tokens], options, 2, first)
+    return first.at - t0
+
+
+async def _idle_ttfts(
+    engine: Engine, tokens: list[str], base: str, model: str, prompt: str, samples: int
+) -> tuple[float, float]:
+    """Median idle TTFT of the raw engine and of the service, sampled alternately."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = _Conn(host, int(port))
+    body = json.dumps(
+        {
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": 2,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+    engine_s: list[float] = []
+    service_s: list[float] = []
+    try:
+        await conn.request("/v1/completions", body)  # connection and first-request warm-up
+        _engine_ttft_once(engine, tokens)
+        for _ in range(samples):
+            engine_s.append(_engine_ttft_once(engine, tokens))
+            service_s.append((await conn.request("/v1/completions", body))[0])
+    finally:
+        conn.close()
+    return statistics.median(engine_s), statistics.median(service_s)
 
 
 class _Conn:
@@ -173,8 +200,7 @@ async def _service_phase(
     concurrency: int,
     max_tokens: int,
     per_client: int,
-    ttft_samples: int,
-) -> tuple[float, float, float]:
+) -> tuple[float, float]:
     body = {
         "model": model,
         "prompt": prompt,
@@ -192,9 +218,6 @@ async def _service_phase(
         return json.dumps({**body, **overrides}).encode()
 
     try:
-        ttfts = [
-            (await conns[0].request(path, encoded(max_tokens=2)))[0] for _ in range(ttft_samples)
-        ]
         await asyncio.gather(*[c.request(path, encoded(max_tokens=4)) for c in conns])
         total = 0
         full = encoded()
@@ -216,7 +239,7 @@ async def _service_phase(
             c.close()
     batches = after[1] - before[1]
     mean_batch = (after[0] - before[0]) / batches if batches else 0.0
-    return total / elapsed, statistics.median(ttfts), mean_batch
+    return total / elapsed, mean_batch
 
 
 async def _batch_totals(client: httpx.AsyncClient) -> tuple[float, float]:
@@ -288,6 +311,7 @@ def measure(
     prompt_tokens: int = 32,
     rounds: int = 3,
     ttft_samples: int = 20,
+    repeats: int = 2,
 ) -> EngineBenchResult:
     """Run both phases and return the figures."""
     from service.app import load_engine
@@ -295,28 +319,43 @@ def measure(
     engine = load_engine(settings)
     info = engine.info
     prompt, tokens = _prompt(engine, prompt_tokens)
-    try:
-        raw = _raw_throughput(
-            engine, tokens, settings.max_batch_size, settings.batch_workers, max_tokens, rounds
-        )
-        engine_ttft = _engine_ttft(engine, tokens, ttft_samples)
-    finally:
-        engine.close()
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
+    # The service starts (and idles) while the raw engine is measured, so the idle TTFTs of
+    # both can be sampled alternately: this VM's speed drifts by tens of percent over minutes.
     proc = _start_service(settings, port)
+    raws: list[float] = []
+    services: list[float] = []
+    batches: list[float] = []
     try:
         _wait_ready(base, proc)
-        # Same work per worker as the raw phase: rounds x full batches.
+        engine_ttft, service_ttft = asyncio.run(
+            _idle_ttfts(engine, tokens, base, info.model_name, prompt, ttft_samples)
+        )
+        # At least as many tokens per worker as the raw phase generated.
         per_client = max(
-            1, rounds * settings.max_batch_size * settings.batch_workers // concurrency
+            2, -(-rounds * settings.max_batch_size * settings.batch_workers // concurrency)
         )
-        service_tps, service_ttft, mean_batch = asyncio.run(
-            _service_phase(
-                base, info.model_name, prompt, concurrency, max_tokens, per_client, ttft_samples
+        # Raw and service phases alternate (A B A B ...): each ratio compares neighbours, so
+        # the machine's drift between minutes does not masquerade as overhead.
+        for _ in range(repeats):
+            raws.append(
+                _raw_throughput(
+                    engine,
+                    tokens,
+                    settings.max_batch_size,
+                    settings.batch_workers,
+                    max_tokens,
+                    rounds,
+                )
             )
-        )
+            tps, mean_batch = asyncio.run(
+                _service_phase(base, info.model_name, prompt, concurrency, max_tokens, per_client)
+            )
+            services.append(tps)
+            batches.append(mean_batch)
     finally:
+        engine.close()
         proc.terminate()
         try:
             proc.wait(timeout=60)
@@ -333,12 +372,13 @@ def measure(
         concurrency=concurrency,
         max_tokens=max_tokens,
         prompt_tokens=len(tokens),
-        raw_tokens_per_s=raw,
-        service_tokens_per_s=service_tps,
-        throughput_ratio=service_tps / raw if raw else 0.0,
+        raw_tokens_per_s=statistics.median(raws),
+        service_tokens_per_s=statistics.median(services),
+        throughput_ratio=statistics.median(s / r for s, r in zip(services, raws, strict=True)),
+        ratios=[s / r for s, r in zip(services, raws, strict=True)],
         engine_ttft_ms=engine_ttft * 1000,
         service_ttft_ms=service_ttft * 1000,
-        service_mean_batch_size=mean_batch,
+        service_mean_batch_size=statistics.median(batches),
         ttft_delta_ms=(service_ttft - engine_ttft) * 1000,
         cpu_count=os.cpu_count() or 0,
     )
@@ -347,6 +387,14 @@ def measure(
 def run_engine_bench(settings: ServiceSettings, **kwargs: Any) -> int:
     """CLI entry: print the side-by-side figures; exit 0 (targets are reported, not asserted)."""
     r = measure(settings, **kwargs)
+    slots = settings.batch_workers * settings.max_batch_size
+    if r.concurrency <= slots:
+        print(
+            f"note: concurrency {r.concurrency} <= batch slots {slots}: no request waits when a "
+            "worker frees, so the service runs partial batches; saturation needs more clients "
+            "than slots (e.g. --max-batch-size "
+            f"{max(1, r.concurrency // (2 * settings.batch_workers))})"
+        )
     ok_tp = r.throughput_ratio >= _THROUGHPUT_TARGET
     ok_ttft = r.ttft_delta_ms <= _TTFT_TARGET_S * 1000
     print(f"model {r.model} on {r.device} ({r.compute_type}), {r.cpu_count} CPUs")
@@ -360,6 +408,7 @@ def run_engine_bench(settings: ServiceSettings, **kwargs: Any) -> int:
         f"service (HTTP, SSE)     {r.service_tokens_per_s:9.1f} output tok/s  "
         f"(mean batch {r.service_mean_batch_size:.1f} of {r.max_batch_size})"
     )
+    print(f"ratio per repeat        {', '.join(f'{x:.3f}' for x in r.ratios)}")
     print(
         f"throughput ratio        {r.throughput_ratio:9.3f}  "
         f"(target >= {_THROUGHPUT_TARGET:.2f}: {'met' if ok_tp else 'NOT met'})"

@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--prompt-tokens", type=int, default=32)
     eng.add_argument("--rounds", type=int, default=3, help="batches per worker in each phase")
     eng.add_argument("--ttft-samples", type=int, default=20)
+    eng.add_argument("--repeats", type=int, default=2, help="alternating raw/service pairs")
     _add_settings_flags(eng, skip=("host", "port"))
     # Later stages (sweep, report) plug in through entry points, so this module never imports
     # packages that depend on it.
@@ -165,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prompt_tokens=args.prompt_tokens,
                 rounds=args.rounds,
                 ttft_samples=args.ttft_samples,
+                repeats=args.repeats,
             )
     except TokenboothError as exc:
         print(f"tokenbooth: error: {exc.detail}", file=sys.stderr)
