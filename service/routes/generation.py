@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
@@ -167,15 +166,17 @@ def _request_span(st: ServiceState, route: str, headers: Mapping[str, str]) -> t
     When no processor exports spans, only the trace id matters (log lines, exemplars, the
     client's rows); a non-recording span carries it without the SDK's per-span cost.
     """
-    parent = extract_context(dict(headers))
+    # Most clients send no traceparent; skip the propagator's parsing for them.
+    parent = extract_context(dict(headers)) if "traceparent" in headers else None
     if st.export_spans:
         return st.tracer.start_span(f"POST {route}", context=parent, kind=SpanKind.SERVER)
     parent_ctx = trace.get_current_span(parent).get_span_context()
     if parent_ctx.is_valid:
         trace_id, flags = parent_ctx.trace_id, parent_ctx.trace_flags
     else:
-        trace_id, flags = secrets.randbits(128) or 1, TraceFlags(TraceFlags.SAMPLED)
-    span_id = secrets.randbits(64) or 1
+        # Ids, not secrets: the same non-cryptographic source the OTel SDK's id generator uses.
+        trace_id, flags = random.getrandbits(128) or 1, TraceFlags(TraceFlags.SAMPLED)
+    span_id = random.getrandbits(64) or 1
     return trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, flags))
 
 
@@ -281,7 +282,7 @@ async def _handle(
             )
             exc.headers = {**exc.headers, **headers}
             raise
-    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+    rid = ("chatcmpl-" if chat else "cmpl-") + f"{random.getrandbits(128):032x}"
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         gen = _sse(st, job, span, rid, served, chat, include_usage, route)
@@ -398,8 +399,11 @@ async def _sse(
                     yield _chunk(rid, created, model, chat, ev.text, None, first)
                     first = False
                 continue
+            # The closing events go out in one write: the client learns the stream ended (and
+            # sends its next request) one round of writes sooner.
+            tail = b""
             if ev.outcome in (Outcome.STOP, Outcome.LENGTH):
-                yield _chunk(
+                tail = _chunk(
                     rid, created, model, chat, None if chat else "", _finish_reason(ev), first
                 )
                 if include_usage:
@@ -412,7 +416,7 @@ async def _sse(
                         usage_obj = schemas.CompletionChunk(
                             id=rid, created=created, model=model, choices=[], usage=_usage(job)
                         )
-                    yield b"data: " + msgspec.json.encode(usage_obj) + b"\n\n"
+                    tail += b"data: " + msgspec.json.encode(usage_obj) + b"\n\n"
             else:
                 status = _ERROR_STATUS.get(ev.outcome, 500)
                 err = schemas.ErrorResponse(
@@ -423,8 +427,8 @@ async def _sse(
                         code=ev.error_type or ev.outcome.value,
                     )
                 )
-                yield b"data: " + msgspec.json.encode(err) + b"\n\n"
-            yield b"data: [DONE]\n\n"
+                tail = b"data: " + msgspec.json.encode(err) + b"\n\n"
+            yield tail + b"data: [DONE]\n\n"
     finally:
         if job.result is None:
             st.batcher.abort(job)
