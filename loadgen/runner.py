@@ -400,6 +400,9 @@ class SweepRunner:
         ]
         if levels and all(self._is_done(k) for k in keys):
             return
+        auto_state = self._state.get("auto", {}).get(config.config_id, {})
+        if self.spec.load.mode == "auto" and auto_state.get("complete"):
+            return  # resumed: this configuration's auto search already finished
         attempts = 0
         while True:
             try:
@@ -478,11 +481,12 @@ class SweepRunner:
         sync_level = LoadLevel("concurrency", 1.0, "closed")
         sat_users = max(8, 2 * config.replicas * config.max_batch_size * config.batch_workers)
         sat_level = LoadLevel("concurrency", float(min(sat_users, 256)), "closed")
-        if "sync_rps" not in auto:
+        # A point that ended without a usable rate (e.g. its replica died) is measured again.
+        if not auto.get("sync_rps", math.nan) > 0:
             s = self._run_point(config, sync_level, 0, target, items)
             auto["sync_rps"] = s.get(Point.ACHIEVED_RPS, math.nan)
             self._save_state()
-        if "max_rps" not in auto:
+        if not auto.get("max_rps", math.nan) > 0:
             s = self._run_point(config, sat_level, 0, target, items)
             auto["max_rps"] = s.get(Point.ACHIEVED_RPS, math.nan)
             self._save_state()
@@ -491,6 +495,8 @@ class SweepRunner:
             logger.warning(
                 "auto: could not measure the synchronous or saturation rate; no rate points"
             )
+            auto["complete"] = True
+            self._save_state()
             return
         hi = max(hi, lo * 1.05)
         rates = np.linspace(lo, hi, self.spec.load.auto_points + 2)[1:-1]
@@ -504,6 +510,8 @@ class SweepRunner:
                     "auto: saturated at %.3f req/s (achieved %.3f); stopping early", rate, achieved
                 )
                 break
+        auto["complete"] = True
+        self._save_state()
 
     # ------------------------------------------------------------------ one point
     def _run_point(
@@ -516,7 +524,9 @@ class SweepRunner:
     ) -> dict[str, Any]:
         key = f"{config.config_id}|{level.key}|{rep}"
         if self._is_done(key):
-            return {}
+            # Resumed: what auto mode needs to decide on the next rate, from the first run.
+            done: dict[str, Any] = self._state.get("summaries", {}).get(key, {})
+            return done
         pid = self._point_id(key)
         run = self.spec.run
         t0 = time.time() + 0.2
@@ -612,6 +622,10 @@ class SweepRunner:
                 cpu_pct,
             )
         self.run.append_point(summary)
+        self._state.setdefault("summaries", {})[key] = {
+            Point.ACHIEVED_RPS: summary.get(Point.ACHIEVED_RPS, math.nan),
+            Point.VALID: bool(summary.get(Point.VALID, False)),
+        }
         self._mark_done(key)
         self.progress({"event": "point_done", "key": key, "summary": summary})
         if dead:

@@ -236,13 +236,28 @@ class RemoteTarget:
                 intra_threads=config.intra_threads,
                 quantization=config.quantization,
             )
-            # The hook is the user's own shell command from their spec (e.g. kubectl scale).
-            proc = subprocess.run(  # noqa: S602
-                cmd, shell=True, capture_output=True, text=True, timeout=timeout_s, check=False
+            # The hook is the user's own shell command from their spec (e.g. kubectl scale); it
+            # runs in its own process group so a timeout ends everything it started.
+            proc = subprocess.Popen(  # noqa: S602
+                cmd,
+                shell=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
             )
+            try:
+                _, stderr = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise TargetError(
+                    "hook_failed", f"hook did not finish within {timeout_s:g} s: {cmd}"
+                ) from None
             if proc.returncode != 0:
                 raise TargetError(
                     "hook_failed",
-                    f"hook exited {proc.returncode}: {cmd}: {proc.stderr.strip()[-500:]}",
+                    f"hook exited {proc.returncode}: {cmd}: {stderr.strip()[-500:]}",
                 )
         wait_ready(self.urls, self.target.ready_timeout_s, headers=self.headers())

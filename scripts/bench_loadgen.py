@@ -47,7 +47,7 @@ env = {{ fake_ttft_ms = "{ttft}", fake_itl_ms = "{itl}" }}
 mode = "{mode}"
 concurrency = [1]
 rate = [{rates}]
-arrival = "poisson"
+arrival = "{arrival}"
 
 [workload]
 api = "completions"
@@ -76,7 +76,15 @@ def main() -> int:
         tmp = Path(d)
         common = {"ttft": a.ttft_ms, "itl": a.itl_ms, "duration": a.duration}
         closed = _sweep(
-            tmp, "closed", mode="concurrency", rates="1.0", batch=8, delay=0, out=16, **common
+            tmp,
+            "closed",
+            mode="concurrency",
+            rates="1.0",
+            batch=8,
+            delay=0,
+            out=16,
+            arrival="poisson",
+            **common,
         )
         req = closed.requests()
         pts = closed.points().iloc[0]
@@ -99,6 +107,30 @@ def main() -> int:
             f"  server TTFT histogram mean {server_ttft:7.2f} ms  "
             f"(harness mean - server mean: {ttft.mean() - server_ttft:+.2f} ms)"
         )
+        # Holding a rate: a constant 20 req/s schedule against a configuration with room to
+        # spare (batches of up to 16): sent on schedule, and completed at the offered rate.
+        steady = _sweep(
+            tmp,
+            "steady",
+            mode="rate",
+            rates="20.0",
+            batch=16,
+            delay=5,
+            out=16,
+            arrival="constant",
+            **common,
+        )
+        s = steady.points().iloc[0]
+        sreq = steady.requests()
+        sent_span = sreq[Col.SENT_AT].max() - sreq[Col.SENT_AT].min()
+        sent_rate = (len(sreq) - 1) / sent_span if sent_span > 0 else float("nan")
+        print("open loop (constant), 20 req/s, batch size 16:")
+        print(
+            f"  sent {sent_rate:6.2f} req/s ({sent_rate / 20.0:.3f}x)  "
+            f"achieved {s[Point.ACHIEVED_RPS]:6.2f} req/s ({s[Point.ACHIEVED_RPS] / 20.0:.3f}x; "
+            f"window includes draining the last requests)  lag p95 "
+            f"{s[Point.LAG_P95_S] * 1000:.2f} ms  valid={s[Point.VALID]}"
+        )
         # One request at a time takes ttft + 15 * itl: with batch size 1 and one worker the
         # service carries about 1 / that many requests per second.
         per_req_s = (a.ttft_ms + 15 * a.itl_ms) / 1000
@@ -112,13 +144,15 @@ def main() -> int:
             batch=1,
             delay=0,
             out=16,
+            arrival="poisson",
             **common,
         )
         p = open_run.points().sort_values(Point.LOAD_LEVEL)
         print(f"open loop (Poisson), batch size 1: capacity about {capacity:.2f} req/s")
         for _, r in p.iterrows():
+            realized = r[Point.N_REQUESTS] / a.duration
             print(
-                f"  offered {r[Point.OFFERED_RPS]:6.2f} req/s  "
+                f"  offered {r[Point.OFFERED_RPS]:6.2f} req/s (this Poisson draw: {realized:.2f})  "
                 f"achieved {r[Point.ACHIEVED_RPS]:6.2f} "
                 f"({r[Point.ACHIEVED_RPS] / r[Point.OFFERED_RPS]:.3f}x)  "
                 f"TTFT p95 {r[Point.TTFT_P95_S] * 1000:8.1f} ms  "

@@ -347,7 +347,11 @@ class Batcher:
             flush_scheduled = False
             while inbox:
                 i, token_id, token, stop, t = inbox.popleft()
-                self._on_token(jobs[i], token_id, token, stop, t)
+                try:
+                    self._on_token(jobs[i], token_id, token, stop, t)
+                except Exception as exc:
+                    log_event(logger, "token_error", level=logging.ERROR, error=repr(exc))
+                    self._finish(jobs[i], Finished(Outcome.ERROR, "token_error", repr(exc)))
 
         def on_step(i: int, token_id: int, token: str, is_last: bool) -> bool:
             # Engine thread: count, decide whether this index stops, hand the token to the loop.
@@ -476,14 +480,14 @@ class Batcher:
         job.last_token_at = t
         pending = job._pending_text + piece
         if job.stop:
-            for s in job.stop:
-                idx = pending.find(s)
-                if idx >= 0:
-                    self._deliver(job, pending[:idx], 1)
-                    job._pending_text = ""
-                    job.cancelled = True
-                    self._finish(job, Finished(Outcome.STOP), t)
-                    return
+            hits = [i for s in job.stop if (i := pending.find(s)) >= 0]
+            if hits:
+                # The earliest stop string wins, whatever its place in the list.
+                self._deliver(job, pending[: min(hits)], 1)
+                job._pending_text = ""
+                job.cancelled = True
+                self._finish(job, Finished(Outcome.STOP), t)
+                return
             hold = _stop_prefix_len(pending, job.stop)
         else:
             hold = 0

@@ -283,7 +283,7 @@ class CTranslate2Engine:
                     self._generator.generate_batch(batch, **kwargs)
             else:
                 self._generator.generate_batch(batch, **kwargs)
-        except (RuntimeError, ValueError) as exc:
+        except (RuntimeError, ValueError, TypeError) as exc:
             raise EngineError(f"generation failed: {exc}") from exc
 
     def close(self) -> None:

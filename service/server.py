@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 from types import FrameType
 
@@ -76,6 +77,9 @@ class DrainingServer(uvicorn.Server):
 def serve(settings: ServiceSettings) -> int:
     """Serve until drained; returns the process exit code."""
     configure_logging(settings.log_level, json_format=settings.log_json)
+    # Engine threads need the GIL for every token callback: the switch interval bounds how long
+    # a busy event loop can hold up a decode step (CPython's default, 5 ms, unless set).
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

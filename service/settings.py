@@ -91,6 +91,12 @@ class ServiceSettings(BaseSettings):
     fake_context_length: int = Field(default=2048, ge=16, description="fake engine: context")
 
     warmup: bool = Field(default=True, description="run one generation before reporting ready")
+    gil_switch_interval_ms: float = Field(
+        default=5.0,
+        gt=0,
+        le=100,
+        description="CPython GIL switch interval: how long the event loop can delay engine threads",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServiceSettings:

@@ -112,6 +112,8 @@ def _sampling(
         if len(req.stop) > 4:
             raise InvalidRequestError("at most 4 stop sequences are allowed", param="stop")
         stop = tuple(x for x in req.stop if x)
+    if req.seed is not None and not 0 <= req.seed < 2**32:
+        raise InvalidRequestError("seed must be in [0, 2**32)", param="seed")
     if req.ignore_eos and not s.allow_ignore_eos:
         raise InvalidRequestError("ignore_eos is disabled on this server", param="ignore_eos")
     greedy = temperature == 0.0
@@ -229,6 +231,10 @@ async def _handle(
                         prompt = req.prompt
                     if not prompt:
                         raise InvalidRequestError("prompt must not be empty", param="prompt")
+                    if req.echo:
+                        raise InvalidRequestError(
+                            "echo is not supported", param="echo", code="unsupported_echo"
+                        )
                     param = "prompt"
                 tokens = codec.encode(prompt)
                 if not tokens:

@@ -151,6 +151,14 @@ async def test_models_lists_device_and_revision(client: Any) -> None:
         (b'{"model": "fake-model", "prompt": "hi", "top_p": 0}', 400, "top_p", None),
         (b'{"model": "fake-model", "prompt": ["a", "b"]}', 400, "prompt", None),
         (b"[]", 422, None, "invalid_body"),
+        (
+            b'{"model": "fake-model", "prompt": "hi", "seed": -1, "temperature": 0.7}',
+            400,
+            "seed",
+            None,
+        ),
+        (b'{"model": "fake-model", "prompt": "hi", "seed": 4294967296}', 400, "seed", None),
+        (b'{"model": "fake-model", "prompt": "hi", "echo": true}', 400, "echo", "unsupported_echo"),
     ],
 )
 async def test_completion_errors(
@@ -325,3 +333,15 @@ async def test_chat_template_rejection_is_400(client: Any, monkeypatch: pytest.M
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "messages"
     assert "alternate" in r.json()["error"]["message"]
+
+
+async def test_earliest_stop_string_wins_whatever_its_list_position(client: Any) -> None:
+    # Prompt "a" (1 token): the first token is " quick"; "ick" is listed first but "qu" comes
+    # first in the text, so nothing after " " may reach the client.
+    r = await client.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": "a", "max_tokens": 5, "stop": ["ick", "qu"]},
+    )
+    body = r.json()
+    assert body["choices"][0]["text"] == " "
+    assert body["choices"][0]["finish_reason"] == "stop"
