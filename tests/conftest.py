@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import os
 import socket
 import threading
@@ -15,10 +17,14 @@ import httpx
 import pytest
 import uvicorn
 from litestar import Litestar
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
 from service.app import create_app
 from service.settings import ServiceSettings
+from telemetry.logging import configure_logging
+from telemetry.tracing import configure_tracing, shutdown_tracing
 
 
 def free_port() -> int:
@@ -82,6 +88,43 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ambient OTEL_* settings of the host must not change what a test exports."""
+    for key in list(os.environ):
+        if key.startswith("OTEL_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    """An in-memory span exporter (spans are exported as they end)."""
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    """A TracerProvider exporting to ``exporter``, shut down after the test."""
+    provider = configure_tracing(exporter=exporter)
+    yield provider
+    shutdown_tracing(provider)
+
+
+@pytest.fixture
+def log_buffer() -> Iterator[io.StringIO]:
+    """The service's JSON logs written to a StringIO; the root logger is restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    buffer = io.StringIO()
+    configure_logging("INFO", stream=buffer)
+    yield buffer
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 import socket
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from prometheus_client import CollectorRegistry
 from service.app import create_app
 from service.settings import ServiceSettings
 from telemetry import names
-from telemetry.logging import configure_logging
 from telemetry.tracing import configure_tracing, shutdown_tracing
 from tests.conftest import LiveServer
 
@@ -50,21 +48,6 @@ def real_settings(model_dir: Path, **overrides: Any) -> ServiceSettings:
     }
     base.update(overrides)
     return ServiceSettings(**base)
-
-
-@pytest.fixture
-def log_buffer() -> Iterator[io.StringIO]:
-    """The service's JSON logs written to a StringIO; the root logger is restored afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    buffer = io.StringIO()
-    configure_logging("INFO", stream=buffer)
-    yield buffer
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
 
 
 def request_lines(buffer: io.StringIO) -> dict[str, dict[str, Any]]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -26,7 +24,6 @@ from prometheus_client import CollectorRegistry
 from service.app import create_app
 from service.fake_engine import FakeCodec
 from telemetry import names
-from telemetry.logging import configure_logging
 from telemetry.tracing import configure_tracing, shutdown_tracing
 from tests.conftest import fake_settings, wait_ready
 
@@ -47,39 +44,8 @@ PER_REQUEST_SPANS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ambient OTEL_* settings of the host must not change what these tests export."""
-    for key in list(os.environ):
-        if key.startswith("OTEL_"):
-            monkeypatch.delenv(key)
-
-
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
-    provider = configure_tracing(exporter=exporter)
-    yield provider
-    shutdown_tracing(provider)
-
-
-@pytest.fixture
-def log_buffer() -> Iterator[io.StringIO]:
-    """The service's JSON logs written to a StringIO; the root logger is restored afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    buffer = io.StringIO()
-    configure_logging("INFO", stream=buffer)
-    yield buffer
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
+# Ambient OTEL_* settings of the host must not change what these tests export.
+pytestmark = pytest.mark.usefixtures("clean_otel_env")
 
 
 def chat_body(content: str = f"tell me about {SECRET}", **extra: Any) -> dict[str, Any]:
