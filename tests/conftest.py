@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -25,6 +25,17 @@ from service.app import create_app
 from service.settings import ServiceSettings
 from telemetry.logging import configure_logging
 from telemetry.tracing import configure_tracing, shutdown_tracing
+
+
+def missing_tool(message: str) -> NoReturn:
+    """A tool the suite needs is absent: skip on a developer's machine, fail in CI.
+
+    ``scripts/test.sh`` installs every such tool, so in CI (``CI`` set) a missing one is a
+    broken install step, never a reason to pass with less tested.
+    """
+    if os.environ.get("CI"):
+        pytest.fail(f"required tool missing in CI: {message}")
+    pytest.skip(message)
 
 
 def free_port() -> int:

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from service.app import create_app
 from service.settings import ServiceSettings
 from telemetry import names
-from tests.conftest import LiveServer, fake_settings, free_port
+from tests.conftest import LiveServer, fake_settings, free_port, missing_tool
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +125,7 @@ class Prometheus:
 def prometheus_binary() -> str:
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.skip("prometheus binary not found: apt-get install prometheus")
+        missing_tool("prometheus binary not found: apt-get install prometheus")
     return binary
 
 

