@@ -52,10 +52,9 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
-    """New text for the client; ``tokens`` is how many generated tokens it covers."""
+    """New text for the client (may be empty while a stop string is still undecided)."""
 
     text: str
-    tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +109,17 @@ class Job:
     engine_done: bool = False  # engine thread: no more callbacks wanted for this index
     cancelled: bool = False  # loop thread: tell the engine thread to stop this index
     completion_tokens: int = 0
-    text: str = ""
+    _text_parts: list[str] = field(default_factory=list)  # joined once, not per token
     result: Finished | None = None
     _pending_text: str = ""
     _events: asyncio.Queue[TextDelta | Finished] = field(default_factory=asyncio.Queue)
     _timeout_handle: asyncio.TimerHandle | None = None
     _decoder: StreamDecoder | None = None
+
+    @property
+    def text(self) -> str:
+        """Everything delivered to the client so far (the non-streamed response body)."""
+        return "".join(self._text_parts)
 
     @property
     def prompt_len(self) -> int:
@@ -174,7 +178,6 @@ class Batcher:
         self._eos_ids = engine.codec.eos_token_ids
         self._recent_batch_s: deque[float] = deque(maxlen=32)
         self.draining = False
-        self.on_finished: Callable[[Job], None] | None = None
         metrics.bind_queue_state(lambda: self._waiting, lambda: len(self._running))
 
     # ----------------------------------------------------------------- lifecycle
@@ -483,7 +486,7 @@ class Batcher:
             hits = [i for s in job.stop if (i := pending.find(s)) >= 0]
             if hits:
                 # The earliest stop string wins, whatever its place in the list.
-                self._deliver(job, pending[: min(hits)], 1)
+                self._deliver(job, pending[: min(hits)])
                 job._pending_text = ""
                 job.cancelled = True
                 self._finish(job, Finished(Outcome.STOP), t)
@@ -492,18 +495,18 @@ class Batcher:
         else:
             hold = 0
         out, job._pending_text = pending[: len(pending) - hold], pending[len(pending) - hold :]
-        self._deliver(job, out, 1)
+        self._deliver(job, out)
 
-    def _deliver(self, job: Job, text: str, tokens: int) -> None:
-        job.text += text
-        job._events.put_nowait(TextDelta(text, tokens))
+    def _deliver(self, job: Job, text: str) -> None:
+        job._text_parts.append(text)
+        job._events.put_nowait(TextDelta(text))
 
     # ----------------------------------------------------------------- finishing
     def _finish(self, job: Job, fin: Finished, t: float | None = None) -> None:
         if job.result is not None:
             return
         if job._pending_text and fin.outcome in (Outcome.LENGTH, Outcome.STOP):
-            self._deliver(job, job._pending_text, 0)
+            self._deliver(job, job._pending_text)
             job._pending_text = ""
         job.result = fin
         job.finished_at = t if t is not None else time.perf_counter()
@@ -526,8 +529,6 @@ class Batcher:
             trace_id=job.trace_id,
         )
         job._events.put_nowait(fin)
-        if self.on_finished is not None:
-            self.on_finished(job)
 
 
 def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
