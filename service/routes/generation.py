@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
-from litestar.response import Stream
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -35,6 +34,7 @@ from service.errors import (
     UnprocessableError,
 )
 from service.routes.openapi import body_operation
+from service.routes.sse import EventStream
 from service.state import Phase, ServiceState
 from telemetry import names
 from telemetry.logging import bind_request, log_event, new_request_id
@@ -184,7 +184,7 @@ def _request_span(st: ServiceState, route: str, headers: Mapping[str, str]) -> t
 
 async def _handle(
     request: Request[Any, Any, Any], st: ServiceState, chat: bool
-) -> Response[Any] | Stream:
+) -> Response[Any] | EventStream:
     arrival = time.perf_counter()
     request_id = request.headers.get("x-request-id") or new_request_id()
     route = "/v1/chat/completions" if chat else "/v1/completions"
@@ -292,7 +292,7 @@ async def _handle(
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         gen = _sse(st, job, span, rid, served, chat, include_usage, route)
-        return Stream(gen, media_type="text/event-stream", headers={**headers, **_SSE_HEADERS})
+        return EventStream(gen, media_type="text/event-stream", headers={**headers, **_SSE_HEADERS})
     return await _complete(request, st, job, span, rid, served, chat, route, headers)
 
 
@@ -537,7 +537,7 @@ async def _complete(
 )
 async def completions(
     request: Request[Any, Any, Any], svc: NamedDependency[ServiceState]
-) -> Response[Any] | Stream:
+) -> Response[Any] | EventStream:
     """Generate text for one prompt, streamed as SSE when ``stream`` is true."""
     return await _handle(request, svc, chat=False)
 
@@ -551,6 +551,6 @@ async def completions(
 )
 async def chat_completions(
     request: Request[Any, Any, Any], svc: NamedDependency[ServiceState]
-) -> Response[Any] | Stream:
+) -> Response[Any] | EventStream:
     """Apply the model's chat template and generate the assistant's reply."""
     return await _handle(request, svc, chat=True)
