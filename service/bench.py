@@ -6,7 +6,8 @@ One run on one machine measures, with the same model, batch size and threads:
    of ``max_batch_size`` fixed-length requests),
 2. the engine's own time to first token for a lone request,
 3. the service's output tokens/s at saturation (``concurrency`` streaming clients over HTTP,
-   closed loop, fixed length via ``ignore_eos``), and its idle TTFT as a client sees it,
+   closed loop, fixed length via ``ignore_eos``) over a steady-state window as long as the raw
+   phase, after a warm-up of a few batch durations, and its idle TTFT as a client sees it,
 
 then prints the ratios against the targets (>= 90 % of raw throughput; idle TTFT within 10 ms).
 The service runs as a separate ``tokenbooth serve`` process so it does not share a GIL with
@@ -57,6 +58,7 @@ class EngineBenchResult:
     engine_ttft_ms: float
     service_ttft_ms: float
     service_mean_batch_size: float
+    service_window_s: float  # median length of the service's measurement windows
     ttft_delta_ms: float
     cpu_count: int
 
@@ -73,7 +75,8 @@ def _prompt(engine: Engine, n_tokens: int) -> tuple[str, list[str]]:
 
 def _raw_throughput(
     engine: Engine, tokens: list[str], batch: int, workers: int, max_tokens: int, rounds: int
-) -> float:
+) -> tuple[float, float]:
+    """(output tokens/s, seconds) of ``rounds`` full batches on each of ``workers`` threads."""
     options = SamplingOptions(temperature=0.0, top_k=1, ignore_eos=True)
     counts = [0] * workers
 
@@ -93,7 +96,8 @@ def _raw_throughput(
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    return sum(counts) / elapsed, elapsed
 
 
 class _FirstToken:
@@ -158,8 +162,13 @@ class _Conn:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, path: str, body: bytes) -> tuple[float, int]:
-        """(seconds to the first token chunk, completion tokens from the usage chunk)."""
+    async def request(
+        self, path: str, body: bytes, chunks: list[float] | None = None
+    ) -> tuple[float, int]:
+        """(seconds to the first token chunk, completion tokens from the usage chunk).
+
+        With ``chunks``, the arrival time of every content chunk is appended to it as it comes.
+        """
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -181,8 +190,12 @@ class _Conn:
             data = await self.reader.readexactly(size + 2)
             if size == 0:
                 break
-            if ttft < 0 and b'"text":"' in data and b'"text":""' not in data:
-                ttft = time.perf_counter() - t0
+            if b'"text":"' in data and b'"text":""' not in data:
+                now = time.perf_counter()
+                if ttft < 0:
+                    ttft = now - t0
+                if chunks is not None:
+                    chunks.append(now)
             tail = (tail + data)[-2048:]
         usage = [ln for ln in tail.split(b"\n\n") if b'"usage":{' in ln]
         tokens = json.loads(usage[-1].strip()[len(b"data: ") :])["usage"]["completion_tokens"]
@@ -193,14 +206,31 @@ class _Conn:
             self.writer.close()
 
 
+@dataclass
+class _ServicePhase:
+    tokens_per_s: float
+    mean_batch: float
+    window_s: float
+
+
 async def _service_phase(
     base: str,
     model: str,
     prompt: str,
     concurrency: int,
     max_tokens: int,
-    per_client: int,
-) -> tuple[float, float]:
+    warmup_s: float,
+    window_s: float,
+) -> _ServicePhase:
+    """Closed-loop streaming clients; output tokens/s over a steady-state window.
+
+    Every client keeps a request in flight from the start of the warm-up to the end of the
+    window, so the window sees neither the synchronised start (all clients sending at once,
+    which fragments the first batches) nor the tail (clients finishing one by one, leaving
+    partial batches): the saturation throughput a long run converges to. Tokens are counted
+    by chunk arrival time, each chunk weighted by its request's ``usage.completion_tokens``
+    per content chunk (1 for requests cut off at the window's end).
+    """
     body = {
         "model": model,
         "prompt": prompt,
@@ -217,29 +247,68 @@ async def _service_phase(
     def encoded(**overrides: Any) -> bytes:
         return json.dumps({**body, **overrides}).encode()
 
+    # (arrival time, tokens) of every content chunk, across all clients.
+    arrivals: list[tuple[float, float]] = []
+    full = encoded()
+
+    async def user(conn: _Conn, until: float) -> None:
+        while time.perf_counter() < until:
+            chunks: list[float] = []
+            try:
+                _, n = await conn.request(path, full, chunks)
+            except asyncio.CancelledError:
+                arrivals.extend((t, 1.0) for t in chunks)
+                raise
+            weight = n / len(chunks) if chunks else 0.0
+            arrivals.extend((t, weight) for t in chunks)
+
     try:
+        # Connections and the first request on each, so setup does not count.
         await asyncio.gather(*[c.request(path, encoded(max_tokens=4)) for c in conns])
-        total = 0
-        full = encoded()
-
-        async def user(conn: _Conn) -> None:
-            nonlocal total
-            for _ in range(per_client):
-                _, n = await conn.request(path, full)
-                total += n
-
         async with httpx.AsyncClient(base_url=base, timeout=60) as metrics_client:
+            start = time.perf_counter()
+            window_start = start + warmup_s
+            window_end = window_start + window_s
+            tasks = [asyncio.ensure_future(user(c, window_end)) for c in conns]
+            await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
             before = await _batch_totals(metrics_client)
-            t0 = time.perf_counter()
-            await asyncio.gather(*[user(c) for c in conns])
-            elapsed = time.perf_counter() - t0
+            await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
             after = await _batch_totals(metrics_client)
+            # Requests still streaming are cut off: the service aborts them (client gone).
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for c in conns:
+                c.close()
+            await _wait_idle(metrics_client)
     finally:
         for c in conns:
             c.close()
+    tokens = sum(w for t, w in arrivals if window_start <= t < window_end)
     batches = after[1] - before[1]
     mean_batch = (after[0] - before[0]) / batches if batches else 0.0
-    return total / elapsed, mean_batch
+    return _ServicePhase(tokens / window_s, mean_batch, window_s)
+
+
+async def _wait_idle(client: httpx.AsyncClient, limit_s: float = 120.0) -> None:
+    """Wait until the service runs no request, so the next raw phase has the CPU to itself."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from telemetry import names
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        text = (await client.get("/metrics")).text
+        busy = sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            if family.name in (names.TOKENBOOTH_REQUESTS_RUNNING, names.TOKENBOOTH_REQUESTS_WAITING)
+            for s in family.samples
+        )
+        if busy == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("service still busy after the service phase")
 
 
 async def _batch_totals(client: httpx.AsyncClient) -> tuple[float, float]:
@@ -310,8 +379,9 @@ def measure(
     max_tokens: int = 64,
     prompt_tokens: int = 32,
     rounds: int = 3,
-    ttft_samples: int = 20,
-    repeats: int = 2,
+    warmup_rounds: int = 2,
+    ttft_samples: int = 40,
+    repeats: int = 3,
 ) -> EngineBenchResult:
     """Run both phases and return the figures."""
     from service.app import load_engine
@@ -327,33 +397,40 @@ def measure(
     raws: list[float] = []
     services: list[float] = []
     batches: list[float] = []
+    windows: list[float] = []
     try:
         _wait_ready(base, proc)
         engine_ttft, service_ttft = asyncio.run(
             _idle_ttfts(engine, tokens, base, info.model_name, prompt, ttft_samples)
         )
-        # At least as many tokens per worker as the raw phase generated.
-        per_client = max(
-            2, -(-rounds * settings.max_batch_size * settings.batch_workers // concurrency)
-        )
         # Raw and service phases alternate (A B A B ...): each ratio compares neighbours, so
-        # the machine's drift between minutes does not masquerade as overhead.
+        # the machine's drift between minutes does not masquerade as overhead. The service is
+        # measured over as long a window as the raw phase took, after `warmup_rounds` batch
+        # durations of warm-up.
         for _ in range(repeats):
-            raws.append(
-                _raw_throughput(
-                    engine,
-                    tokens,
-                    settings.max_batch_size,
-                    settings.batch_workers,
+            raw_tps, raw_s = _raw_throughput(
+                engine,
+                tokens,
+                settings.max_batch_size,
+                settings.batch_workers,
+                max_tokens,
+                rounds,
+            )
+            raws.append(raw_tps)
+            phase = asyncio.run(
+                _service_phase(
+                    base,
+                    info.model_name,
+                    prompt,
+                    concurrency,
                     max_tokens,
-                    rounds,
+                    warmup_s=warmup_rounds * raw_s / rounds,
+                    window_s=raw_s,
                 )
             )
-            tps, mean_batch = asyncio.run(
-                _service_phase(base, info.model_name, prompt, concurrency, max_tokens, per_client)
-            )
-            services.append(tps)
-            batches.append(mean_batch)
+            services.append(phase.tokens_per_s)
+            batches.append(phase.mean_batch)
+            windows.append(phase.window_s)
     finally:
         engine.close()
         proc.terminate()
@@ -379,6 +456,7 @@ def measure(
         engine_ttft_ms=engine_ttft * 1000,
         service_ttft_ms=service_ttft * 1000,
         service_mean_batch_size=statistics.median(batches),
+        service_window_s=statistics.median(windows),
         ttft_delta_ms=(service_ttft - engine_ttft) * 1000,
         cpu_count=os.cpu_count() or 0,
     )
@@ -388,12 +466,10 @@ def run_engine_bench(settings: ServiceSettings, **kwargs: Any) -> int:
     """CLI entry: print the side-by-side figures; exit 0 (targets are reported, not asserted)."""
     r = measure(settings, **kwargs)
     slots = settings.batch_workers * settings.max_batch_size
-    if r.concurrency <= slots:
+    if r.concurrency < slots:
         print(
-            f"note: concurrency {r.concurrency} <= batch slots {slots}: no request waits when a "
-            "worker frees, so the service runs partial batches; saturation needs more clients "
-            "than slots (e.g. --max-batch-size "
-            f"{max(1, r.concurrency // (2 * settings.batch_workers))})"
+            f"note: concurrency {r.concurrency} < batch slots {slots}: batches cannot fill, so "
+            "this compares partial service batches with full raw ones"
         )
     ok_tp = r.throughput_ratio >= _THROUGHPUT_TARGET
     ok_ttft = r.ttft_delta_ms <= _TTFT_TARGET_S * 1000
@@ -406,7 +482,8 @@ def run_engine_bench(settings: ServiceSettings, **kwargs: Any) -> int:
     print(f"raw generate_batch      {r.raw_tokens_per_s:9.1f} output tok/s")
     print(
         f"service (HTTP, SSE)     {r.service_tokens_per_s:9.1f} output tok/s  "
-        f"(mean batch {r.service_mean_batch_size:.1f} of {r.max_batch_size})"
+        f"(mean batch {r.service_mean_batch_size:.1f} of {r.max_batch_size}; "
+        f"{r.service_window_s:.0f} s window after warm-up, every client busy throughout)"
     )
     print(f"ratio per repeat        {', '.join(f'{x:.3f}' for x in r.ratios)}")
     print(

@@ -114,9 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--concurrency", type=int, default=32)
     eng.add_argument("--max-tokens", type=int, default=64)
     eng.add_argument("--prompt-tokens", type=int, default=32)
-    eng.add_argument("--rounds", type=int, default=3, help="batches per worker in each phase")
-    eng.add_argument("--ttft-samples", type=int, default=20)
-    eng.add_argument("--repeats", type=int, default=2, help="alternating raw/service pairs")
+    eng.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="batches per worker in the raw phase; the service is measured over as long",
+    )
+    eng.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=2,
+        help="batch durations of closed-loop load before the service's measurement window",
+    )
+    eng.add_argument("--ttft-samples", type=int, default=40)
+    eng.add_argument("--repeats", type=int, default=3, help="alternating raw/service pairs")
     _add_settings_flags(eng, skip=("host", "port"))
     # Later stages (sweep, report) plug in through entry points, so this module never imports
     # packages that depend on it.
@@ -165,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_tokens=args.max_tokens,
                 prompt_tokens=args.prompt_tokens,
                 rounds=args.rounds,
+                warmup_rounds=args.warmup_rounds,
                 ttft_samples=args.ttft_samples,
                 repeats=args.repeats,
             )
