@@ -375,14 +375,17 @@ def _throughput() -> list[JSON]:
 def _queue_and_batching() -> list[JSON]:
     waiting = f"sum by (instance) ({names.TOKENBOOTH_REQUESTS_WAITING}{{{_SERVICE_SELECTOR}}})"
     running = f"sum by (instance) ({names.TOKENBOOTH_REQUESTS_RUNNING}{{{_SERVICE_SELECTOR}}})"
+    batches = f"sum by (instance) ({names.TOKENBOOTH_BATCHES_RUNNING}{{{_SERVICE_SELECTOR}}})"
     return [
         _timeseries(
             "Requests waiting / running",
-            "Queued requests not yet in a batch, and requests in an executing batch, read at "
-            "scrape time. The HPA scales on the waiting gauge.",
+            "Queued requests not yet in a batch, requests in an executing batch, and busy "
+            "batch workers (batches executing), read at scrape time. The HPA scales on the "
+            "waiting gauge.",
             [
                 _target(waiting, "waiting {{instance}}"),
                 _target(running, "running {{instance}}"),
+                _target(batches, "batches running {{instance}}"),
             ],
             unit="none",
         ),

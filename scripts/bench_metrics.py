@@ -125,7 +125,7 @@ def run(n_requests: int = 1000, *, renders: int = 200, seed: int = 0) -> dict[st
         e2e_slo_seconds=10.0,
     )
     metrics.set_model_info(quantization="int8", device="cpu", compute_type="int8")
-    metrics.bind_queue_state(lambda: 3, lambda: 8)
+    metrics.bind_queue_state(lambda: 3, lambda: 8, lambda: 2)
     rng = random.Random(seed)  # noqa: S311 -- seeded synthetic traffic, not security
 
     start = time.perf_counter()

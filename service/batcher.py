@@ -178,7 +178,12 @@ class Batcher:
         self._eos_ids = engine.codec.eos_token_ids
         self._recent_batch_s: deque[float] = deque(maxlen=32)
         self.draining = False
-        metrics.bind_queue_state(lambda: self._waiting, lambda: len(self._running))
+        metrics.bind_queue_state(
+            lambda: self._waiting,
+            lambda: len(self._running),
+            # A worker is busy until generate_batch returns, even after its jobs were aborted.
+            lambda: self.config.batch_workers - self._free_workers,
+        )
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:

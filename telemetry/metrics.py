@@ -188,6 +188,12 @@ class ServiceMetrics:
             _SERVICE_LABELS,
             registry=registry,
         )
+        self._batches_running = Gauge(
+            names.TOKENBOOTH_BATCHES_RUNNING,
+            "Batches executing on batch workers, i.e. busy workers (read at scrape time).",
+            _SERVICE_LABELS,
+            registry=registry,
+        )
         self._prompt_tokens = Counter(
             names.TOKENBOOTH_PROMPT_TOKENS,
             "Prompt tokens of finished requests.",
@@ -251,14 +257,20 @@ class ServiceMetrics:
             }
         )
 
-    def bind_queue_state(self, waiting: Callable[[], int], running: Callable[[], int]) -> None:
-        """Read the waiting/running gauges from the batcher at scrape time.
+    def bind_queue_state(
+        self,
+        waiting: Callable[[], int],
+        running: Callable[[], int],
+        batches_running: Callable[[], int],
+    ) -> None:
+        """Read the waiting/running request gauges and the busy-worker gauge at scrape time.
 
         Reading live (``Gauge.set_function``) means the gauges can never be stale between
         updates. The callables run on the scraping thread and must be cheap and non-blocking.
         """
         self._waiting.labels(*self._labels).set_function(lambda: float(waiting()))
         self._running.labels(*self._labels).set_function(lambda: float(running()))
+        self._batches_running.labels(*self._labels).set_function(lambda: float(batches_running()))
 
     def observe_queue_wait(self, seconds: float, trace_id: str | None = None) -> None:
         """Record how long one request waited before its batch started."""

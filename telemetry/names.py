@@ -91,6 +91,7 @@ __all__ = [
     "SPAN_STREAM",
     "TIME_PER_OUTPUT_TOKEN_BUCKETS",
     "TIME_TO_FIRST_TOKEN_BUCKETS",
+    "TOKENBOOTH_BATCHES_RUNNING",
     "TOKENBOOTH_BATCH_DECODE",
     "TOKENBOOTH_BATCH_FILL_RATIO",
     "TOKENBOOTH_BATCH_FORMATION_DELAY",
@@ -159,6 +160,8 @@ TOKENBOOTH_REQUESTS_WAITING: Final = "tokenbooth_requests_waiting"
 """Requests queued and not yet in a batch, read live at scrape time."""
 TOKENBOOTH_REQUESTS_RUNNING: Final = "tokenbooth_requests_running"
 """Requests in a batch that is executing, read live at scrape time."""
+TOKENBOOTH_BATCHES_RUNNING: Final = "tokenbooth_batches_running"
+"""Batches executing on batch workers (busy workers, at most ``batch_workers``), read live."""
 TOKENBOOTH_PROMPT_TOKENS: Final = "tokenbooth_prompt_tokens_total"
 """Prompt (input) tokens of finished requests."""
 TOKENBOOTH_GENERATION_TOKENS: Final = "tokenbooth_generation_tokens_total"

@@ -302,6 +302,7 @@ def test_dashboard_covers_the_required_signals(dashboard: dict[str, Any]) -> Non
         names.TOKENBOOTH_REQUESTS,
         names.TOKENBOOTH_REQUESTS_WAITING,
         names.TOKENBOOTH_REQUESTS_RUNNING,
+        names.TOKENBOOTH_BATCHES_RUNNING,
         names.TOKENBOOTH_QUEUE_WAIT + "_bucket",
         names.TOKENBOOTH_BATCH_SIZE + "_bucket",
         names.TOKENBOOTH_BATCH_FILL_RATIO + "_sum",

@@ -77,7 +77,7 @@ def busy_registry() -> CollectorRegistry:
         e2e_slo_seconds=7.0,
     )
     metrics.set_model_info(quantization="int8", device="cpu", compute_type="int8_float32")
-    metrics.bind_queue_state(lambda: 2, lambda: 5)
+    metrics.bind_queue_state(lambda: 2, lambda: 5, lambda: 1)
     for i in range(50):
         trace_id = f"{i:032x}"
         metrics.observe_queue_wait(0.001 * i, trace_id)

@@ -87,7 +87,7 @@ def test_metric_names_are_prometheus_legal_and_unit_suffixed() -> None:
         for key, value in vars(names).items()
         if key.startswith(("GEN_AI_SERVER_", "TOKENBOOTH_")) and isinstance(value, str)
     ]
-    assert len(metric_names) == 23
+    assert len(metric_names) == 24
     for name in metric_names:
         assert re.fullmatch(r"[a-z_][a-z0-9_]*", name), name
     latency = [n for n in metric_names if "latency" in n or "time" in n or "duration" in n]
@@ -328,14 +328,20 @@ def test_queue_gauges_read_bound_callables_at_scrape_time(
     registry: CollectorRegistry, metrics: ServiceMetrics
 ) -> None:
     assert sample(registry, names.TOKENBOOTH_REQUESTS_WAITING) is None
-    state = {"waiting": 3, "running": 1}
-    metrics.bind_queue_state(lambda: state["waiting"], lambda: state["running"])
+    assert sample(registry, names.TOKENBOOTH_BATCHES_RUNNING) is None
+    state = {"waiting": 3, "running": 1, "batches": 1}
+    metrics.bind_queue_state(
+        lambda: state["waiting"], lambda: state["running"], lambda: state["batches"]
+    )
     assert sample(registry, names.TOKENBOOTH_REQUESTS_WAITING) == 3
     assert sample(registry, names.TOKENBOOTH_REQUESTS_RUNNING) == 1
+    assert sample(registry, names.TOKENBOOTH_BATCHES_RUNNING) == 1
     state["waiting"] = 7
     state["running"] = 4
+    state["batches"] = 2
     assert sample(registry, names.TOKENBOOTH_REQUESTS_WAITING) == 7
     assert sample(registry, names.TOKENBOOTH_REQUESTS_RUNNING) == 4
+    assert sample(registry, names.TOKENBOOTH_BATCHES_RUNNING) == 2
 
 
 def test_model_info_joins_on_service_labels(
