@@ -6,7 +6,8 @@ with the py-spy profile of 1-token streaming requests, that machinery (task grou
 scope, the task ``repr`` anyio builds on cancel) is ~15 % of the server's CPU per request;
 when a finished batch's clients re-send together, that CPU decides how many of them make it
 into the next batch. Here one plain asyncio task waits for the disconnect and cancels the
-streaming task only while it is still streaming; the semantics are Litestar's.
+streaming task only while it is still streaming; a cancellation from anyone else (server
+shutdown) still propagates, and the body's generator is closed before the response returns.
 """
 
 from __future__ import annotations
@@ -36,30 +37,57 @@ class _LeanStreamingResponse(ASGIStreamingResponse):
     async def send_body(self, send: Send, receive: Receive) -> None:
         task = asyncio.current_task()
         assert task is not None
+        base = task.cancelling()
         streaming = True
-        disconnected = False
+        cancel_requested = False
+        watcher_error: BaseException | None = None
 
         async def watch() -> None:
-            nonlocal disconnected
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            nonlocal cancel_requested, watcher_error
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except Exception as exc:  # the server's receive failed: end the response with it
+                watcher_error = exc
             if streaming:
-                disconnected = True
+                cancel_requested = True
                 task.cancel()
 
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
-            await self._stream(send)
+            async for chunk in self.iterator:
+                if cancel_requested:
+                    # The body swallowed our cancellation; stop feeding a closed connection.
+                    break
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": chunk if isinstance(chunk, bytes) else chunk.encode(self.encoding),
+                        "more_body": True,
+                    }
+                )
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not disconnected:
+            if not cancel_requested:
                 raise
-            # Our own cancellation, delivered: the client is gone, which is not an error.
-            task.uncancel()
+            cancel_requested = False  # delivered
+            # Our own cancellation; re-raise if someone else (server shutdown) cancelled too.
+            if task.uncancel() > base:
+                raise
         finally:
             # No await between the end of the stream and here, so the watcher cannot cancel
             # a task that has already finished streaming.
             streaming = False
             watcher.cancel()
+            if cancel_requested:
+                task.uncancel()  # requested but swallowed by the body: undo the count
+            aclose = getattr(self.iterator, "aclose", None)
+            if aclose is not None:
+                # Run the generator's cleanup now, not whenever it is garbage-collected.
+                await aclose()
+        if watcher_error is not None:
+            raise watcher_error
 
 
 class EventStream(Stream):

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from litestar import Litestar, get
+from litestar.exceptions import LitestarException
 
 from service.routes.sse import EventStream
 
@@ -140,3 +141,58 @@ async def test_cancellation_from_outside_still_propagates() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 2)
     assert probe.cancelled
+
+
+async def test_shutdown_cancel_in_the_same_turn_as_a_disconnect_still_propagates() -> None:
+    probe, client = _Probe(), _Client()
+    task = await _run(_app(probe, 1), client)
+    client.disconnect()
+    await asyncio.sleep(0)  # the watcher sees the disconnect and cancels the task...
+    task.cancel()  # ...and the server cancels it too before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert probe.cancelled
+
+
+async def test_a_body_that_swallows_the_cancellation_stops_being_sent() -> None:
+    steps: list[int] = []
+
+    async def stubborn() -> AsyncIterator[bytes]:
+        for i in range(50):
+            try:
+                await asyncio.sleep(0.005)
+            except asyncio.CancelledError:
+                steps.append(-1)  # swallowed, as some libraries do
+            steps.append(i)
+            yield b"data: x\n\n"
+
+    @get("/s", sync_to_thread=False)
+    def stream() -> EventStream:
+        return EventStream(stubborn(), media_type="text/event-stream")
+
+    client = _Client()
+    task = await _run(Litestar([stream]), client)
+    client.disconnect()
+    await asyncio.wait_for(task, 2)
+    assert -1 in steps
+    assert len(steps) < 10  # stopped right after the swallowed cancellation, not at 50
+    assert task.cancelling() == 0
+    assert client.sent[-1].get("more_body") is not False
+
+
+async def test_a_failing_receive_fails_the_response() -> None:
+    probe = _Probe()
+
+    class Broken(_Client):
+        async def receive(self) -> dict[str, Any]:
+            if not self._request_sent:
+                return await super().receive()
+            raise RuntimeError("transport broke")
+
+    task = await _run(_app(probe, 1), Broken())
+    # Litestar wraps errors raised after the response started.
+    with pytest.raises(LitestarException) as info:
+        await asyncio.wait_for(task, 2)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert "transport broke" in str(info.value.__cause__)
+    assert probe.closed.is_set()
