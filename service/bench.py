@@ -275,9 +275,15 @@ async def _service_phase(
             await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
             after = await _batch_totals(metrics_client)
             # Requests still streaming are cut off: the service aborts them (client gone).
+            failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if failed:
+                # A client that died mid-window would quietly lower the figure: fail instead.
+                raise RuntimeError(
+                    f"{len(failed)} of {concurrency} benchmark clients failed"
+                ) from failed[0].exception()
             for c in conns:
                 c.close()
             await _wait_idle(metrics_client)
@@ -291,7 +297,8 @@ async def _service_phase(
 
 
 async def _wait_idle(client: httpx.AsyncClient, limit_s: float = 120.0) -> None:
-    """Wait until the service runs no request, so the next raw phase has the CPU to itself."""
+    """Wait until nothing is queued and no batch worker is busy, so the next raw phase has the
+    CPU to itself (an aborted batch still finishes its current engine step)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from telemetry import names
@@ -302,7 +309,7 @@ async def _wait_idle(client: httpx.AsyncClient, limit_s: float = 120.0) -> None:
         busy = sum(
             s.value
             for family in text_string_to_metric_families(text)
-            if family.name in (names.TOKENBOOTH_REQUESTS_RUNNING, names.TOKENBOOTH_REQUESTS_WAITING)
+            if family.name in (names.TOKENBOOTH_BATCHES_RUNNING, names.TOKENBOOTH_REQUESTS_WAITING)
             for s in family.samples
         )
         if busy == 0:
@@ -470,6 +477,13 @@ def run_engine_bench(settings: ServiceSettings, **kwargs: Any) -> int:
         print(
             f"note: concurrency {r.concurrency} < batch slots {slots}: batches cannot fill, so "
             "this compares partial service batches with full raw ones"
+        )
+    elif r.concurrency == slots:
+        print(
+            f"note: concurrency {r.concurrency} = batch slots {slots}: nothing is queued when a "
+            "worker frees, so a batch fills only with the clients that re-send within "
+            "--max-batch-delay-ms (see the mean batch below); more clients than slots keep "
+            "every batch full"
         )
     ok_tp = r.throughput_ratio >= _THROUGHPUT_TARGET
     ok_ttft = r.ttft_delta_ms <= _TTFT_TARGET_S * 1000
