@@ -43,6 +43,9 @@ def test_measure_runs_both_phases(real_model_dir: Path) -> None:
     assert r.service_window_s > 0
     assert r.engine_ttft_ms > 0 and r.service_ttft_ms > 0
     assert r.ttft_delta_ms == pytest.approx(r.service_ttft_ms - r.engine_ttft_ms)
+    # The engine's time inside the service is a part of what the client waits for.
+    assert 0 < r.in_service_engine_ttft_ms < r.service_ttft_ms * 2
+    assert r.ttft_overhead_ms > 0
 
 
 def test_cli_report_prints_ratio_and_targets(
