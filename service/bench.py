@@ -57,6 +57,8 @@ class EngineBenchResult:
     service_tokens_per_s: float
     throughput_ratio: float  # median of the per-repeat ratios
     ratios: list[float]
+    raw_phases: list[float]  # tokens/s of every raw phase, in order (shows the drift)
+    service_phases: list[float]
     engine_ttft_ms: float
     service_ttft_ms: float
     service_mean_batch_size: float
@@ -82,17 +84,29 @@ def _prompt(engine: Engine, n_tokens: int) -> tuple[str, list[str]]:
 def _raw_throughput(
     engine: Engine, tokens: list[str], batch: int, workers: int, max_tokens: int, rounds: int
 ) -> tuple[float, float]:
-    """(output tokens/s, seconds) of ``rounds`` full batches on each of ``workers`` threads."""
+    """(output tokens/s, seconds) of ``rounds`` full batches on each of ``workers`` threads.
+
+    Each step calls a counting callback, as a streaming server's engine call must.
+
+    Tokens are counted only while every worker is still running: a worker that finishes
+    early leaves its core idle, and that tail would understate the engine (the service is
+    likewise measured while every client is busy).
+    """
     options = SamplingOptions(temperature=0.0, top_k=1, ignore_eos=True)
-    counts = [0] * workers
+    stamps: list[list[float]] = [[] for _ in range(workers)]
+    ended = [0.0] * workers
 
     def worker(k: int) -> None:
+        mine = stamps[k]
+        clock = time.perf_counter
+
         def on_step(i: int, token_id: int, token: str, is_last: bool) -> bool:
-            counts[k] += 1
+            mine.append(clock())
             return False
 
         for _ in range(rounds):
             engine.generate_batch([tokens] * batch, options, max_tokens, on_step)
+        ended[k] = clock()
 
     # One warm-up batch so allocation and caches do not count.
     engine.generate_batch([tokens] * batch, options, 4, lambda *_: False)
@@ -103,7 +117,9 @@ def _raw_throughput(
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
-    return sum(counts) / elapsed, elapsed
+    all_busy_until = min(ended)
+    counted = sum(1 for ts in stamps for t in ts if t <= all_busy_until)
+    return counted / (all_busy_until - t0), elapsed
 
 
 class _FirstToken:
@@ -434,11 +450,12 @@ def measure(
     try:
         _wait_ready(base, proc)
         idle = asyncio.run(_idle_ttfts(engine, tokens, base, info.model_name, prompt, ttft_samples))
-        # Raw and service phases alternate (A B A B ...): each ratio compares neighbours, so
+
+        # Raw and service phases alternate (R S R ... S R): each ratio compares neighbours, so
         # the machine's drift between minutes does not masquerade as overhead. The service is
         # measured over as long a window as the raw phase took, after `warmup_rounds` batch
         # durations of warm-up.
-        for _ in range(repeats):
+        def raw_phase() -> float:
             raw_tps, raw_s = _raw_throughput(
                 engine,
                 tokens,
@@ -448,6 +465,10 @@ def measure(
                 rounds,
             )
             raws.append(raw_tps)
+            return raw_s
+
+        raw_s = raw_phase()
+        for _ in range(repeats):
             phase = asyncio.run(
                 _service_phase(
                     base,
@@ -462,6 +483,7 @@ def measure(
             services.append(phase.tokens_per_s)
             batches.append(phase.mean_batch)
             windows.append(phase.window_s)
+            raw_s = raw_phase()
     finally:
         engine.close()
         proc.terminate()
@@ -470,6 +492,9 @@ def measure(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    # Each service phase against the mean of the raw phases either side of it (R S R S R ...),
+    # so a linear drift of the machine's speed cancels.
+    ratios = [s / ((raws[i] + raws[i + 1]) / 2) for i, s in enumerate(services)]
     return EngineBenchResult(
         model=info.model_name,
         device=info.device,
@@ -482,8 +507,10 @@ def measure(
         prompt_tokens=len(tokens),
         raw_tokens_per_s=statistics.median(raws),
         service_tokens_per_s=statistics.median(services),
-        throughput_ratio=statistics.median(s / r for s, r in zip(services, raws, strict=True)),
-        ratios=[s / r for s, r in zip(services, raws, strict=True)],
+        throughput_ratio=statistics.median(ratios),
+        ratios=ratios,
+        raw_phases=raws,
+        service_phases=services,
         engine_ttft_ms=idle.engine_s * 1000,
         service_ttft_ms=idle.service_s * 1000,
         service_mean_batch_size=statistics.median(batches),
@@ -519,13 +546,20 @@ def run_engine_bench(settings: ServiceSettings, **kwargs: Any) -> int:
         f"max_batch_size={r.max_batch_size} concurrency={r.concurrency} "
         f"prompt={r.prompt_tokens} tok, output={r.max_tokens} tok"
     )
-    print(f"raw generate_batch      {r.raw_tokens_per_s:9.1f} output tok/s")
     print(
-        f"service (HTTP, SSE)     {r.service_tokens_per_s:9.1f} output tok/s  "
-        f"(mean batch {r.service_mean_batch_size:.1f} of {r.max_batch_size}; "
+        f"raw generate_batch      {r.raw_tokens_per_s:9.1f} output tok/s  (median; phases: "
+        f"{', '.join(f'{x:.0f}' for x in r.raw_phases)})"
+    )
+    print(
+        f"service (HTTP, SSE)     {r.service_tokens_per_s:9.1f} output tok/s  (median; phases: "
+        f"{', '.join(f'{x:.0f}' for x in r.service_phases)}; "
+        f"mean batch {r.service_mean_batch_size:.1f} of {r.max_batch_size}; "
         f"{r.service_window_s:.0f} s window after warm-up, every client busy throughout)"
     )
-    print(f"ratio per repeat        {', '.join(f'{x:.3f}' for x in r.ratios)}")
+    print(
+        f"ratio per repeat        {', '.join(f'{x:.3f}' for x in r.ratios)}  "
+        "(each service phase vs the mean of the raw phases either side)"
+    )
     print(
         f"throughput ratio        {r.throughput_ratio:9.3f}  "
         f"(target >= {_THROUGHPUT_TARGET:.2f}: {'met' if ok_tp else 'NOT met'})"
