@@ -37,6 +37,7 @@ def test_measure_runs_both_phases(real_model_dir: Path) -> None:
     assert r.prompt_tokens == 8
     assert r.raw_tokens_per_s > 0 and r.service_tokens_per_s > 0
     assert len(r.ratios) == 2
+    assert len(r.raw_phases) == 3 and len(r.service_phases) == 2  # R S R S R
     assert r.throughput_ratio == pytest.approx(statistics.median(r.ratios))
     # Four clients on two slots keep the batches full.
     assert 1.0 < r.service_mean_batch_size <= 2.0
