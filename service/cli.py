@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="batch durations of closed-loop load before the service's measurement window",
     )
-    eng.add_argument("--ttft-samples", type=int, default=40)
+    eng.add_argument("--ttft-samples", type=int, default=100)
     eng.add_argument("--repeats", type=int, default=3, help="alternating raw/service pairs")
     _add_settings_flags(eng, skip=("host", "port"))
     # Later stages (sweep, report) plug in through entry points, so this module never imports
