@@ -21,7 +21,7 @@ import os
 import statistics
 import time
 
-from service.bench import _Conn, _free_port, _start_service, _wait_ready
+from service.bench import SSEConnection, free_port, start_service, wait_ready
 from service.settings import ServiceSettings
 
 __all__ = ["main", "measure"]
@@ -35,7 +35,7 @@ def _cpu_s(pid: int) -> float:
 
 async def _requests(port: int, pid: int, n: int) -> tuple[float, float]:
     """(server CPU seconds, wall seconds) for ``n`` sequential streamed requests."""
-    conn = _Conn("127.0.0.1", port)
+    conn = SSEConnection("127.0.0.1", port)
     body = json.dumps(
         {
             "model": "fake-model",
@@ -60,10 +60,10 @@ def measure(requests: int, repeats: int) -> list[tuple[float, float]]:
     settings = ServiceSettings(
         engine="fake", fake_ttft_ms=0, fake_itl_ms=0, max_batch_delay_ms=0, batch_workers=1
     )
-    port = _free_port()
-    proc = _start_service(settings, port)
+    port = free_port()
+    proc = start_service(settings, port)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", proc)
+        wait_ready(f"http://127.0.0.1:{port}", proc)
         out = []
         for _ in range(repeats):
             cpu, wall = asyncio.run(_requests(port, proc.pid, requests))

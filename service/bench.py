@@ -29,12 +29,20 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from service.engine import Engine, SamplingOptions
 from service.settings import ServiceSettings
 from telemetry import names
 
-__all__ = ["EngineBenchResult", "run_engine_bench"]
+__all__ = [
+    "EngineBenchResult",
+    "SSEConnection",
+    "free_port",
+    "run_engine_bench",
+    "start_service",
+    "wait_ready",
+]
 
 _THROUGHPUT_TARGET = 0.90
 _TTFT_TARGET_S = 0.010
@@ -165,7 +173,7 @@ async def _idle_ttfts(
     in-service engine time, request by request.
     """
     host, port = base.removeprefix("http://").split(":")
-    conn = _Conn(host, int(port))
+    conn = SSEConnection(host, int(port))
     body = json.dumps(
         {
             "model": model,
@@ -203,7 +211,7 @@ async def _idle_ttfts(
     )
 
 
-class _Conn:
+class SSEConnection:
     """One keep-alive HTTP/1.1 connection that streams SSE responses with minimal parsing.
 
     The benchmark client shares the machine's cores with the service; httpx/h11 parse every
@@ -265,7 +273,6 @@ class _Conn:
 class _ServicePhase:
     tokens_per_s: float
     mean_batch: float
-    window_s: float
 
 
 async def _service_phase(
@@ -296,7 +303,7 @@ async def _service_phase(
         "stream_options": {"include_usage": True},
     }
     host, port = base.removeprefix("http://").split(":")
-    conns = [_Conn(host, int(port)) for _ in range(concurrency)]
+    conns = [SSEConnection(host, int(port)) for _ in range(concurrency)]
     path = "/v1/completions"
 
     def encoded(**overrides: Any) -> bytes:
@@ -306,7 +313,7 @@ async def _service_phase(
     arrivals: list[tuple[float, float]] = []
     full = encoded()
 
-    async def user(conn: _Conn, until: float) -> None:
+    async def user(conn: SSEConnection, until: float) -> None:
         while time.perf_counter() < until:
             chunks: list[float] = []
             try:
@@ -317,12 +324,11 @@ async def _service_phase(
             weight = n / len(chunks) if chunks else 0.0
             arrivals.extend((t, weight) for t in chunks)
 
-    try:
-        # Connections and the first request on each, so setup does not count.
-        await asyncio.gather(*[c.request(path, encoded(max_tokens=4)) for c in conns])
-        async with httpx.AsyncClient(base_url=base, timeout=60) as metrics_client:
-            start = time.perf_counter()
-            window_start = start + warmup_s
+    async with httpx.AsyncClient(base_url=base, timeout=60) as metrics_client:
+        try:
+            # Connections and the first request on each, so setup does not count.
+            await asyncio.gather(*[c.request(path, encoded(max_tokens=4)) for c in conns])
+            window_start = time.perf_counter() + warmup_s
             window_end = window_start + window_s
             tasks = [asyncio.ensure_future(user(c, window_end)) for c in conns]
             await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
@@ -339,16 +345,20 @@ async def _service_phase(
                 raise RuntimeError(
                     f"{len(failed)} of {concurrency} benchmark clients failed"
                 ) from failed[0].exception()
+        finally:
             for c in conns:
                 c.close()
-            await _wait_idle(metrics_client)
-    finally:
-        for c in conns:
-            c.close()
+        await _wait_idle(metrics_client)
     tokens = sum(w for t, w in arrivals if window_start <= t < window_end)
     batches = after[1] - before[1]
     mean_batch = (after[0] - before[0]) / batches if batches else 0.0
-    return _ServicePhase(tokens / window_s, mean_batch, window_s)
+    return _ServicePhase(tokens / window_s, mean_batch)
+
+
+async def _scrape(client: httpx.AsyncClient) -> dict[str, list[Sample]]:
+    """The service's ``/metrics`` samples, by metric family name."""
+    text = (await client.get("/metrics")).text
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
 
 
 async def _wait_idle(client: httpx.AsyncClient, limit_s: float = 120.0) -> None:
@@ -356,12 +366,11 @@ async def _wait_idle(client: httpx.AsyncClient, limit_s: float = 120.0) -> None:
     CPU to itself (an aborted batch still finishes its current engine step)."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        text = (await client.get("/metrics")).text
+        families = await _scrape(client)
         busy = sum(
             s.value
-            for family in text_string_to_metric_families(text)
-            if family.name in (names.TOKENBOOTH_BATCHES_RUNNING, names.TOKENBOOTH_REQUESTS_WAITING)
-            for s in family.samples
+            for name in (names.TOKENBOOTH_BATCHES_RUNNING, names.TOKENBOOTH_REQUESTS_WAITING)
+            for s in families.get(name, [])
         )
         if busy == 0:
             return
@@ -371,20 +380,14 @@ async def _wait_idle(client: httpx.AsyncClient, limit_s: float = 120.0) -> None:
 
 async def _histogram_totals(client: httpx.AsyncClient, name: str) -> tuple[float, float]:
     """(sum, count) of one of the service's histograms."""
-    text = (await client.get("/metrics")).text
-    total = count = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name != name:
-            continue
-        for s in family.samples:
-            if s.name.endswith("_sum"):
-                total += s.value
-            elif s.name.endswith("_count"):
-                count += s.value
+    samples = (await _scrape(client)).get(name, [])
+    total = sum(s.value for s in samples if s.name.endswith("_sum"))
+    count = sum(s.value for s in samples if s.name.endswith("_count"))
     return total, count
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port that is free right now."""
     import socket
 
     with socket.socket() as s:
@@ -393,7 +396,8 @@ def _free_port() -> int:
         return port
 
 
-def _start_service(settings: ServiceSettings, port: int) -> subprocess.Popen[bytes]:
+def start_service(settings: ServiceSettings, port: int) -> subprocess.Popen[bytes]:
+    """``tokenbooth serve`` on 127.0.0.1:``port`` with ``settings``, logging only warnings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENBOOTH_")}
     for name, value in settings.model_dump(exclude_none=True).items():
         if name in ("host", "port", "log_level"):
@@ -412,7 +416,8 @@ def _start_service(settings: ServiceSettings, port: int) -> subprocess.Popen[byt
     )
 
 
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    """Block until ``/health/ready`` answers 200; raise if ``proc`` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -443,17 +448,17 @@ def measure(
     engine = load_engine(settings)
     info = engine.info
     prompt, tokens = _prompt(engine, prompt_tokens)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     # The service starts (and idles) while the raw engine is measured, so the idle TTFTs of
     # both can be sampled alternately: this VM's speed drifts by tens of percent over minutes.
-    proc = _start_service(settings, port)
+    proc = start_service(settings, port)
     raws: list[float] = []
     services: list[float] = []
     batches: list[float] = []
     windows: list[float] = []
     try:
-        _wait_ready(base, proc)
+        wait_ready(base, proc)
         idle = asyncio.run(_idle_ttfts(engine, tokens, base, info.model_name, prompt, ttft_samples))
 
         # Raw and service phases alternate (R S R ... S R): each ratio compares neighbours, so
@@ -487,7 +492,7 @@ def measure(
             )
             services.append(phase.tokens_per_s)
             batches.append(phase.mean_batch)
-            windows.append(phase.window_s)
+            windows.append(raw_s)
             raw_s = raw_phase()
     finally:
         engine.close()

@@ -7,28 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from service.bench import wait_ready
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "server exited early"
-        try:
-            if httpx.get(base + "/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError("server not ready")
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> None:
@@ -63,7 +50,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> No
         stderr=log_file,
     )
     try:
-        _wait_ready(base, proc)
+        wait_ready(base, proc, timeout=30)
 
         async def scenario() -> tuple[list[str], int, int, int]:
             async with httpx.AsyncClient(base_url=base, timeout=30) as c:
