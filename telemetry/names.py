@@ -81,6 +81,8 @@ __all__ = [
     "OUTCOME_REJECTED",
     "OUTCOME_STOP",
     "OUTCOME_TIMEOUT",
+    "PROCESS_CPU_SECONDS",
+    "PROCESS_RESIDENT_MEMORY",
     "QUEUE_WAIT_BUCKETS",
     "REQUEST_DURATION_BUCKETS",
     "REQUEST_LOG_FIELDS",
@@ -184,6 +186,13 @@ TOKENBOOTH_GPU_POWER: Final = "tokenbooth_gpu_power_watts"
 """GPU board power draw."""
 TOKENBOOTH_GPU_TEMPERATURE: Final = "tokenbooth_gpu_temperature_celsius"
 """GPU core temperature."""
+
+# prometheus_client's process collector (not ours to define, named once so scrapes, the capacity
+# model and the dashboard agree on it).
+PROCESS_CPU_SECONDS: Final = "process_cpu_seconds_total"
+"""CPU seconds the replica process used (user + system), a counter."""
+PROCESS_RESIDENT_MEMORY: Final = "process_resident_memory_bytes"
+"""Resident set size of the replica process, a gauge."""
 
 # A CPU INT8 decode step of a small model takes a few milliseconds to tens of milliseconds and a
 # GPU step well under that, so the gap buckets start at 1 ms; the tail catches stalls behind a
