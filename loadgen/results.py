@@ -30,9 +30,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENVIRONMENT_FILE",
+    "ENVIRONMENT_KEYS",
     "LOG_FILE",
     "POINTS_FILE",
     "POINT_COLUMNS",
+    "POINT_STATUSES",
     "REQUESTS_DIR",
     "REQUEST_COLUMNS",
     "SERVER_COLUMNS",
@@ -40,10 +42,13 @@ __all__ = [
     "SPEC_FILE",
     "STATE_FILE",
     "Col",
+    "Env",
+    "Gpu",
+    "Machine",
     "Point",
+    "PointStatus",
     "RunDir",
     "Srv",
-    "environment_keys",
 ]
 
 SPEC_FILE: Final = "spec.toml"
@@ -127,7 +132,7 @@ class Point:
     LOAD_MODE: Final = "load_mode"  # "concurrency" | "rate"
     ARRIVAL: Final = "arrival"  # "closed" | "constant" | "poisson"
     LOAD_LEVEL: Final = "load_level"  # concurrency, or offered requests/s
-    STATUS: Final = "status"  # ok | target_unreachable | replica_not_ready | replica_died | error
+    STATUS: Final = "status"  # a PointStatus value
     STATUS_DETAIL: Final = "status_detail"
     STARTED_AT: Final = "started_at"
     DURATION_S: Final = "duration_s"  # measured window (warm-up excluded)
@@ -171,6 +176,20 @@ class Point:
     SERVER_GENERATION_TOKENS: Final = "server_generation_tokens"
 
 
+class PointStatus:
+    """Values of :attr:`Point.STATUS`: whether the point ran, and if not, what stopped it."""
+
+    OK: Final = "ok"
+    TARGET_UNREACHABLE: Final = "target_unreachable"  # nothing answered at the target's URL
+    REPLICA_NOT_READY: Final = "replica_not_ready"  # it answered, never ready in time
+    REPLICA_DIED: Final = "replica_died"  # a local replica process exited
+
+
+POINT_STATUSES: Final[tuple[str, ...]] = tuple(
+    v for k, v in vars(PointStatus).items() if k.isupper() and isinstance(v, str)
+)
+
+
 POINT_COLUMNS: Final[tuple[str, ...]] = tuple(
     v for k, v in vars(Point).items() if k.isupper() and isinstance(v, str)
 )
@@ -197,15 +216,43 @@ SERVER_COLUMNS: Final[tuple[str, ...]] = tuple(
 # ---------------------------------------------------------------------------- run directory
 
 
-environment_keys: Final[tuple[str, ...]] = (
-    "tokenbooth_version",  # str
-    "started_at",  # ISO 8601 UTC
-    "machine",  # {hostname, platform, python, cpu_model, cpu_count, memory_bytes}
-    "gpu",  # {available: bool, detail: str, devices: [{index, name, memory_total_bytes}]}
-    "packages",  # {name: version}
-    "git_revision",  # str | None
-    "model_manifest",  # the served model's tokenbooth_manifest.json, or None (remote/fake)
-    "spec_path",  # str
+class Env:
+    """Keys of ``environment.json``: top level, then the keys inside ``machine`` and ``gpu``."""
+
+    TOKENBOOTH_VERSION: Final = "tokenbooth_version"  # str
+    STARTED_AT: Final = "started_at"  # ISO 8601 UTC
+    MACHINE: Final = "machine"  # {hostname, platform, python, cpu_model, cpu_count, memory_bytes}
+    GPU: Final = "gpu"  # {available, detail, devices: [{index, name, memory_total_bytes}]}
+    PACKAGES: Final = "packages"  # {name: version}
+    GIT_REVISION: Final = "git_revision"  # str | None
+    MODEL_MANIFEST: Final = "model_manifest"  # served model's manifest, or None (remote/fake)
+    SPEC_PATH: Final = "spec_path"  # str
+
+
+class Machine:
+    """Keys of ``environment.json``'s ``machine``."""
+
+    HOSTNAME: Final = "hostname"
+    PLATFORM: Final = "platform"
+    PYTHON: Final = "python"
+    CPU_MODEL: Final = "cpu_model"
+    CPU_COUNT: Final = "cpu_count"
+    MEMORY_BYTES: Final = "memory_bytes"
+
+
+class Gpu:
+    """Keys of ``environment.json``'s ``gpu`` and of each of its ``devices``."""
+
+    AVAILABLE: Final = "available"
+    DETAIL: Final = "detail"
+    DEVICES: Final = "devices"
+    INDEX: Final = "index"
+    NAME: Final = "name"
+    MEMORY_TOTAL_BYTES: Final = "memory_total_bytes"
+
+
+ENVIRONMENT_KEYS: Final[tuple[str, ...]] = tuple(
+    v for k, v in vars(Env).items() if k.isupper() and isinstance(v, str)
 )
 """Top-level keys of ``environment.json``."""
 
@@ -240,7 +287,7 @@ class RunDir:
         _atomic_write(self.path / SPEC_FILE, text)
 
     def write_environment(self, env: Mapping[str, Any]) -> None:
-        """Store environment metadata (keys: :data:`environment_keys`)."""
+        """Store environment metadata (keys: :data:`ENVIRONMENT_KEYS`)."""
         _atomic_write(self.path / ENVIRONMENT_FILE, json.dumps(env, indent=2, default=str))
 
     def write_requests(self, point_id: int, rows: Iterable[Mapping[str, Any]]) -> Path:

@@ -38,15 +38,16 @@ from locust.env import Environment
 
 from loadgen import scrape
 from loadgen.arrivals import arrival_offsets
-from loadgen.results import Col, Point, RunDir
+from loadgen.results import Col, Env, Gpu, Machine, Point, PointStatus, RunDir
 from loadgen.spec import LoadLevel, ServerConfig, SweepSpec
+from loadgen.summary import server_summary, summarize_point
 from loadgen.targets import LocalReplicas, RemoteTarget, TargetError
 from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext
 from loadgen.worker import MSG_DONE, MSG_POINT, MSG_ROWS, point_message
 from loadgen.workload import PromptItem, TokenCounter, WordCounter, build_workload, load_tokenizer
 from service.errors import TokenboothError
 
-__all__ = ["SweepRunner", "environment_metadata", "summarize_point"]
+__all__ = ["SweepRunner", "environment_metadata"]
 
 logger = logging.getLogger("tokenbooth.loadgen")
 
@@ -73,87 +74,6 @@ _PACKAGES = (
     "pandas",
     "tokenizers",
 )
-
-
-def _pct(values: np.ndarray[Any, Any], q: float) -> float:
-    return float(np.percentile(values, q)) if values.size else math.nan
-
-
-def summarize_point(
-    rows: list[dict[str, Any]],
-    *,
-    level: LoadLevel,
-    lag_threshold_s: float,
-    min_samples: int,
-) -> dict[str, Any]:
-    """Exact per-point statistics from raw rows (``Point`` columns), with validity."""
-    ok = [r for r in rows if r[Col.OK]]
-    n = len(rows)
-    out: dict[str, Any] = {
-        Point.N_REQUESTS: n,
-        Point.N_OK: len(ok),
-        Point.N_ERRORS: n - len(ok),
-        Point.ERROR_RATE: (n - len(ok)) / n if n else math.nan,
-        Point.OFFERED_RPS: level.value if level.mode == "rate" else math.nan,
-    }
-    if rows:
-        start = min(r[Col.SENT_AT] for r in rows)
-        end = max(r[Col.FINISHED_AT] for r in rows)
-        duration = max(end - start, 1e-9)
-    else:
-        duration = math.nan
-    out[Point.DURATION_S] = duration
-
-    def arr(col: str, src: list[dict[str, Any]] = ok) -> np.ndarray[Any, Any]:
-        values = [r[col] for r in src if r[col] is not None and not math.isnan(r[col])]
-        return np.array(values, dtype=float)
-
-    ttft, e2e, tpot = arr(Col.TTFT_S), arr(Col.E2E_S), arr(Col.TPOT_S)
-    itl = np.array([g for r in ok for g in r[Col.ITL_S]], dtype=float)
-    lag = arr(Col.SCHEDULE_LAG_S, rows)
-    out_tokens = sum(r[Col.COMPLETION_TOKENS] for r in ok)
-    in_tokens = sum(r[Col.PROMPT_TOKENS] for r in ok)
-    out.update(
-        {
-            Point.ACHIEVED_RPS: len(ok) / duration if rows else math.nan,
-            Point.OUTPUT_TOKENS_PER_S: out_tokens / duration if rows else math.nan,
-            Point.INPUT_TOKENS_PER_S: in_tokens / duration if rows else math.nan,
-            Point.TTFT_P50_S: _pct(ttft, 50),
-            Point.TTFT_P90_S: _pct(ttft, 90),
-            Point.TTFT_P95_S: _pct(ttft, 95),
-            Point.TTFT_P99_S: _pct(ttft, 99),
-            Point.TTFT_SCHED_P95_S: _pct(arr(Col.TTFT_FROM_SCHEDULE_S), 95),
-            Point.ITL_P50_S: _pct(itl, 50),
-            Point.ITL_P95_S: _pct(itl, 95),
-            Point.ITL_P99_S: _pct(itl, 99),
-            Point.TPOT_P50_S: _pct(tpot, 50),
-            Point.TPOT_P95_S: _pct(tpot, 95),
-            Point.E2E_P50_S: _pct(e2e, 50),
-            Point.E2E_P95_S: _pct(e2e, 95),
-            Point.E2E_P99_S: _pct(e2e, 99),
-            Point.E2E_SCHED_P95_S: _pct(arr(Col.E2E_FROM_SCHEDULE_S), 95),
-            Point.LAG_P95_S: _pct(lag, 95),
-            Point.LAG_MAX_S: float(lag.max()) if lag.size else math.nan,
-            Point.PER_USER_TOKENS_PER_S: float(
-                np.median([r[Col.COMPLETION_TOKENS] / r[Col.E2E_S] for r in ok if r[Col.E2E_S] > 0])
-            )
-            if ok
-            else math.nan,
-        }
-    )
-    reasons = []
-    if len(ok) < min_samples:
-        reasons.append(f"too few samples ({len(ok)} < {min_samples})")
-    if level.mode == "rate" and lag.size and out[Point.LAG_P95_S] > lag_threshold_s:
-        reasons.append(
-            f"schedule lag p95 {out[Point.LAG_P95_S] * 1000:.0f} ms > "
-            f"{lag_threshold_s * 1000:.0f} ms (load generator fell behind)"
-        )
-    if n and out[Point.ERROR_RATE] > 0.5:
-        reasons.append(f"mostly errors ({out[Point.ERROR_RATE]:.0%})")
-    out[Point.VALID] = not reasons
-    out[Point.INVALID_REASON] = "; ".join(reasons)
-    return out
 
 
 def _git_revision() -> str | None:
@@ -190,7 +110,7 @@ def _gpu_info() -> dict[str, Any]:
 
         pynvml.nvmlInit()
     except Exception as exc:
-        return {"available": False, "detail": f"NVML unavailable: {exc}", "devices": []}
+        return {Gpu.AVAILABLE: False, Gpu.DETAIL: f"NVML unavailable: {exc}", Gpu.DEVICES: []}
     try:
         devices = []
         for i in range(pynvml.nvmlDeviceGetCount()):
@@ -198,12 +118,13 @@ def _gpu_info() -> dict[str, Any]:
             name = pynvml.nvmlDeviceGetName(h)
             devices.append(
                 {
-                    "index": i,
-                    "name": name.decode() if isinstance(name, bytes) else str(name),
-                    "memory_total_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
+                    Gpu.INDEX: i,
+                    Gpu.NAME: name.decode() if isinstance(name, bytes) else str(name),
+                    Gpu.MEMORY_TOTAL_BYTES: int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
                 }
             )
-        return {"available": bool(devices), "detail": f"{len(devices)} GPU(s)", "devices": devices}
+        detail = f"{len(devices)} GPU(s)"
+        return {Gpu.AVAILABLE: bool(devices), Gpu.DETAIL: detail, Gpu.DEVICES: devices}
     finally:
         pynvml.nvmlShutdown()
 
@@ -217,21 +138,21 @@ def environment_metadata(spec: SweepSpec, manifest: dict[str, Any] | None) -> di
         except metadata.PackageNotFoundError:
             continue
     return {
-        "tokenbooth_version": packages.get("tokenbooth", "unknown"),
-        "started_at": datetime.now(UTC).isoformat(),
-        "machine": {
-            "hostname": platform.node(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_model": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "memory_bytes": psutil.virtual_memory().total,
+        Env.TOKENBOOTH_VERSION: packages.get("tokenbooth", "unknown"),
+        Env.STARTED_AT: datetime.now(UTC).isoformat(),
+        Env.MACHINE: {
+            Machine.HOSTNAME: platform.node(),
+            Machine.PLATFORM: platform.platform(),
+            Machine.PYTHON: platform.python_version(),
+            Machine.CPU_MODEL: _cpu_model(),
+            Machine.CPU_COUNT: os.cpu_count(),
+            Machine.MEMORY_BYTES: psutil.virtual_memory().total,
         },
-        "gpu": _gpu_info(),
-        "packages": packages,
-        "git_revision": _git_revision(),
-        "model_manifest": manifest,
-        "spec_path": spec.path,
+        Env.GPU: _gpu_info(),
+        Env.PACKAGES: packages,
+        Env.GIT_REVISION: _git_revision(),
+        Env.MODEL_MANIFEST: manifest,
+        Env.SPEC_PATH: spec.path,
     }
 
 
@@ -293,7 +214,7 @@ class SweepRunner:
         if self.workers <= 0:
             yield
             return
-        from loadgen.targets import _die_with_parent, free_port
+        from service.launch import die_with_parent, free_port
 
         env = Environment(user_classes=[ClosedLoopUser, OpenLoopUser], events=locust.events)
         port = free_port()
@@ -310,7 +231,7 @@ class SweepRunner:
                 [sys.executable, "-m", "loadgen.worker", "--master-port", str(port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
             for _ in range(self.workers)
         ]
@@ -603,11 +524,11 @@ class SweepRunner:
         summary |= summarize_point(
             ctx.rows, level=level, lag_threshold_s=run.lag_threshold_s, min_samples=run.min_samples
         )
-        summary |= scrape.server_summary(server_rows)
+        summary |= server_summary(server_rows)
         summary[Point.LOADGEN_CPU_PERCENT] = cpu_pct
         summary[Point.LOADGEN_BOTTLENECK] = cpu_pct >= _BOTTLENECK_CPU_PERCENT
         dead = target.alive()
-        summary[Point.STATUS] = "replica_died" if dead else "ok"
+        summary[Point.STATUS] = PointStatus.REPLICA_DIED if dead else PointStatus.OK
         summary[Point.STATUS_DETAIL] = dead or ""
         if dead:
             summary[Point.VALID] = False
@@ -702,7 +623,7 @@ def _served_model(url: str, headers: dict[str, str]) -> str:
         r.raise_for_status()
         return str(r.json()["data"][0]["id"])
     except (requests.RequestException, KeyError, IndexError, ValueError) as exc:
-        raise TargetError("target_unreachable", f"{url}/v1/models: {exc}") from exc
+        raise TargetError(PointStatus.TARGET_UNREACHABLE, f"{url}/v1/models: {exc}") from exc
 
 
 def _default_model_dir() -> Path | None:

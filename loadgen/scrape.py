@@ -8,16 +8,16 @@ reports put beside the client's measurements.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadgen.results import Point, Srv
+from loadgen.results import Srv
 from telemetry import names
 
-__all__ = ["Snapshot", "deltas", "server_summary", "snapshot"]
+__all__ = ["Snapshot", "deltas", "snapshot"]
 
 Snapshot = dict[tuple[str, str, str], float]
 """(sample name, le, other labels as k=v;k=v) -> value."""
@@ -53,6 +53,7 @@ def snapshot(
 
 _CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
 # process_cpu_seconds_total is a counter, process_resident_memory_bytes a gauge.
+_KEPT = ("tokenbooth_", "gen_ai_", names.PROCESS_CPU_SECONDS, names.PROCESS_RESIDENT_MEMORY)
 
 
 def deltas(point_id: int, replica: str, before: Snapshot, after: Snapshot) -> list[dict[str, Any]]:
@@ -61,7 +62,7 @@ def deltas(point_id: int, replica: str, before: Snapshot, after: Snapshot) -> li
     for key, value in after.items():
         name, le, labels = key
         # Process CPU and memory come along: they show how much of the host each replica used.
-        if not name.startswith(("tokenbooth_", "gen_ai_", "process_cpu", "process_resident")):
+        if not name.startswith(_KEPT):
             continue
         if name.endswith("_created"):
             continue
@@ -80,27 +81,3 @@ def deltas(point_id: int, replica: str, before: Snapshot, after: Snapshot) -> li
             }
         )
     return rows
-
-
-def _total(rows: Iterable[Mapping[str, Any]], metric: str) -> float:
-    return float(sum(r[Srv.DELTA] for r in rows if r[Srv.METRIC] == metric and not r[Srv.LE]))
-
-
-def _mean(rows: Sequence[Mapping[str, Any]], base: str) -> float:
-    count = _total(rows, base + "_count")
-    return _total(rows, base + "_sum") / count if count > 0 else math.nan
-
-
-def server_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Server-side means of one point, over all replicas (``Point.SERVER_*`` columns)."""
-    return {
-        Point.SERVER_TTFT_MEAN_S: _mean(rows, names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN),
-        Point.SERVER_QUEUE_WAIT_MEAN_S: _mean(rows, names.TOKENBOOTH_QUEUE_WAIT),
-        Point.SERVER_BATCH_FORMATION_MEAN_S: _mean(rows, names.TOKENBOOTH_BATCH_FORMATION_DELAY),
-        Point.SERVER_PREFILL_MEAN_S: _mean(rows, names.TOKENBOOTH_BATCH_PREFILL),
-        Point.SERVER_DECODE_MEAN_S: _mean(rows, names.TOKENBOOTH_BATCH_DECODE),
-        Point.SERVER_BATCH_SIZE_MEAN: _mean(rows, names.TOKENBOOTH_BATCH_SIZE),
-        Point.SERVER_BATCH_FILL_MEAN: _mean(rows, names.TOKENBOOTH_BATCH_FILL_RATIO),
-        Point.SERVER_REQUESTS: _total(rows, names.TOKENBOOTH_REQUESTS),
-        Point.SERVER_GENERATION_TOKENS: _total(rows, names.TOKENBOOTH_GENERATION_TOKENS),
-    }

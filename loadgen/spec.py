@@ -127,7 +127,20 @@ class SLOSpec:
     ttft_p95_s: float | None = None
     tpot_p95_s: float | None = None
     e2e_p95_s: float | None = None
-    max_error_rate: float = 0.01
+    max_error_rate: float | None = 0.01
+
+    def describe(self) -> str:
+        """One line naming every checked term, e.g. ``TTFT p95 ≤ 1 s, error rate ≤ 1.00%``."""
+        parts = []
+        if self.ttft_p95_s is not None:
+            parts.append(f"TTFT p95 ≤ {self.ttft_p95_s:g} s")
+        if self.tpot_p95_s is not None:
+            parts.append(f"TPOT p95 ≤ {self.tpot_p95_s:g} s")
+        if self.e2e_p95_s is not None:
+            parts.append(f"E2E p95 ≤ {self.e2e_p95_s:g} s")
+        if self.max_error_rate is not None:
+            parts.append(f"error rate ≤ {self.max_error_rate:.2%}")
+        return ", ".join(parts) if parts else "no SLO given"
 
 
 @dataclass(frozen=True)
@@ -415,8 +428,15 @@ def _build(ctx: _Ctx, cls: type, section: str, table: dict[str, Any], conv: dict
     return cls(**kwargs)
 
 
-def parse_spec(text: str, path: str = "<spec>") -> SweepSpec:
-    """Parse and validate spec text; raise :class:`SpecError` naming the key and line."""
+def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> SweepSpec:
+    """Parse and validate spec text; raise :class:`SpecError` naming the key and line.
+
+    Args:
+        text: TOML text.
+        path: Where it came from (error messages; relative workload paths resolve against it).
+        check_files: Require a file workload's file to exist. A report reading a finished run's
+            stored spec passes ``False``: the run is over and its rows are in the run directory.
+    """
     ctx = _Ctx(text, path)
     try:
         data = tomllib.loads(text)
@@ -537,7 +557,7 @@ def parse_spec(text: str, path: str = "<spec>") -> SweepSpec:
         p = Path(workload.path)
         if not p.is_absolute():
             p = Path(path).parent / p if path != "<spec>" else p
-        if not p.exists():
+        if check_files and not p.exists():
             raise ctx.error("workload", "path", f"file not found: {p}")
         workload = WorkloadSpec(
             **{**{f.name: getattr(workload, f.name) for f in fields(workload)}, "path": str(p)}

@@ -9,7 +9,6 @@ row and say why they were excluded.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -17,9 +16,19 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from loadgen.results import Col, Point, Srv
-from reports.load import Rpt, Run, Slo
-from telemetry import names
+from loadgen.results import Col, Point, PointStatus
+from loadgen.spec import SLOSpec
+from loadgen.summary import (
+    BOOTSTRAP_RESAMPLES,
+    SERVER_MEAN_COLUMNS,
+    Stat,
+    finite,
+    gaps,
+    server_summary,
+    summarize_requests,
+    validity_reasons,
+)
+from reports.load import Rpt, Run
 
 __all__ = [
     "CAPACITY_INTERPOLATION",
@@ -28,15 +37,10 @@ __all__ = [
     "Capacity",
     "Knee",
     "analyze",
-    "bootstrap_quantile_ci",
-    "bootstrap_quantile_draws",
     "find_knee",
-    "percentile",
     "point_validity",
-    "server_means",
     "slo_capacity",
     "slo_check",
-    "summarize_requests",
 ]
 
 KNEE_MIN_GAIN: Final = 0.2
@@ -54,277 +58,7 @@ CAPACITY_INTERPOLATION: Final = (
     "load level; the binding metric is the one crossing its limit first. Open-loop concurrency "
     "is the mean number of requests in flight by Little's law (achieved requests/s x mean E2E)."
 )
-BOOTSTRAP_RESAMPLES: Final = 1000
-MOSTLY_ERRORS: Final = 0.5
-"""A point where more than this fraction failed measures the failure, not the service."""
-THROUGHPUT_WINDOWS: Final = 10
-
 FloatArray = npt.NDArray[np.float64]
-
-
-# ------------------------------------------------------------------------------ percentiles
-
-
-def percentile(values: Sequence[float] | FloatArray, q: float) -> float:
-    """Exact percentile of the samples (numpy linear interpolation); NaN when empty.
-
-    Args:
-        values: Samples; NaNs are dropped.
-        q: Quantile in [0, 1].
-
-    Returns:
-        The ``q`` quantile.
-    """
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return math.nan
-    return float(np.quantile(x, q))
-
-
-def bootstrap_quantile_draws(
-    values: Sequence[float] | FloatArray,
-    q: float,
-    *,
-    n_resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = 0,
-) -> FloatArray:
-    """Bootstrap distribution of a quantile, in O(resamples) time.
-
-    A resample with replacement draws indices ``ceil(n U)`` with ``U`` uniform, so the k-th
-    smallest resampled value is ``x_(ceil(n U_(k)))`` and ``U_(k) ~ Beta(k, n - k + 1)``; the
-    next order statistic is ``U_(k) + (1 - U_(k)) Beta(1, n - k)``. Drawing those two directly
-    gives the same distribution as resampling all ``n`` values and taking numpy's linearly
-    interpolated quantile, without the n x resamples work, so it stays fast for tens of
-    thousands of inter-token gaps.
-
-    Args:
-        values: Samples; NaNs are dropped.
-        q: Quantile in [0, 1].
-        n_resamples: Bootstrap resamples.
-        seed: Seed of the generator (the same inputs give the same draws).
-
-    Returns:
-        ``n_resamples`` bootstrap estimates; empty without samples.
-    """
-    x = np.asarray(values, dtype=float)
-    x = np.sort(x[np.isfinite(x)])
-    n = x.size
-    if n == 0 or n_resamples <= 0:
-        return np.empty(0)
-    if n == 1:
-        return np.full(n_resamples, x[0])
-    rng = np.random.default_rng(seed)
-    h = (n - 1) * q
-    k0 = min(math.floor(h), n - 1)
-    frac = h - k0
-    k = k0 + 1  # 1-based rank of the lower order statistic
-    u_k = rng.beta(k, n - k + 1, size=n_resamples)
-    lower = np.clip(np.ceil(n * u_k).astype(int) - 1, 0, n - 1)
-    est: FloatArray = x[lower]
-    if frac > 0 and k < n:
-        u_k1 = u_k + (1.0 - u_k) * rng.beta(1, n - k, size=n_resamples)
-        upper = np.clip(np.ceil(n * u_k1).astype(int) - 1, 0, n - 1)
-        est = est + frac * (x[upper] - est)
-    return est
-
-
-def bootstrap_quantile_ci(
-    values: Sequence[float] | FloatArray,
-    q: float,
-    *,
-    n_resamples: int = BOOTSTRAP_RESAMPLES,
-    level: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of a quantile (:func:`bootstrap_quantile_draws`).
-
-    Args:
-        values: Samples; NaNs are dropped.
-        q: Quantile in [0, 1].
-        n_resamples: Bootstrap resamples.
-        level: Confidence level.
-        seed: Seed of the generator (the same inputs give the same interval).
-
-    Returns:
-        ``(low, high)``; NaNs when there are no samples.
-    """
-    est = bootstrap_quantile_draws(values, q, n_resamples=n_resamples, seed=seed)
-    if est.size == 0:
-        return (math.nan, math.nan)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(est, [alpha, 1.0 - alpha])
-    return (float(lo), float(hi))
-
-
-def _finite(series: Any) -> FloatArray:
-    arr: FloatArray = np.asarray(pd.to_numeric(series, errors="coerce"), dtype=float)
-    out: FloatArray = arr[np.isfinite(arr)]
-    return out
-
-
-def _gaps(series: Any) -> FloatArray:
-    parts = [np.asarray(v, dtype=float) for v in series if v is not None and len(v)]
-    if not parts:
-        return np.empty(0)
-    arr: FloatArray = np.concatenate(parts)
-    out: FloatArray = arr[np.isfinite(arr)]
-    return out
-
-
-def _rate_se(finished: FloatArray, duration: float) -> float:
-    """Standard error of the achieved rate by batch means over equal time windows."""
-    if finished.size < 5 * THROUGHPUT_WINDOWS or not duration > 0:
-        return math.nan
-    t0, t1 = float(finished.min()), float(finished.max())
-    if t1 <= t0:
-        return math.nan
-    counts, _ = np.histogram(finished, bins=THROUGHPUT_WINDOWS, range=(t0, t1))
-    rates = counts / ((t1 - t0) / THROUGHPUT_WINDOWS)
-    return float(np.std(rates, ddof=1) / math.sqrt(THROUGHPUT_WINDOWS))
-
-
-def summarize_requests(
-    requests: pd.DataFrame,
-    duration_s: float,
-    *,
-    n_resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Exact latency percentiles, bootstrap CIs, counts and throughput of some request rows.
-
-    Args:
-        requests: Rows with the :class:`loadgen.results.Col` columns.
-        duration_s: The measured window they came from (the denominator of every rate); NaN
-            uses the span of their finish times.
-        n_resamples: Bootstrap resamples per confidence interval.
-        seed: Bootstrap seed.
-
-    Returns:
-        Values keyed by :class:`loadgen.results.Point` and :class:`reports.load.Rpt` columns.
-    """
-    ok_mask = requests[Col.OK].fillna(False).astype(bool).to_numpy()
-    ok = requests[ok_mask]
-    n_req = len(requests)
-    n_ok = int(ok_mask.sum())
-    finished = _finite(ok[Col.FINISHED_AT])
-    if not (duration_s > 0) and finished.size > 1:
-        duration_s = float(finished.max() - finished.min())
-    dur = duration_s if duration_s > 0 else math.nan
-
-    ttft = _finite(ok[Col.TTFT_S])
-    itl = _gaps(ok[Col.ITL_S])
-    tpot = _finite(ok[Col.TPOT_S])
-    e2e = _finite(ok[Col.E2E_S])
-    lag = _finite(requests[Col.SCHEDULE_LAG_S])
-    tokens = _finite(ok[Col.COMPLETION_TOKENS])
-    prompt = _finite(ok[Col.PROMPT_TOKENS])
-
-    def ci(x: FloatArray) -> tuple[float, float]:
-        return bootstrap_quantile_ci(x, 0.95, n_resamples=n_resamples, seed=seed)
-
-    out: dict[str, Any] = {
-        Point.N_REQUESTS: n_req,
-        Point.N_OK: n_ok,
-        Point.N_ERRORS: n_req - n_ok,
-        Point.ERROR_RATE: (n_req - n_ok) / n_req if n_req else math.nan,
-        Point.DURATION_S: dur,
-        Point.ACHIEVED_RPS: n_ok / dur,
-        Rpt.ACHIEVED_RPS_SE: _rate_se(finished, dur),
-        Point.OUTPUT_TOKENS_PER_S: float(tokens.sum()) / dur,
-        Point.INPUT_TOKENS_PER_S: float(prompt.sum()) / dur,
-        Rpt.N_TTFT: ttft.size,
-        Point.TTFT_P50_S: percentile(ttft, 0.50),
-        Point.TTFT_P90_S: percentile(ttft, 0.90),
-        Point.TTFT_P95_S: percentile(ttft, 0.95),
-        Point.TTFT_P99_S: percentile(ttft, 0.99),
-        Rpt.TTFT_MEAN_S: float(ttft.mean()) if ttft.size else math.nan,
-        Point.TTFT_SCHED_P95_S: percentile(_finite(ok[Col.TTFT_FROM_SCHEDULE_S]), 0.95),
-        Rpt.N_ITL: itl.size,
-        Point.ITL_P50_S: percentile(itl, 0.50),
-        Point.ITL_P95_S: percentile(itl, 0.95),
-        Point.ITL_P99_S: percentile(itl, 0.99),
-        Rpt.N_TPOT: tpot.size,
-        Point.TPOT_P50_S: percentile(tpot, 0.50),
-        Point.TPOT_P95_S: percentile(tpot, 0.95),
-        Rpt.N_E2E: e2e.size,
-        Point.E2E_P50_S: percentile(e2e, 0.50),
-        Point.E2E_P95_S: percentile(e2e, 0.95),
-        Point.E2E_P99_S: percentile(e2e, 0.99),
-        Rpt.E2E_MEAN_S: float(e2e.mean()) if e2e.size else math.nan,
-        Point.E2E_SCHED_P95_S: percentile(_finite(ok[Col.E2E_FROM_SCHEDULE_S]), 0.95),
-        Point.LAG_P95_S: percentile(lag, 0.95),
-        Point.LAG_MAX_S: float(lag.max()) if lag.size else math.nan,
-        Rpt.COMPLETION_TOKENS_MEAN: float(tokens.mean()) if tokens.size else math.nan,
-    }
-    per_user = (
-        _finite(ok[Col.COMPLETION_TOKENS] / ok[Col.E2E_S].where(ok[Col.E2E_S] > 0))
-        if n_ok
-        else np.empty(0)
-    )
-    out[Point.PER_USER_TOKENS_PER_S] = float(np.median(per_user)) if per_user.size else math.nan
-    out[Rpt.IN_FLIGHT_MEAN] = out[Point.ACHIEVED_RPS] * out[Rpt.E2E_MEAN_S]
-    out[Rpt.TTFT_P95_LO], out[Rpt.TTFT_P95_HI] = ci(ttft)
-    out[Rpt.ITL_P95_LO], out[Rpt.ITL_P95_HI] = ci(itl)
-    out[Rpt.TPOT_P95_LO], out[Rpt.TPOT_P95_HI] = ci(tpot)
-    out[Rpt.E2E_P95_LO], out[Rpt.E2E_P95_HI] = ci(e2e)
-    return out
-
-
-# ------------------------------------------------------------------------------ server deltas
-
-# (points.csv column, histogram or counter sample name, statistic)
-_SERVER_MEANS: Final[tuple[tuple[str, str], ...]] = (
-    (Point.SERVER_TTFT_MEAN_S, names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN),
-    (Point.SERVER_QUEUE_WAIT_MEAN_S, names.TOKENBOOTH_QUEUE_WAIT),
-    (Point.SERVER_BATCH_FORMATION_MEAN_S, names.TOKENBOOTH_BATCH_FORMATION_DELAY),
-    (Point.SERVER_PREFILL_MEAN_S, names.TOKENBOOTH_BATCH_PREFILL),
-    (Point.SERVER_DECODE_MEAN_S, names.TOKENBOOTH_BATCH_DECODE),
-    (Point.SERVER_BATCH_SIZE_MEAN, names.TOKENBOOTH_BATCH_SIZE),
-    (Point.SERVER_BATCH_FILL_MEAN, names.TOKENBOOTH_BATCH_FILL_RATIO),
-)
-SERVER_MEAN_COLUMNS: Final[tuple[str, ...]] = tuple(c for c, _ in _SERVER_MEANS)
-GPU_MEMORY_COLUMN: Final = "gpu_memory_used_bytes"
-
-
-def server_means(server: pd.DataFrame, point_ids: Iterable[int]) -> dict[str, float]:
-    """Means of the server histograms over some points, from the scraped ``_sum``/``_count`` deltas.
-
-    Deltas of every replica are added before dividing, so a mean over several replicas weighs
-    each batch (or request) once.
-
-    Args:
-        server: Server metric deltas (:class:`loadgen.results.Srv` columns).
-        point_ids: Points to pool.
-
-    Returns:
-        ``points.csv`` server columns, plus the requests and generated-token counters and the
-        largest GPU memory in use; a value the deltas do not hold is absent.
-    """
-    ids = set(point_ids)
-    if server.empty:
-        return {}
-    sub = server[server[Srv.POINT_ID].isin(ids)]
-    if sub.empty:
-        return {}
-    delta = pd.to_numeric(sub[Srv.DELTA], errors="coerce")
-    totals = delta.groupby(sub[Srv.METRIC]).sum()
-    out: dict[str, float] = {}
-    for col, metric in _SERVER_MEANS:
-        s = totals.get(metric + "_sum")
-        c = totals.get(metric + "_count")
-        if s is not None and c is not None and c > 0:
-            out[col] = float(s) / float(c)
-    for col, metric in (
-        (Point.SERVER_REQUESTS, names.TOKENBOOTH_REQUESTS),
-        (Point.SERVER_GENERATION_TOKENS, names.TOKENBOOTH_GENERATION_TOKENS),
-    ):
-        if metric in totals.index:
-            out[col] = float(totals[metric])
-    mem = sub[sub[Srv.METRIC] == names.TOKENBOOTH_GPU_MEMORY_USED]
-    if not mem.empty:
-        out[GPU_MEMORY_COLUMN] = float(pd.to_numeric(mem[Srv.AFTER], errors="coerce").max())
-    return out
 
 
 # ------------------------------------------------------------------------------ validity
@@ -354,19 +88,18 @@ def point_validity(row: pd.Series, *, lag_threshold_s: float, min_samples: int) 
     """
     reasons: list[str] = []
     status = str(row.get(Point.STATUS, "") or "")
-    if status and status != "ok":
+    if status and status != PointStatus.OK:
         detail = str(row.get(Point.STATUS_DETAIL, "") or "")
         reasons.append(f"point failed: {status}" + (f" ({detail})" if detail else ""))
     n_ok = row.get(Point.N_OK)
-    if n_ok is None or not (float(n_ok) >= min_samples):
-        n_text = "no" if n_ok is None or not np.isfinite(float(n_ok)) else str(int(n_ok))
-        reasons.append(f"too few samples: {n_text} successful requests < {min_samples}")
-    err = float(row.get(Point.ERROR_RATE, math.nan))
-    if math.isfinite(err) and err > MOSTLY_ERRORS:
-        reasons.append(f"mostly errors ({err:.0%} of requests failed)")
-    lag = float(row.get(Point.LAG_P95_S, math.nan))
-    if _is_open_loop(row) and math.isfinite(lag) and lag > lag_threshold_s:
-        reasons.append(f"schedule lag p95 {lag:.3f} s > {lag_threshold_s:g} s")
+    reasons += validity_reasons(
+        n_ok=math.nan if n_ok is None else float(n_ok),
+        error_rate=float(row.get(Point.ERROR_RATE, math.nan)),
+        lag_p95_s=float(row.get(Point.LAG_P95_S, math.nan)),
+        open_loop=_is_open_loop(row),
+        lag_threshold_s=lag_threshold_s,
+        min_samples=min_samples,
+    )
     bottleneck = row.get(Point.LOADGEN_BOTTLENECK)
     if bottleneck is True or str(bottleneck).lower() in ("true", "1", "1.0"):
         cpu = float(row.get(Point.LOADGEN_CPU_PERCENT, math.nan))
@@ -380,7 +113,7 @@ def point_validity(row: pd.Series, *, lag_threshold_s: float, min_samples: int) 
     return "; ".join(reasons)
 
 
-def slo_check(row: pd.Series | dict[str, Any], slo: Slo) -> str:
+def slo_check(row: pd.Series | dict[str, Any], slo: SLOSpec) -> str:
     """Which SLO terms a point or load level violates; ``""`` when it meets the SLO.
 
     Args:
@@ -398,7 +131,7 @@ def slo_check(row: pd.Series | dict[str, Any], slo: Slo) -> str:
     return ", ".join(failed)
 
 
-def _slo_terms(slo: Slo) -> list[tuple[float, str, str]]:
+def _slo_terms(slo: SLOSpec) -> list[tuple[float, str, str]]:
     terms: list[tuple[float, str, str]] = []
     if slo.ttft_p95_s is not None:
         terms.append((slo.ttft_p95_s, Point.TTFT_P95_S, "TTFT p95"))
@@ -533,7 +266,7 @@ _CI_BOUNDS: Final[dict[str, tuple[str, str]]] = {
 }
 
 
-def slo_capacity(levels: pd.DataFrame, slo: Slo) -> Capacity:
+def slo_capacity(levels: pd.DataFrame, slo: SLOSpec) -> Capacity:
     """Interpolate the highest load meeting the SLO (method: :data:`CAPACITY_INTERPOLATION`).
 
     The same interpolation on the bootstrap bounds of each percentile (lower bounds: the
@@ -561,7 +294,7 @@ def slo_capacity(levels: pd.DataFrame, slo: Slo) -> Capacity:
     return replace(cap, rate_ci=(lo, hi))
 
 
-def _crossing(d: pd.DataFrame, slo: Slo, use: dict[str, str]) -> Capacity:
+def _crossing(d: pd.DataFrame, slo: SLOSpec, use: dict[str, str]) -> Capacity:
     """The first SLO crossing, reading each metric from ``use.get(metric, metric)``."""
     closed = not _is_open_loop(d.iloc[0])
     terms = [(limit, use.get(col, col), label) for limit, col, label in _slo_terms(slo)]
@@ -654,7 +387,7 @@ class Analysis:
     capacity: dict[str, Capacity]
 
     @property
-    def slo(self) -> Slo:
+    def slo(self) -> SLOSpec:
         """The run's SLO."""
         return self.run.spec.slo
 
@@ -679,7 +412,7 @@ class Analysis:
         ids = [int(i) for i in str(hit.iloc[0][Rpt.POINT_IDS]).split(",") if i]
         reqs = self.run.requests
         sub = reqs[reqs[Col.POINT_ID].isin(ids) & reqs[Col.OK].fillna(False).astype(bool)]
-        return _gaps(sub[column]) if column == Col.ITL_S else _finite(sub[column])
+        return gaps(sub[column]) if column == Col.ITL_S else finite(sub[column])
 
     def capacity_table(self) -> pd.DataFrame:
         """Per configuration: knee, SLO capacity, error rate and point counts.
@@ -727,14 +460,14 @@ class Analysis:
 
 
 def _with_server(stats: dict[str, Any], run: Run, ids: list[int], rows: pd.DataFrame) -> None:
-    means = server_means(run.server, ids)
+    means = server_summary(run.server, ids)
     for col in (*SERVER_MEAN_COLUMNS, Point.SERVER_REQUESTS, Point.SERVER_GENERATION_TOKENS):
         if col in means:
             stats[col] = means[col]
         else:  # no scraped deltas: the harness's own means, if it wrote any
             vals = pd.to_numeric(rows[col], errors="coerce") if col in rows else pd.Series()
             stats[col] = float(vals.mean()) if vals.notna().any() else math.nan
-    stats[GPU_MEMORY_COLUMN] = means.get(GPU_MEMORY_COLUMN, math.nan)
+    stats[Stat.GPU_MEMORY_USED_BYTES] = means.get(Stat.GPU_MEMORY_USED_BYTES, math.nan)
 
 
 def analyze(run: Run, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Analysis:
@@ -776,7 +509,9 @@ def analyze(run: Run, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) 
     if points.empty:
         points = run.points.copy()
     reasons = [
-        point_validity(r, lag_threshold_s=spec.lag_threshold_s, min_samples=spec.min_samples)
+        point_validity(
+            r, lag_threshold_s=spec.run.lag_threshold_s, min_samples=spec.run.min_samples
+        )
         for _, r in points.iterrows()
     ]
     points[Point.INVALID_REASON] = reasons

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from loadgen.results import Col, Point
-from reports.analysis import Analysis, bootstrap_quantile_draws
+from loadgen.summary import bootstrap_quantile_draws
+from reports.analysis import Analysis
 from reports.load import Rpt
 
 __all__ = ["DEFAULT_MIN_EFFECT", "NOISE_METHOD", "Comparison", "compare"]

@@ -8,7 +8,6 @@ derives itself are named once here, in :class:`Rpt`.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -22,16 +21,15 @@ from loadgen.results import (
     Point,
     RunDir,
 )
+from loadgen.spec import SweepSpec, parse_spec
+from loadgen.summary import Stat
 
 __all__ = [
     "Rpt",
     "Run",
-    "RunSpec",
-    "Slo",
     "base_config_label",
     "config_label",
     "load_run",
-    "parse_spec",
     "prepare_points",
 ]
 
@@ -41,23 +39,25 @@ class Rpt:
 
     CONFIG: Final = "config"  # human label of the server configuration incl. replicas
     BASE_CONFIG: Final = "base_config"  # the same without replicas: what a replica runs
-    N_TTFT: Final = "n_ttft"  # samples behind the TTFT percentiles
-    N_ITL: Final = "n_itl"  # inter-token gaps behind the ITL percentiles
-    N_TPOT: Final = "n_tpot"
-    N_E2E: Final = "n_e2e"
-    TTFT_P95_LO: Final = "ttft_p95_ci_lo_s"
-    TTFT_P95_HI: Final = "ttft_p95_ci_hi_s"
-    ITL_P95_LO: Final = "itl_p95_ci_lo_s"
-    ITL_P95_HI: Final = "itl_p95_ci_hi_s"
-    TPOT_P95_LO: Final = "tpot_p95_ci_lo_s"
-    TPOT_P95_HI: Final = "tpot_p95_ci_hi_s"
-    E2E_P95_LO: Final = "e2e_p95_ci_lo_s"
-    E2E_P95_HI: Final = "e2e_p95_ci_hi_s"
-    TTFT_MEAN_S: Final = "ttft_mean_s"
-    E2E_MEAN_S: Final = "e2e_mean_s"
-    COMPLETION_TOKENS_MEAN: Final = "completion_tokens_mean"
-    ACHIEVED_RPS_SE: Final = "achieved_rps_se"  # batch-means standard error
-    IN_FLIGHT_MEAN: Final = "in_flight_mean"  # Little's law: achieved rps x mean e2e
+    # Statistics of loadgen.summary, named there once.
+    N_TTFT: Final = Stat.N_TTFT
+    N_ITL: Final = Stat.N_ITL
+    N_TPOT: Final = Stat.N_TPOT
+    N_E2E: Final = Stat.N_E2E
+    TTFT_P95_LO: Final = Stat.TTFT_P95_LO
+    TTFT_P95_HI: Final = Stat.TTFT_P95_HI
+    ITL_P95_LO: Final = Stat.ITL_P95_LO
+    ITL_P95_HI: Final = Stat.ITL_P95_HI
+    TPOT_P95_LO: Final = Stat.TPOT_P95_LO
+    TPOT_P95_HI: Final = Stat.TPOT_P95_HI
+    E2E_P95_LO: Final = Stat.E2E_P95_LO
+    E2E_P95_HI: Final = Stat.E2E_P95_HI
+    TTFT_MEAN_S: Final = Stat.TTFT_MEAN_S
+    E2E_MEAN_S: Final = Stat.E2E_MEAN_S
+    COMPLETION_TOKENS_MEAN: Final = Stat.COMPLETION_TOKENS_MEAN
+    ACHIEVED_RPS_SE: Final = Stat.ACHIEVED_RPS_SE
+    IN_FLIGHT_MEAN: Final = Stat.IN_FLIGHT_MEAN
+    GPU_MEMORY_USED_BYTES: Final = Stat.GPU_MEMORY_USED_BYTES
     SLO_PASS: Final = "slo_pass"
     SLO_FAIL: Final = "slo_fail"  # which SLO terms failed, "" when passing
     N_POINTS: Final = "n_points"  # repeats pooled into one load level
@@ -114,84 +114,13 @@ class Rpt:
     B_STATUS: Final = "b_status"
 
 
-DEFAULT_LAG_THRESHOLD_S: Final = 0.05
-DEFAULT_MIN_SAMPLES: Final = 20
-
-
-@dataclass(frozen=True)
-class Slo:
-    """Service level objective of ``[slo]``; a term left out of the spec is ``None`` (not checked).
-
-    Attributes:
-        ttft_p95_s: Upper bound of the 95th percentile of time to first token.
-        tpot_p95_s: Upper bound of the 95th percentile of time per output token.
-        e2e_p95_s: Upper bound of the 95th percentile of end-to-end latency.
-        max_error_rate: Upper bound of the fraction of failed requests.
-    """
-
-    ttft_p95_s: float | None = None
-    tpot_p95_s: float | None = None
-    e2e_p95_s: float | None = None
-    max_error_rate: float | None = None
-
-    def describe(self) -> str:
-        """One line naming every checked term, e.g. ``TTFT p95 ≤ 1 s, error rate ≤ 1%``."""
-        parts = []
-        if self.ttft_p95_s is not None:
-            parts.append(f"TTFT p95 ≤ {self.ttft_p95_s:g} s")
-        if self.tpot_p95_s is not None:
-            parts.append(f"TPOT p95 ≤ {self.tpot_p95_s:g} s")
-        if self.e2e_p95_s is not None:
-            parts.append(f"E2E p95 ≤ {self.e2e_p95_s:g} s")
-        if self.max_error_rate is not None:
-            parts.append(f"error rate ≤ {self.max_error_rate:.2%}")
-        return ", ".join(parts) if parts else "no SLO given"
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """The parts of ``spec.toml`` a report uses, plus the raw text for the environment block.
-
-    Attributes:
-        name: ``[run] name``.
-        text: The spec exactly as stored in the run directory.
-        data: The parsed TOML.
-        slo: ``[slo]``.
-        target_rps: ``[report] target_rps`` or ``None``.
-        lag_threshold_s: Open-loop p95 schedule lag above which a point is invalid.
-        min_samples: Fewer successful requests than this make a point invalid.
-        duration_s: Measured window per point.
-        warmup_s: Warm-up before the measured window.
-        max_requests: Per-point request cap (``None`` when unbounded).
-        request_timeout_s: Client timeout of one request.
-        balance: How requests were spread over replicas.
-        target_kind: ``local`` or ``remote``.
-        engine: ``ctranslate2`` or ``fake``.
-    """
-
-    name: str
-    text: str
-    data: dict[str, Any]
-    slo: Slo
-    target_rps: float | None
-    lag_threshold_s: float = DEFAULT_LAG_THRESHOLD_S
-    min_samples: int = DEFAULT_MIN_SAMPLES
-    duration_s: float | None = None
-    warmup_s: float = 0.0
-    max_requests: int | None = None
-    request_timeout_s: float = 120.0
-    balance: str = "least_outstanding"
-    target_kind: str = "local"
-    engine: str = "ctranslate2"
-
-
 @dataclass
 class Run:
     """Everything one run directory holds.
 
     Attributes:
         path: The run directory.
-        spec: Its spec.
+        spec: Its spec, parsed by the harness's own parser (the same defaults the sweep ran with).
         environment: ``environment.json`` (empty when absent).
         points: ``points.csv`` plus :attr:`Rpt.CONFIG` and :attr:`Rpt.BASE_CONFIG`.
         requests: Raw request rows of every point.
@@ -199,7 +128,7 @@ class Run:
     """
 
     path: Path
-    spec: RunSpec
+    spec: SweepSpec
     environment: dict[str, Any]
     points: pd.DataFrame
     requests: pd.DataFrame
@@ -208,58 +137,7 @@ class Run:
     @property
     def name(self) -> str:
         """The spec's run name, or the directory name when the spec has none."""
-        return self.spec.name or self.path.name
-
-
-def _opt_float(table: dict[str, Any], key: str) -> float | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    out = float(value)
-    return out if math.isfinite(out) and out > 0 else None
-
-
-def parse_spec(text: str) -> RunSpec:
-    """Parse the spec format of ``loadgen/examples/sweep.toml``.
-
-    Args:
-        text: TOML text.
-
-    Returns:
-        The report's view of the spec; absent keys take the harness defaults.
-
-    Raises:
-        tomllib.TOMLDecodeError: The text is not TOML.
-    """
-    data = tomllib.loads(text)
-    run = data.get("run", {})
-    slo_t = data.get("slo", {})
-    rep = data.get("report", {})
-    target = data.get("target", {})
-    max_error = slo_t.get("max_error_rate")
-    max_requests = run.get("max_requests")
-    duration = run.get("duration_s")
-    return RunSpec(
-        name=str(run.get("name", "")),
-        text=text,
-        data=data,
-        slo=Slo(
-            ttft_p95_s=_opt_float(slo_t, "ttft_p95_s"),
-            tpot_p95_s=_opt_float(slo_t, "tpot_p95_s"),
-            e2e_p95_s=_opt_float(slo_t, "e2e_p95_s"),
-            max_error_rate=None if max_error is None else float(max_error),
-        ),
-        target_rps=_opt_float(rep, "target_rps"),
-        lag_threshold_s=float(run.get("lag_threshold_s", DEFAULT_LAG_THRESHOLD_S)),
-        min_samples=int(run.get("min_samples", DEFAULT_MIN_SAMPLES)),
-        duration_s=None if duration is None else float(duration),
-        warmup_s=float(run.get("warmup_s", 0.0)),
-        max_requests=None if not max_requests else int(max_requests),
-        request_timeout_s=float(run.get("request_timeout_s", 120.0)),
-        balance=str(target.get("balance", "least_outstanding")),
-        target_kind=str(target.get("kind", "local")),
-        engine=str(target.get("engine", "ctranslate2")),
-    )
+        return self.spec.run.name or self.path.name
 
 
 def _num(value: Any) -> float:
@@ -326,7 +204,7 @@ def load_run(path: Path | str) -> Run:
             raise FileNotFoundError(f"{rd.path} is not a run directory: {name} is missing")
     return Run(
         path=rd.path,
-        spec=parse_spec(rd.spec_text()),
+        spec=parse_spec(rd.spec_text(), str(rd.path / SPEC_FILE), check_files=False),
         environment=rd.environment(),
         points=prepare_points(rd.points()),
         requests=rd.requests(),

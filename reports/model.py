@@ -53,9 +53,10 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.optimize import nnls
 
-from loadgen.results import Col, Point, Srv
+from loadgen.results import Col, Env, Gpu, Machine, Point, Srv
+from loadgen.spec import RunSpec, SLOSpec, SweepSpec, parse_spec
 from reports.analysis import Analysis, analyze
-from reports.load import Rpt, Run, RunSpec, Slo, load_run, parse_spec, prepare_points
+from reports.load import Rpt, Run, load_run, prepare_points
 from telemetry import names
 
 __all__ = [
@@ -120,7 +121,7 @@ LOCUST_START_SPREAD_S: Final = 0.01
 START_SPREAD_CANDIDATES: Final[tuple[float, ...]] = (LOCUST_START_SPREAD_S, 0.0)
 _SIM_MAX_REQUESTS: Final = 4000
 _SIM_TARGET_SAMPLES: Final = 600
-_DEFAULT_DURATION_S: Final = 30.0
+_HARNESS_RUN: Final = RunSpec()  # the harness's [run] defaults
 _BISECT_STEPS: Final = 8
 _CLOSED_LOOP_REPLICATIONS: Final = 8
 _CONTENTION_ITERATIONS: Final = 3
@@ -133,21 +134,20 @@ FloatArray = npt.NDArray[np.float64]
 class Window:
     """The measured window of one point: warm-up, then ``duration_s`` or ``max_requests``."""
 
-    duration_s: float = _DEFAULT_DURATION_S
-    warmup_s: float = 0.0
-    max_requests: int | None = None
-    request_timeout_s: float = 120.0
+    duration_s: float = _HARNESS_RUN.duration_s
+    warmup_s: float = _HARNESS_RUN.warmup_s
+    max_requests: int | None = _HARNESS_RUN.max_requests
+    request_timeout_s: float = _HARNESS_RUN.request_timeout_s
 
     @classmethod
-    def from_spec(cls, spec: RunSpec | None) -> Window:
-        """The spec's window (defaults where it gives none)."""
-        if spec is None:
-            return cls()
+    def from_spec(cls, spec: SweepSpec | None) -> Window:
+        """The window the harness ran for this spec (its defaults where the spec gives none)."""
+        run = spec.run if spec is not None else _HARNESS_RUN
         return cls(
-            duration_s=spec.duration_s or _DEFAULT_DURATION_S,
-            warmup_s=spec.warmup_s,
-            max_requests=spec.max_requests,
-            request_timeout_s=spec.request_timeout_s,
+            duration_s=run.duration_s,
+            warmup_s=run.warmup_s,
+            max_requests=run.max_requests,
+            request_timeout_s=run.request_timeout_s,
         )
 
 
@@ -412,7 +412,7 @@ class Prediction:
     samples: int
     slowdown: float = 1.0
 
-    def meets(self, slo: Slo) -> bool:
+    def meets(self, slo: SLOSpec) -> bool:
         """Whether the prediction meets the SLO's latency terms and keeps up with its load."""
         checks = (
             (slo.ttft_p95_s, self.ttft_p95_s),
@@ -1191,7 +1191,7 @@ class CapacityModel:
         per_batch = st.batch_time_s(b) * self.slowdown(config, replicas)
         return replicas * st.batch_workers * b / per_batch if per_batch > 0 else math.inf
 
-    def slo_capacity(self, config: str, replicas: int, slo: Slo) -> float:
+    def slo_capacity(self, config: str, replicas: int, slo: SLOSpec) -> float:
         """Highest Poisson rate whose prediction meets the SLO (bisection on the simulation).
 
         Args:
@@ -1214,7 +1214,7 @@ class CapacityModel:
         return lo
 
     def min_replicas(
-        self, config: str, target_rps: float, slo: Slo, *, max_replicas: int = 64
+        self, config: str, target_rps: float, slo: SLOSpec, *, max_replicas: int = 64
     ) -> int | None:
         """Fewest replicas whose predicted p95s meet the SLO at ``target_rps``.
 
@@ -1436,10 +1436,10 @@ def _tokens_from_points(points: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
 
 
 def _environment_host(environment: Mapping[str, Any]) -> Host:
-    gpu = environment.get("gpu") or {}
-    device = "cuda" if isinstance(gpu, Mapping) and gpu.get("available") else "cpu"
-    machine = environment.get("machine") or {}
-    cores = machine.get("cpu_count") if isinstance(machine, Mapping) else None
+    gpu = environment.get(Env.GPU) or {}
+    device = "cuda" if isinstance(gpu, Mapping) and gpu.get(Gpu.AVAILABLE) else "cpu"
+    machine = environment.get(Env.MACHINE) or {}
+    cores = machine.get(Machine.CPU_COUNT) if isinstance(machine, Mapping) else None
     return Host(device, int(cores) if cores else None)
 
 
@@ -1519,7 +1519,7 @@ def fit_analysis(
     return _fit_points(
         pts.reset_index(drop=True),
         window=Window.from_spec(run.spec),
-        balance=run.spec.balance,
+        balance=run.spec.target.balance,
         host=_environment_host(run.environment),
         seed=seed,
         replications=replications,
@@ -1532,7 +1532,7 @@ def fit(
     requests_df: pd.DataFrame,
     server_df: pd.DataFrame,
     *,
-    spec: RunSpec | str | None = None,
+    spec: SweepSpec | str | None = None,
     environment: Mapping[str, Any] | None = None,
     fit_replicas: Iterable[int] | None = None,
     seed: int = 0,
@@ -1551,7 +1551,7 @@ def fit(
     Returns:
         The model.
     """
-    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    parsed = parse_spec(spec, check_files=False) if isinstance(spec, str) else spec
     if parsed is None:
         parsed = parse_spec("")
     run = Run(

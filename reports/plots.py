@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from loadgen.results import Point
-from reports.load import Rpt, Slo
+from loadgen.spec import SLOSpec
+from reports.load import Rpt
 
 __all__ = [
     "batching",
@@ -88,7 +89,7 @@ _LATENCY_PANELS: Final[tuple[tuple[str, str, str | None, str | None], ...]] = (
 
 def latency_vs_throughput(
     levels: pd.DataFrame,
-    slo: Slo,
+    slo: SLOSpec,
     *,
     x: str = Point.ACHIEVED_RPS,
     invalid: pd.DataFrame | None = None,
@@ -417,8 +418,6 @@ def quantization_comparison(levels: pd.DataFrame, capacity: pd.DataFrame | None 
     Returns:
         Three panels, one bar (group) per quantization.
     """
-    from reports.analysis import GPU_MEMORY_COLUMN
-
     fig, axes = _figure(1, 3, 3.6)
     if levels.empty or levels[Point.QUANTIZATION].nunique() < 2:
         _empty(axes[0], "the sweep did not vary quantization")
@@ -430,7 +429,7 @@ def quantization_comparison(levels: pd.DataFrame, capacity: pd.DataFrame | None 
     rows: list[tuple[str, float, float, float, float]] = []
     for quant, g in smallest.groupby(Point.QUANTIZATION, sort=True):
         low = g.sort_values(Point.LOAD_LEVEL).iloc[0]
-        mem = g[GPU_MEMORY_COLUMN].max() if GPU_MEMORY_COLUMN in g else math.nan
+        mem = g[Rpt.GPU_MEMORY_USED_BYTES].max() if Rpt.GPU_MEMORY_USED_BYTES in g else math.nan
         cap = math.nan
         if capacity is not None and len(capacity):
             sel = capacity[
@@ -526,7 +525,7 @@ def model_holdout(holdout: pd.DataFrame) -> Figure:
     return fig
 
 
-def model_predictions(predictions: pd.DataFrame, measured: pd.DataFrame, slo: Slo) -> Figure:
+def model_predictions(predictions: pd.DataFrame, measured: pd.DataFrame, slo: SLOSpec) -> Figure:
     """Predicted TTFT p95 and throughput against offered rate for several replica counts.
 
     Args:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from loadgen.results import Point
+from loadgen.spec import SLOSpec
 from reports.analysis import Analysis
-from reports.load import Rpt, Slo
+from reports.load import Rpt
 from reports.model import CapacityModel
 
 __all__ = ["Option", "Recommendation", "recommend"]
@@ -68,7 +69,7 @@ class Recommendation:
 
     target_rps: float | None
     target_source: str
-    slo: Slo
+    slo: SLOSpec
     best: Option | None
     options: list[Option]
     infeasible: dict[str, str]
@@ -108,7 +109,7 @@ def _threads(analysis: Analysis, base: str, replicas: int, model: CapacityModel 
 
 
 def _best_for(
-    analysis: Analysis, base: str, model: CapacityModel | None, target: float, slo: Slo
+    analysis: Analysis, base: str, model: CapacityModel | None, target: float, slo: SLOSpec
 ) -> Option | str:
     measured: dict[int, tuple[str, float]] = {}
     for config, cap in analysis.capacity.items():

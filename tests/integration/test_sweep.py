@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from loadgen.results import (
+    ENVIRONMENT_KEYS,
     POINT_COLUMNS,
     REQUEST_COLUMNS,
     SERVER_COLUMNS,
@@ -33,7 +34,6 @@ from loadgen.results import (
     Point,
     RunDir,
     Srv,
-    environment_keys,
 )
 from loadgen.targets import free_port
 from telemetry import names
@@ -297,7 +297,7 @@ def test_sweep_writes_a_complete_run_dir(closed_run: tuple[RunDir, Path, float])
     run, spec, started = closed_run
     assert run.spec_text() == spec.read_text()
     env = run.environment()
-    assert set(env) == set(environment_keys)
+    assert set(env) == set(ENVIRONMENT_KEYS)
     assert env["spec_path"] == str(spec)
     assert env["model_manifest"] is None  # fake engine: no model
     assert env["machine"]["cpu_count"] == os.cpu_count()

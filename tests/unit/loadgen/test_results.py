@@ -12,6 +12,7 @@ import pytest
 
 from loadgen.results import (
     ENVIRONMENT_FILE,
+    ENVIRONMENT_KEYS,
     POINT_COLUMNS,
     POINTS_FILE,
     REQUEST_COLUMNS,
@@ -24,7 +25,6 @@ from loadgen.results import (
     Point,
     RunDir,
     Srv,
-    environment_keys,
 )
 
 ARROW_TYPES = {
@@ -252,7 +252,7 @@ def test_state_spec_and_environment_round_trip(tmp_path: Path) -> None:
     assert run.spec_text() == spec
     assert (tmp_path / SPEC_FILE).read_text() == spec
 
-    env = dict.fromkeys(environment_keys, None) | {"machine": {"cpu_count": 2}, "started_at": "t"}
+    env = dict.fromkeys(ENVIRONMENT_KEYS, None) | {"machine": {"cpu_count": 2}, "started_at": "t"}
     run.write_environment(env)
     assert run.environment() == env
     assert (tmp_path / ENVIRONMENT_FILE).exists()

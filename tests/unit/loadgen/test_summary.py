@@ -1,40 +1,29 @@
-"""Per-point statistics and validity (``loadgen.runner.summarize_point``).
+"""Per-point statistics and validity (``loadgen.summary``), the one computation behind
+``points.csv`` and the report.
 
-``loadgen.runner`` imports Locust, which gevent-monkey-patches the whole process, so it is only
-ever imported in a subprocess here: the cases go in as JSON on stdin, summaries come back.
+``loadgen.summary`` imports no Locust, so it is tested in-process.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from loadgen.results import Col, Point
-
-ROOT = Path(__file__).resolve().parents[3]
-
-_SCRIPT = """
-import json, sys
-from loadgen.runner import summarize_point
 from loadgen.spec import LoadLevel
-out = []
-for case in json.load(sys.stdin):
-    mode, value, arrival = case["level"]
-    out.append(summarize_point(
-        case["rows"],
-        level=LoadLevel(mode, value, arrival),
-        lag_threshold_s=case["lag_threshold_s"],
-        min_samples=case["min_samples"],
-    ))
-json.dump(out, sys.stdout)
-"""
+from loadgen.summary import (
+    bootstrap_quantile_ci,
+    bootstrap_quantile_draws,
+    percentile,
+    summarize_point,
+    summarize_requests,
+    validity_reasons,
+    window_duration,
+)
 
 CLOSED = ("concurrency", 4.0, "closed")
 OPEN = ("rate", 10.0, "poisson")
@@ -64,21 +53,6 @@ def row(i: int, *, lag: float = 0.0, ok: bool = True, open_loop: bool = False) -
     }
 
 
-def summarize(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        input=json.dumps(cases),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result: list[dict[str, Any]] = json.loads(proc.stdout)
-    return result
-
-
 def case(
     rows: list[dict[str, Any]],
     level: tuple[str, float, str] = CLOSED,
@@ -86,12 +60,13 @@ def case(
     lag_threshold_s: float = 0.05,
     min_samples: int = 5,
 ) -> dict[str, Any]:
-    return {
-        "rows": rows,
-        "level": level,
-        "lag_threshold_s": lag_threshold_s,
-        "min_samples": min_samples,
-    }
+    mode, value, arrival = level
+    return summarize_point(
+        rows,
+        level=LoadLevel(mode, value, arrival),
+        lag_threshold_s=lag_threshold_s,
+        min_samples=min_samples,
+    )
 
 
 CLOSED_ROWS = [row(i) for i in range(40)]
@@ -103,18 +78,16 @@ MOSTLY_ERRORS = [row(i, ok=i % 4 == 0) for i in range(40)]
 
 @pytest.fixture(scope="module")
 def summaries() -> list[dict[str, Any]]:
-    """Summaries of every case below, from one subprocess."""
-    return summarize(
-        [
-            case(CLOSED_ROWS),
-            case(OPEN_ON_TIME, OPEN),
-            case(OPEN_LAGGING, OPEN),
-            case(FEW),
-            case(MOSTLY_ERRORS),
-            case([]),
-            case(OPEN_LAGGING, CLOSED),
-        ]
-    )
+    """Summaries of every case below."""
+    return [
+        case(CLOSED_ROWS),
+        case(OPEN_ON_TIME, OPEN),
+        case(OPEN_LAGGING, OPEN),
+        case(FEW),
+        case(MOSTLY_ERRORS),
+        case([]),
+        case(OPEN_LAGGING, CLOSED),
+    ]
 
 
 def test_closed_loop_statistics_are_exact(summaries: list[dict[str, Any]]) -> None:
@@ -176,7 +149,7 @@ def test_lag_does_not_invalidate_a_closed_loop_point(summaries: list[dict[str, A
 def test_too_few_samples_is_invalid(summaries: list[dict[str, Any]]) -> None:
     s = summaries[3]
     assert s[Point.VALID] is False
-    assert s[Point.INVALID_REASON] == "too few samples (3 < 5)"
+    assert s[Point.INVALID_REASON] == "too few samples: 3 successful requests < 5"
 
 
 def test_mostly_errors_is_invalid_and_errors_are_excluded(
@@ -186,7 +159,7 @@ def test_mostly_errors_is_invalid_and_errors_are_excluded(
     assert (s[Point.N_REQUESTS], s[Point.N_OK], s[Point.N_ERRORS]) == (40, 10, 30)
     assert s[Point.ERROR_RATE] == 0.75
     assert s[Point.VALID] is False
-    assert "mostly errors (75%)" in s[Point.INVALID_REASON]
+    assert "mostly errors (75% of requests failed)" in s[Point.INVALID_REASON]
     ok_ttft = [r[Col.TTFT_S] for r in MOSTLY_ERRORS if r[Col.OK]]
     assert s[Point.TTFT_P50_S] == pytest.approx(np.percentile(ok_ttft, 50))
     assert s[Point.OUTPUT_TOKENS_PER_S] == pytest.approx(10 * 8 / s[Point.DURATION_S])
@@ -200,4 +173,58 @@ def test_no_rows(summaries: list[dict[str, Any]]) -> None:
     assert math.isnan(s[Point.TTFT_P50_S])
     assert math.isnan(s[Point.PER_USER_TOKENS_PER_S])
     assert s[Point.VALID] is False
-    assert "too few samples (0 < 5)" in s[Point.INVALID_REASON]
+    assert "too few samples: 0 successful requests < 5" in s[Point.INVALID_REASON]
+
+
+def test_the_report_recomputes_what_the_harness_wrote() -> None:
+    # One computation: the report's pooled statistics of one point's rows equal the harness's.
+    harness = case(OPEN_ON_TIME, OPEN)
+    frame = pd.DataFrame(OPEN_ON_TIME)
+    report = summarize_requests(frame, window_duration(frame), n_resamples=0)
+    for col in (Point.ACHIEVED_RPS, Point.TTFT_P95_S, Point.ITL_P99_S, Point.E2E_SCHED_P95_S):
+        assert report[col] == harness[col]
+
+
+def test_validity_reasons_name_every_rule_that_fails() -> None:
+    reasons = validity_reasons(
+        n_ok=3, error_rate=0.6, lag_p95_s=0.2, open_loop=True, lag_threshold_s=0.05, min_samples=5
+    )
+    assert reasons == [
+        "too few samples: 3 successful requests < 5",
+        "mostly errors (60% of requests failed)",
+        "schedule lag p95 200 ms > 50 ms (load generator fell behind)",
+    ]
+    # Lag of a closed-loop point is not a schedule it fell behind.
+    assert (
+        validity_reasons(
+            n_ok=30,
+            error_rate=0.0,
+            lag_p95_s=0.2,
+            open_loop=False,
+            lag_threshold_s=0.05,
+            min_samples=5,
+        )
+        == []
+    )
+
+
+def test_bootstrap_matches_brute_force_resampling() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.lognormal(mean=-2.0, sigma=0.6, size=400)
+    draws = bootstrap_quantile_draws(x, 0.95, n_resamples=4000, seed=3)
+    idx = rng.integers(0, x.size, size=(4000, x.size))
+    brute = np.quantile(x[idx], 0.95, axis=1)
+    assert np.mean(draws) == pytest.approx(np.mean(brute), rel=0.02)
+    assert np.std(draws) == pytest.approx(np.std(brute), rel=0.12)
+    lo, hi = bootstrap_quantile_ci(x, 0.95, seed=3)
+    b_lo, b_hi = np.quantile(brute, [0.025, 0.975])
+    assert lo == pytest.approx(b_lo, rel=0.05)
+    assert hi == pytest.approx(b_hi, rel=0.05)
+
+
+def test_bootstrap_is_seeded_and_handles_degenerate_input() -> None:
+    x = np.arange(100.0)
+    assert bootstrap_quantile_ci(x, 0.95, seed=5) == bootstrap_quantile_ci(x, 0.95, seed=5)
+    assert all(math.isnan(v) for v in bootstrap_quantile_ci([], 0.95))
+    assert bootstrap_quantile_ci([2.5], 0.95) == (2.5, 2.5)
+    assert math.isnan(percentile([math.nan], 0.5))

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from loadgen.results import Point, RunDir
+from loadgen.spec import SLOSpec
 from reports.analysis import (
     Analysis,
-    bootstrap_quantile_ci,
-    bootstrap_quantile_draws,
     find_knee,
-    percentile,
     point_validity,
     slo_capacity,
 )
-from reports.load import Rpt, Slo
+from reports.load import Rpt
 from tests.unit.reports import synth
 
 
@@ -65,28 +61,6 @@ def test_server_means_pool_replicas(capacity_analysis: Analysis) -> None:
     assert two[Point.SERVER_BATCH_SIZE_MEAN] == pytest.approx(3.0)
     assert one[Point.SERVER_PREFILL_MEAN_S] == pytest.approx(synth.SERVICE.prefill(2.0))
     assert one[Point.SERVER_QUEUE_WAIT_MEAN_S] == pytest.approx(0.004)
-
-
-def test_bootstrap_matches_brute_force_resampling() -> None:
-    rng = np.random.default_rng(1)
-    x = rng.lognormal(mean=-2.0, sigma=0.6, size=400)
-    draws = bootstrap_quantile_draws(x, 0.95, n_resamples=4000, seed=3)
-    idx = rng.integers(0, x.size, size=(4000, x.size))
-    brute = np.quantile(x[idx], 0.95, axis=1)
-    assert np.mean(draws) == pytest.approx(np.mean(brute), rel=0.02)
-    assert np.std(draws) == pytest.approx(np.std(brute), rel=0.12)
-    lo, hi = bootstrap_quantile_ci(x, 0.95, seed=3)
-    b_lo, b_hi = np.quantile(brute, [0.025, 0.975])
-    assert lo == pytest.approx(b_lo, rel=0.05)
-    assert hi == pytest.approx(b_hi, rel=0.05)
-
-
-def test_bootstrap_is_seeded_and_handles_degenerate_input() -> None:
-    x = np.arange(100.0)
-    assert bootstrap_quantile_ci(x, 0.95, seed=5) == bootstrap_quantile_ci(x, 0.95, seed=5)
-    assert all(math.isnan(v) for v in bootstrap_quantile_ci([], 0.95))
-    assert bootstrap_quantile_ci([2.5], 0.95) == (2.5, 2.5)
-    assert math.isnan(percentile([math.nan], 0.5))
 
 
 def test_knee_is_found_where_it_was_placed(capacity_analysis: Analysis) -> None:
@@ -190,7 +164,7 @@ def test_closed_loop_lag_is_not_a_reason() -> None:
 
 def _levels(ttft: list[float]) -> pd.DataFrame:
     n = len(ttft)
-    slo = Slo(ttft_p95_s=1.0)
+    slo = SLOSpec(ttft_p95_s=1.0, max_error_rate=None)
     frame = pd.DataFrame(
         {
             Point.LOAD_MODE: ["concurrency"] * n,
@@ -207,7 +181,7 @@ def _levels(ttft: list[float]) -> pd.DataFrame:
 
 
 def test_slo_capacity_edges() -> None:
-    slo = Slo(ttft_p95_s=1.0)
+    slo = SLOSpec(ttft_p95_s=1.0, max_error_rate=None)
     below = slo_capacity(_levels([2.0, 3.0]), slo)
     assert below.status == "below_range" and not below.usable
     above = slo_capacity(_levels([0.1, 0.2, 0.3]), slo)

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from loadgen.results import SERVER_DIR, Col, RunDir
-from reports.load import Rpt, Slo
+from loadgen.spec import SLOSpec
+from reports.load import Rpt
 from reports.model import (
     LOCUST_START_SPREAD_S,
     CapacityModel,
@@ -108,7 +109,7 @@ def test_open_loop_predictions(one_replica_model: CapacityModel) -> None:
     assert heavy.saturated
     assert heavy.throughput_rps < 1.05 * top
     assert heavy.ttft_p95_s > light.ttft_p95_s
-    slo = Slo(ttft_p95_s=0.5)
+    slo = SLOSpec(ttft_p95_s=0.5, max_error_rate=None)
     cap = one_replica_model.slo_capacity(BASE, 1, slo)
     assert 0.3 * top < cap < top
     assert one_replica_model.predict(BASE, 1, round(0.9 * cap, 3)).meets(slo)

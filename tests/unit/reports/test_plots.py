@@ -12,9 +12,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from loadgen.results import Point
+from loadgen.spec import SLOSpec
 from reports import plots
 from reports.analysis import Analysis
-from reports.load import Rpt, Slo
+from reports.load import Rpt
 from tests.unit.reports import synth
 
 
@@ -84,7 +85,7 @@ def test_quantization_figure_only_compares_what_varied(capacity_analysis: Analys
 @pytest.mark.parametrize(
     "make",
     [
-        lambda e: plots.latency_vs_throughput(e, Slo()),
+        lambda e: plots.latency_vs_throughput(e, SLOSpec(max_error_rate=None)),
         plots.throughput_vs_load,
         plots.pareto_frontier,
         plots.batching,
@@ -92,7 +93,7 @@ def test_quantization_figure_only_compares_what_varied(capacity_analysis: Analys
         plots.quantization_comparison,
         plots.scaling_efficiency,
         plots.model_holdout,
-        lambda e: plots.model_predictions(e, e, Slo()),
+        lambda e: plots.model_predictions(e, e, SLOSpec(max_error_rate=None)),
     ],
 )
 def test_every_figure_survives_empty_input(make: Callable[[pd.DataFrame], Figure]) -> None:

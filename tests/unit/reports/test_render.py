@@ -52,7 +52,7 @@ def test_html_states_the_recommendation_and_capacity(capacity_report: CliReport)
     assert re.search(r"11\.4 req/s \[95% CI [\d.–]+\] \(TTFT p95 binds between 10 and 12\)", html)
     assert "4 req/s (64 tok/s) at load 4, TTFT p95 0.12 s" in html  # the knee
     assert "Kneedle" in html and "Linear interpolation" in html
-    assert "INVALID: schedule lag p95 0.500 s &gt; 0.05 s" in html
+    assert "INVALID: schedule lag p95 500 ms &gt; 50 ms" in html
     assert "0.12 [" in html  # a p95 with its bootstrap interval
 
 

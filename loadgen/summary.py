@@ -1,0 +1,454 @@
+"""Per-point statistics: the one computation behind ``points.csv`` and every report figure.
+
+Pure functions of request rows and server metric deltas (numpy and pandas, no Locust), so the
+harness (:mod:`loadgen.runner`, which writes ``points.csv``) and the report
+(:mod:`reports.analysis`, which recomputes from the raw rows with confidence intervals and pools
+repeats) cannot disagree about a percentile, a rate, a server mean or whether a point is valid.
+
+Percentiles are exact: numpy's linear interpolation between order statistics of every sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from loadgen.results import REQUEST_COLUMNS, SERVER_COLUMNS, Col, Point, Srv
+from loadgen.spec import LoadLevel
+from telemetry import names
+
+__all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "MOSTLY_ERRORS",
+    "SERVER_MEAN_COLUMNS",
+    "THROUGHPUT_WINDOWS",
+    "Stat",
+    "bootstrap_quantile_ci",
+    "bootstrap_quantile_draws",
+    "finite",
+    "gaps",
+    "percentile",
+    "server_summary",
+    "summarize_point",
+    "summarize_requests",
+    "validity_reasons",
+    "window_duration",
+]
+
+BOOTSTRAP_RESAMPLES: Final = 1000
+"""Bootstrap resamples per confidence interval in reports (the harness computes none)."""
+MOSTLY_ERRORS: Final = 0.5
+"""A point where more than this fraction failed measures the failure, not the service."""
+THROUGHPUT_WINDOWS: Final = 10
+"""Equal time windows behind the batch-means standard error of the achieved rate."""
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class Stat:
+    """Statistics :func:`summarize_requests` adds beside the ``points.csv`` columns.
+
+    They are not written into a run directory (the report derives them from the raw rows), so
+    they live here rather than in :class:`loadgen.results.Point`.
+    """
+
+    N_TTFT: Final = "n_ttft"  # samples behind the TTFT percentiles
+    N_ITL: Final = "n_itl"  # inter-token gaps behind the ITL percentiles
+    N_TPOT: Final = "n_tpot"
+    N_E2E: Final = "n_e2e"
+    TTFT_P95_LO: Final = "ttft_p95_ci_lo_s"
+    TTFT_P95_HI: Final = "ttft_p95_ci_hi_s"
+    ITL_P95_LO: Final = "itl_p95_ci_lo_s"
+    ITL_P95_HI: Final = "itl_p95_ci_hi_s"
+    TPOT_P95_LO: Final = "tpot_p95_ci_lo_s"
+    TPOT_P95_HI: Final = "tpot_p95_ci_hi_s"
+    E2E_P95_LO: Final = "e2e_p95_ci_lo_s"
+    E2E_P95_HI: Final = "e2e_p95_ci_hi_s"
+    TTFT_MEAN_S: Final = "ttft_mean_s"
+    E2E_MEAN_S: Final = "e2e_mean_s"
+    COMPLETION_TOKENS_MEAN: Final = "completion_tokens_mean"
+    ACHIEVED_RPS_SE: Final = "achieved_rps_se"  # batch-means standard error
+    IN_FLIGHT_MEAN: Final = "in_flight_mean"  # Little's law: achieved rps x mean e2e
+    GPU_MEMORY_USED_BYTES: Final = "gpu_memory_used_bytes"  # largest seen over the point
+
+
+# ------------------------------------------------------------------------------ percentiles
+
+
+def percentile(values: Sequence[float] | FloatArray, q: float) -> float:
+    """Exact percentile of the samples (numpy linear interpolation); NaN when empty.
+
+    Args:
+        values: Samples; NaNs are dropped.
+        q: Quantile in [0, 1].
+
+    Returns:
+        The ``q`` quantile.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return math.nan
+    return float(np.quantile(x, q))
+
+
+def bootstrap_quantile_draws(
+    values: Sequence[float] | FloatArray,
+    q: float,
+    *,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> FloatArray:
+    """Bootstrap distribution of a quantile, in O(resamples) time.
+
+    A resample with replacement draws indices ``ceil(n U)`` with ``U`` uniform, so the k-th
+    smallest resampled value is ``x_(ceil(n U_(k)))`` and ``U_(k) ~ Beta(k, n - k + 1)``; the
+    next order statistic is ``U_(k) + (1 - U_(k)) Beta(1, n - k)``. Drawing those two directly
+    gives the same distribution as resampling all ``n`` values and taking numpy's linearly
+    interpolated quantile, without the n x resamples work, so it stays fast for tens of
+    thousands of inter-token gaps.
+
+    Args:
+        values: Samples; NaNs are dropped.
+        q: Quantile in [0, 1].
+        n_resamples: Bootstrap resamples.
+        seed: Seed of the generator (the same inputs give the same draws).
+
+    Returns:
+        ``n_resamples`` bootstrap estimates; empty without samples.
+    """
+    x = np.asarray(values, dtype=float)
+    x = np.sort(x[np.isfinite(x)])
+    n = x.size
+    if n == 0 or n_resamples <= 0:
+        return np.empty(0)
+    if n == 1:
+        return np.full(n_resamples, x[0])
+    rng = np.random.default_rng(seed)
+    h = (n - 1) * q
+    k0 = min(math.floor(h), n - 1)
+    frac = h - k0
+    k = k0 + 1  # 1-based rank of the lower order statistic
+    u_k = rng.beta(k, n - k + 1, size=n_resamples)
+    lower = np.clip(np.ceil(n * u_k).astype(int) - 1, 0, n - 1)
+    est: FloatArray = x[lower]
+    if frac > 0 and k < n:
+        u_k1 = u_k + (1.0 - u_k) * rng.beta(1, n - k, size=n_resamples)
+        upper = np.clip(np.ceil(n * u_k1).astype(int) - 1, 0, n - 1)
+        est = est + frac * (x[upper] - est)
+    return est
+
+
+def bootstrap_quantile_ci(
+    values: Sequence[float] | FloatArray,
+    q: float,
+    *,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of a quantile (:func:`bootstrap_quantile_draws`).
+
+    Args:
+        values: Samples; NaNs are dropped.
+        q: Quantile in [0, 1].
+        n_resamples: Bootstrap resamples.
+        level: Confidence level.
+        seed: Seed of the generator (the same inputs give the same interval).
+
+    Returns:
+        ``(low, high)``; NaNs when there are no samples.
+    """
+    est = bootstrap_quantile_draws(values, q, n_resamples=n_resamples, seed=seed)
+    if est.size == 0:
+        return (math.nan, math.nan)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(est, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def finite(series: Any) -> FloatArray:
+    """The finite numbers of a column (non-numbers and NaN dropped)."""
+    arr: FloatArray = np.asarray(pd.to_numeric(series, errors="coerce"), dtype=float)
+    out: FloatArray = arr[np.isfinite(arr)]
+    return out
+
+
+def gaps(series: Any) -> FloatArray:
+    """Every finite inter-token gap of a column of per-request gap lists, flattened."""
+    parts = [np.asarray(v, dtype=float) for v in series if v is not None and len(v)]
+    if not parts:
+        return np.empty(0)
+    arr: FloatArray = np.concatenate(parts)
+    out: FloatArray = arr[np.isfinite(arr)]
+    return out
+
+
+def _rate_se(finished: FloatArray, duration: float) -> float:
+    """Standard error of the achieved rate by batch means over equal time windows."""
+    if finished.size < 5 * THROUGHPUT_WINDOWS or not duration > 0:
+        return math.nan
+    t0, t1 = float(finished.min()), float(finished.max())
+    if t1 <= t0:
+        return math.nan
+    counts, _ = np.histogram(finished, bins=THROUGHPUT_WINDOWS, range=(t0, t1))
+    rates = counts / ((t1 - t0) / THROUGHPUT_WINDOWS)
+    return float(np.std(rates, ddof=1) / math.sqrt(THROUGHPUT_WINDOWS))
+
+
+# ------------------------------------------------------------------------------ one point
+
+
+def window_duration(requests: pd.DataFrame) -> float:
+    """A point's measured window: first send to last finish of its requests (NaN when none).
+
+    Every rate of a point divides by this, in the harness and in the report alike.
+    """
+    if requests.empty:
+        return math.nan
+    start = finite(requests[Col.SENT_AT])
+    end = finite(requests[Col.FINISHED_AT])
+    if not (start.size and end.size):
+        return math.nan
+    return max(float(end.max()) - float(start.min()), 1e-9)
+
+
+def _latency_stats(ok: pd.DataFrame) -> dict[str, Any]:
+    ttft, itl = finite(ok[Col.TTFT_S]), gaps(ok[Col.ITL_S])
+    tpot, e2e = finite(ok[Col.TPOT_S]), finite(ok[Col.E2E_S])
+    return {
+        Stat.N_TTFT: ttft.size,
+        Point.TTFT_P50_S: percentile(ttft, 0.50),
+        Point.TTFT_P90_S: percentile(ttft, 0.90),
+        Point.TTFT_P95_S: percentile(ttft, 0.95),
+        Point.TTFT_P99_S: percentile(ttft, 0.99),
+        Stat.TTFT_MEAN_S: float(ttft.mean()) if ttft.size else math.nan,
+        Point.TTFT_SCHED_P95_S: percentile(finite(ok[Col.TTFT_FROM_SCHEDULE_S]), 0.95),
+        Stat.N_ITL: itl.size,
+        Point.ITL_P50_S: percentile(itl, 0.50),
+        Point.ITL_P95_S: percentile(itl, 0.95),
+        Point.ITL_P99_S: percentile(itl, 0.99),
+        Stat.N_TPOT: tpot.size,
+        Point.TPOT_P50_S: percentile(tpot, 0.50),
+        Point.TPOT_P95_S: percentile(tpot, 0.95),
+        Stat.N_E2E: e2e.size,
+        Point.E2E_P50_S: percentile(e2e, 0.50),
+        Point.E2E_P95_S: percentile(e2e, 0.95),
+        Point.E2E_P99_S: percentile(e2e, 0.99),
+        Stat.E2E_MEAN_S: float(e2e.mean()) if e2e.size else math.nan,
+        Point.E2E_SCHED_P95_S: percentile(finite(ok[Col.E2E_FROM_SCHEDULE_S]), 0.95),
+    }
+
+
+def _p95_cis(ok: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for values, lo, hi in (
+        (finite(ok[Col.TTFT_S]), Stat.TTFT_P95_LO, Stat.TTFT_P95_HI),
+        (gaps(ok[Col.ITL_S]), Stat.ITL_P95_LO, Stat.ITL_P95_HI),
+        (finite(ok[Col.TPOT_S]), Stat.TPOT_P95_LO, Stat.TPOT_P95_HI),
+        (finite(ok[Col.E2E_S]), Stat.E2E_P95_LO, Stat.E2E_P95_HI),
+    ):
+        out[lo], out[hi] = bootstrap_quantile_ci(values, 0.95, n_resamples=n_resamples, seed=seed)
+    return out
+
+
+def summarize_requests(
+    requests: pd.DataFrame,
+    duration_s: float,
+    *,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Exact latency percentiles, bootstrap CIs, counts and throughput of some request rows.
+
+    Args:
+        requests: Rows with the :class:`loadgen.results.Col` columns (one point, or the pooled
+            repeats of one load level).
+        duration_s: The measured window they came from (the denominator of every rate); NaN
+            uses the span of their finish times.
+        n_resamples: Bootstrap resamples per confidence interval (0: no intervals, NaN bounds).
+        seed: Bootstrap seed.
+
+    Returns:
+        Values keyed by :class:`loadgen.results.Point` and :class:`Stat` columns.
+    """
+    ok_mask = requests[Col.OK].fillna(False).astype(bool).to_numpy()
+    ok = requests[ok_mask]
+    n_req, n_ok = len(requests), int(ok_mask.sum())
+    finished = finite(ok[Col.FINISHED_AT])
+    if not (duration_s > 0) and finished.size > 1:
+        duration_s = float(finished.max() - finished.min())
+    dur = duration_s if duration_s > 0 else math.nan
+    lag = finite(requests[Col.SCHEDULE_LAG_S])
+    tokens = finite(ok[Col.COMPLETION_TOKENS])
+    per_user = (
+        finite(ok[Col.COMPLETION_TOKENS] / ok[Col.E2E_S].where(ok[Col.E2E_S] > 0))
+        if n_ok
+        else np.empty(0)
+    )
+    out: dict[str, Any] = {
+        Point.N_REQUESTS: n_req,
+        Point.N_OK: n_ok,
+        Point.N_ERRORS: n_req - n_ok,
+        Point.ERROR_RATE: (n_req - n_ok) / n_req if n_req else math.nan,
+        Point.DURATION_S: dur,
+        Point.ACHIEVED_RPS: n_ok / dur,
+        Stat.ACHIEVED_RPS_SE: _rate_se(finished, dur),
+        Point.OUTPUT_TOKENS_PER_S: float(tokens.sum()) / dur,
+        Point.INPUT_TOKENS_PER_S: float(finite(ok[Col.PROMPT_TOKENS]).sum()) / dur,
+        **_latency_stats(ok),
+        Point.LAG_P95_S: percentile(lag, 0.95),
+        Point.LAG_MAX_S: float(lag.max()) if lag.size else math.nan,
+        Stat.COMPLETION_TOKENS_MEAN: float(tokens.mean()) if tokens.size else math.nan,
+        Point.PER_USER_TOKENS_PER_S: float(np.median(per_user)) if per_user.size else math.nan,
+    }
+    out[Stat.IN_FLIGHT_MEAN] = out[Point.ACHIEVED_RPS] * out[Stat.E2E_MEAN_S]
+    out.update(_p95_cis(ok, n_resamples, seed))
+    return out
+
+
+def validity_reasons(
+    *,
+    n_ok: float,
+    error_rate: float,
+    lag_p95_s: float,
+    open_loop: bool,
+    lag_threshold_s: float,
+    min_samples: int,
+) -> list[str]:
+    """Why a point's statistics cannot stand for the service; empty when they can.
+
+    The harness writes these reasons into ``points.csv``; the report applies the same rules to
+    its recomputed statistics (and adds what only it knows: failed points, a load generator that
+    was the bottleneck).
+
+    Args:
+        n_ok: Successful requests.
+        error_rate: Fraction of requests that failed (NaN when none were sent).
+        lag_p95_s: p95 schedule lag of the point's sends.
+        open_loop: Whether the point followed an arrival schedule (lag only counts then).
+        lag_threshold_s: Largest acceptable open-loop p95 schedule lag.
+        min_samples: Fewest successful requests a point needs.
+
+    Returns:
+        Human-readable reasons.
+    """
+    reasons: list[str] = []
+    if not (n_ok >= min_samples):
+        n_text = str(int(n_ok)) if math.isfinite(n_ok) else "no"
+        reasons.append(f"too few samples: {n_text} successful requests < {min_samples}")
+    if math.isfinite(error_rate) and error_rate > MOSTLY_ERRORS:
+        reasons.append(f"mostly errors ({error_rate:.0%} of requests failed)")
+    if open_loop and math.isfinite(lag_p95_s) and lag_p95_s > lag_threshold_s:
+        reasons.append(
+            f"schedule lag p95 {lag_p95_s * 1000:.0f} ms > {lag_threshold_s * 1000:.0f} ms "
+            "(load generator fell behind)"
+        )
+    return reasons
+
+
+def summarize_point(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    level: LoadLevel,
+    lag_threshold_s: float,
+    min_samples: int,
+) -> dict[str, Any]:
+    """The harness's ``points.csv`` statistics of one point, from its raw request rows.
+
+    Args:
+        rows: Request rows (:data:`loadgen.results.REQUEST_COLUMNS`) of the measured window.
+        level: The point's load level.
+        lag_threshold_s: See :func:`validity_reasons`.
+        min_samples: See :func:`validity_reasons`.
+
+    Returns:
+        :class:`loadgen.results.Point` statistics with :attr:`Point.VALID` and
+        :attr:`Point.INVALID_REASON` (plus :class:`Stat` values, which ``points.csv`` drops).
+    """
+    frame = pd.DataFrame(list(rows), columns=list(REQUEST_COLUMNS))
+    out = summarize_requests(frame, window_duration(frame), n_resamples=0)
+    out[Point.OFFERED_RPS] = level.value if level.mode == "rate" else math.nan
+    reasons = validity_reasons(
+        n_ok=out[Point.N_OK],
+        error_rate=out[Point.ERROR_RATE],
+        lag_p95_s=out[Point.LAG_P95_S],
+        open_loop=level.mode == "rate",
+        lag_threshold_s=lag_threshold_s,
+        min_samples=min_samples,
+    )
+    out[Point.VALID] = not reasons
+    out[Point.INVALID_REASON] = "; ".join(reasons)
+    return out
+
+
+# ------------------------------------------------------------------------------ server view
+
+# (points.csv column, histogram whose _sum/_count deltas give the mean)
+_SERVER_MEANS: Final[tuple[tuple[str, str], ...]] = (
+    (Point.SERVER_TTFT_MEAN_S, names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN),
+    (Point.SERVER_QUEUE_WAIT_MEAN_S, names.TOKENBOOTH_QUEUE_WAIT),
+    (Point.SERVER_BATCH_FORMATION_MEAN_S, names.TOKENBOOTH_BATCH_FORMATION_DELAY),
+    (Point.SERVER_PREFILL_MEAN_S, names.TOKENBOOTH_BATCH_PREFILL),
+    (Point.SERVER_DECODE_MEAN_S, names.TOKENBOOTH_BATCH_DECODE),
+    (Point.SERVER_BATCH_SIZE_MEAN, names.TOKENBOOTH_BATCH_SIZE),
+    (Point.SERVER_BATCH_FILL_MEAN, names.TOKENBOOTH_BATCH_FILL_RATIO),
+)
+_SERVER_TOTALS: Final[tuple[tuple[str, str], ...]] = (
+    (Point.SERVER_REQUESTS, names.TOKENBOOTH_REQUESTS),
+    (Point.SERVER_GENERATION_TOKENS, names.TOKENBOOTH_GENERATION_TOKENS),
+)
+SERVER_MEAN_COLUMNS: Final[tuple[str, ...]] = tuple(c for c, _ in _SERVER_MEANS)
+"""``points.csv`` columns of server-side histogram means."""
+
+
+def server_summary(
+    server: pd.DataFrame | Sequence[Mapping[str, Any]],
+    point_ids: Iterable[int] | None = None,
+) -> dict[str, float]:
+    """Server-side means and totals over some points, from scraped ``/metrics`` deltas.
+
+    Deltas of every replica are added before dividing, so a mean over several replicas weighs
+    each batch (or request) once. What the deltas do not hold is absent, never zero.
+
+    Args:
+        server: Delta rows (:class:`loadgen.results.Srv` columns), as a frame or row dicts.
+        point_ids: Points to pool; ``None`` takes every row.
+
+    Returns:
+        :data:`SERVER_MEAN_COLUMNS`, :attr:`Point.SERVER_REQUESTS`,
+        :attr:`Point.SERVER_GENERATION_TOKENS` and :attr:`Stat.GPU_MEMORY_USED_BYTES` (largest
+        GPU memory in use), each only where measured.
+    """
+    frame = server if isinstance(server, pd.DataFrame) else pd.DataFrame(list(server))
+    if frame.empty:
+        return {}
+    if frame.columns.empty:
+        frame = pd.DataFrame(columns=list(SERVER_COLUMNS))
+    if point_ids is not None:
+        frame = frame[frame[Srv.POINT_ID].isin(set(point_ids))]
+    if frame.empty:
+        return {}
+    # Bucket rows carry an `le` label; only plain samples add up to sums, counts and totals.
+    le = frame[Srv.LE].fillna("").astype(str) if Srv.LE in frame else ""
+    plain = frame[le == ""] if Srv.LE in frame else frame
+    totals = pd.to_numeric(plain[Srv.DELTA], errors="coerce").groupby(plain[Srv.METRIC]).sum()
+    out: dict[str, float] = {}
+    for col, metric in _SERVER_MEANS:
+        s, c = totals.get(metric + "_sum"), totals.get(metric + "_count")
+        if s is not None and c is not None and c > 0:
+            out[col] = float(s) / float(c)
+    for col, metric in _SERVER_TOTALS:
+        if metric in totals.index:
+            out[col] = float(totals[metric])
+    mem = frame[frame[Srv.METRIC] == names.TOKENBOOTH_GPU_MEMORY_USED]
+    if not mem.empty:
+        out[Stat.GPU_MEMORY_USED_BYTES] = float(
+            pd.to_numeric(mem[Srv.AFTER], errors="coerce").max()
+        )
+    return out
