@@ -171,7 +171,7 @@ class TokenizerCodec:
         return _TokenizerDecoder(self._tokenizer)
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
-        from service.modelstore import render_chat
+        from service.models import render_chat
 
         return render_chat(
             self._chat_template,
@@ -201,7 +201,7 @@ class CTranslate2Engine:
     ) -> None:
         import ctranslate2
 
-        from service.modelstore import load_model_files
+        from service.models import load_model_files
 
         files = load_model_files(model_dir)
         manifest = files.manifest

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ServiceSettings"]
+__all__ = ["QUANTIZATIONS", "ServiceSettings"]
+
+QUANTIZATIONS: Final[tuple[str, ...]] = (
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "float16",
+    "float32",
+)
+"""Weight quantizations a model can be built with (CTranslate2 ``quantization``)."""
 
 
 class ServiceSettings(BaseSettings):
@@ -97,6 +106,13 @@ class ServiceSettings(BaseSettings):
         le=100,
         description="CPython GIL switch interval: how long the event loop can delay engine threads",
     )
+
+    @field_validator("quantization")
+    @classmethod
+    def _known_quantization(cls, value: str) -> str:
+        if value not in QUANTIZATIONS:
+            raise ValueError(f"must be one of {', '.join(QUANTIZATIONS)}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ServiceSettings:

@@ -15,8 +15,17 @@ import numpy as np
 import pytest
 from gguf.quants import dequantize
 
-from service import modelstore as ms
-from service.modelstore import DEFAULT_MODEL_NAME, build_model, load_model_files, render_chat
+from service.models import (
+    DEFAULT_MODEL_NAME,
+    build_model,
+    default_gguf_path,
+    load_model_files,
+    render_chat,
+)
+from service.models import build as build_module
+from service.models import gguf as gguf_reader
+from service.models.model_bin import scan_model_bin
+from service.models.storage import sha256_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -57,9 +66,9 @@ def test_manifest_describes_smollm2_135m(real_model_dir: Path) -> None:
     assert manifest.vocab_size == 49152
     assert manifest.bos_token == "<|im_start|>"
     assert manifest.eos_tokens == ["<|im_end|>"]
-    assert manifest.source_sha256 == ms._sha256_file(ms.default_gguf_path())
+    assert manifest.source_sha256 == sha256_file(default_gguf_path())
     # model.bin holds the same number of distinct weights (the tied head is an alias).
-    summary = ms._scan_model_bin(real_model_dir / "model.bin")
+    summary = scan_model_bin(real_model_dir / "model.bin")
     assert summary is not None
     assert summary.parameter_count == manifest.parameter_count
     assert summary.quantization == "int8"
@@ -71,14 +80,14 @@ def test_rebuilding_the_cached_default_model_is_a_no_op(
     def must_not_convert(*args: Any) -> None:
         raise AssertionError("the cached model was rebuilt")
 
-    monkeypatch.setattr(ms, "_convert_gguf", must_not_convert)
+    monkeypatch.setattr(build_module, "convert_gguf", must_not_convert)
     again = build_model(None, quantization="int8", models_dir=real_model_dir.parent)
     assert again == real_model_dir
 
 
 def test_gguf_parser_agrees_with_gguf_reader_on_the_real_file() -> None:
-    path = ms.default_gguf_path()
-    ours = ms._parse_gguf(path)
+    path = default_gguf_path()
+    ours = gguf_reader.parse_gguf(path)
     reader = gguf.GGUFReader(path)
     theirs = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     assert ours.metadata == theirs
@@ -92,5 +101,5 @@ def test_gguf_parser_agrees_with_gguf_reader_on_the_real_file() -> None:
         mine = ours.tensors[tensor.name]
         assert mine.offset == tensor.data_offset
         expected = dequantize(tensor.data, tensor.tensor_type)
-        actual = ms._dequantize(data, mine)
+        actual = gguf_reader.dequantize_tensor(data, mine)
         assert np.array_equal(actual, expected.reshape(actual.shape))

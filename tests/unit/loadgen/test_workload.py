@@ -21,8 +21,8 @@ from loadgen.workload import (
     load_tokenizer,
     sample_lengths,
 )
-from service.modelstore import build_tiny_model
 from service.schemas import ChatCompletionRequest, CompletionRequest
+from tests.support.tiny_model import build_tiny_model
 
 DATA = Path(loadgen.__file__).parent / "data"
 

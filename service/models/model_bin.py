@@ -1,0 +1,92 @@
+"""Read a CTranslate2 ``model.bin`` header: parameter count and stored quantization.
+
+Used to describe CTranslate2 directories that were built elsewhere, and to count the
+parameters of a build without keeping the weights in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+__all__ = ["ModelBinSummary", "scan_model_bin"]
+
+logger = logging.getLogger(__name__)
+
+# DataType enum order in ctranslate2/types.h (see ctranslate2.specs.model_spec._dtype_to_type_id).
+_CT2_DTYPES: Final = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
+_CT2_BINARY_VERSION: Final = 6
+
+
+@dataclass(frozen=True)
+class ModelBinSummary:
+    """What a ``model.bin`` header says about its weights."""
+
+    parameter_count: int
+    quantization: str
+
+
+def scan_model_bin(path: Path) -> ModelBinSummary | None:
+    """Count parameters and infer the stored quantization from a ``model.bin`` header walk.
+
+    Scalars and ``*_scale`` / ``*_zero`` quantization constants are not parameters. Aliases
+    count once: they are tied weights, or (rarely) tensors that happen to be identical, such
+    as untrained all-ones norms, which CTranslate2 also deduplicates. Only the binary layout
+    written by this CTranslate2 generation (version 6) is read; other versions return None.
+    """
+
+    def read(handle: Any, fmt: str) -> tuple[Any, ...]:
+        size = struct.calcsize(fmt)
+        raw = handle.read(size)
+        if len(raw) != size:
+            raise EOFError(path)
+        return struct.unpack(fmt, raw)
+
+    def read_string(handle: Any) -> str:
+        (length,) = read(handle, "<H")
+        raw: bytes = handle.read(length)
+        return raw[:-1].decode("utf-8")
+
+    count = 0
+    weight_types: set[str] = set()
+    other_types: set[str] = set()
+    try:
+        with path.open("rb") as handle:
+            (version,) = read(handle, "<I")
+            if version != _CT2_BINARY_VERSION:
+                return None
+            read_string(handle)  # spec name
+            read(handle, "<I")  # spec revision
+            (num_variables,) = read(handle, "<I")
+            for _ in range(num_variables):
+                name = read_string(handle)
+                (rank,) = read(handle, "<B")
+                dims = read(handle, f"<{rank}I") if rank else ()
+                (type_id, num_bytes) = read(handle, "<BI")
+                handle.seek(num_bytes, os.SEEK_CUR)
+                leaf = name.rsplit("/", 1)[-1]
+                if rank == 0 or leaf.endswith(("_scale", "_zero")):
+                    continue
+                count += int(np.prod(dims))
+                (weight_types if rank >= 2 else other_types).add(_CT2_DTYPES[type_id])
+    except (OSError, EOFError, struct.error, IndexError, UnicodeDecodeError) as exc:
+        logger.warning("cannot inspect %s: %s", path, exc)
+        return None
+    return ModelBinSummary(
+        parameter_count=count, quantization=_quantization(weight_types, other_types)
+    )
+
+
+def _quantization(weight_types: set[str], other_types: set[str]) -> str:
+    """Name the quantization from the dtypes of matrices and of vectors (norms, biases)."""
+    if "int8" in weight_types:
+        return "int8_float16" if "float16" in other_types else "int8"
+    if weight_types:
+        return sorted(weight_types)[0]
+    return "unknown"

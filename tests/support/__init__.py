@@ -1,0 +1,1 @@
+"""Helpers shared by tests: fixtures' building blocks that are not fixtures themselves."""

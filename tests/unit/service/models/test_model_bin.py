@@ -1,0 +1,38 @@
+"""service.models.model_bin: parameter counts and quantization read from model.bin headers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.models import build_model, read_manifest
+from service.models.model_bin import scan_model_bin
+
+
+def test_scan_counts_the_tied_head_once(tiny_dir: Path) -> None:
+    summary = scan_model_bin(tiny_dir / "model.bin")
+    assert summary is not None
+    assert summary.parameter_count == read_manifest(tiny_dir).parameter_count
+    assert summary.quantization == "float32"
+
+
+@pytest.mark.parametrize(
+    ("quantization", "stored"),
+    [("int8", "int8"), ("int8_float16", "int8_float16"), ("float16", "float16")],
+)
+def test_scan_reads_the_stored_quantization(
+    tmp_path: Path, tiny_gguf: Path, quantization: str, stored: str
+) -> None:
+    built = build_model(tiny_gguf, quantization=quantization, models_dir=tmp_path)
+    summary = scan_model_bin(built / "model.bin")
+    assert summary is not None
+    assert summary.quantization == stored
+
+
+def test_scan_of_an_unreadable_file_is_none(tmp_path: Path) -> None:
+    assert scan_model_bin(tmp_path / "absent.bin") is None
+    (tmp_path / "other.bin").write_bytes((5).to_bytes(4, "little"))  # another binary version
+    assert scan_model_bin(tmp_path / "other.bin") is None
+    (tmp_path / "cut.bin").write_bytes((6).to_bytes(4, "little") + b"\x05")
+    assert scan_model_bin(tmp_path / "cut.bin") is None
