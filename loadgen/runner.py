@@ -214,11 +214,11 @@ class SweepRunner:
         if self.workers <= 0:
             yield
             return
-        from service.launch import die_with_parent, free_port
+        from service.launch import LOOPBACK, die_with_parent, free_port
 
         env = Environment(user_classes=[ClosedLoopUser, OpenLoopUser], events=locust.events)
         port = free_port()
-        master = env.create_master_runner("127.0.0.1", port)
+        master = env.create_master_runner(LOOPBACK, port)
         master.register_message(
             MSG_ROWS, lambda environment, msg, **_: self._dist_rows.extend(msg.data["rows"])
         )
@@ -293,10 +293,9 @@ class SweepRunner:
             return
         model_dir: Path | None = None
         if spec.target.engine == "ctranslate2":
-            from service.modelstore import build_model, read_manifest
+            from service.models import read_manifest, resolve_model
 
-            source = Path(spec.target.model) if spec.target.model else None
-            model_dir = build_model(source, quantization=config.quantization)
+            model_dir = resolve_model(spec.target.model, config.quantization)
             manifest = read_manifest(model_dir)
             self._manifest = json.loads(manifest.to_json())
         replicas = LocalReplicas(
@@ -627,10 +626,7 @@ def _served_model(url: str, headers: dict[str, str]) -> str:
 
 
 def _default_model_dir() -> Path | None:
-    try:
-        from service.modelstore import DEFAULT_MODEL_NAME, default_models_dir
+    """The default model if it is already built (its tokenizer counts remote targets' tokens)."""
+    from service.models import resolve_model
 
-        d = default_models_dir() / f"{DEFAULT_MODEL_NAME}-int8"
-        return d if d.exists() else None
-    except TokenboothError:
-        return None
+    return resolve_model(None, "int8", build=False)

@@ -1,35 +1,44 @@
 """Targets: local replicas the harness starts and stops, or remote URLs plus a shell hook.
 
-Local replicas are ``tokenbooth serve`` processes on free loopback ports. They are started
-with ``PR_SET_PDEATHSIG`` so that even a SIGKILLed harness leaves no process behind, and
-stopped with SIGTERM (graceful drain) then SIGKILL.
+Local replicas are ``tokenbooth serve`` processes on free loopback ports, started through
+:mod:`service.launch` with settings built from the sweep's server configuration (so they die
+with the harness and drain on stop). Remote targets are polled for readiness here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import Any
 
 import requests
+from pydantic import ValidationError
 
+from loadgen.results import PointStatus
 from loadgen.spec import ServerConfig, TargetSpec
 from service.errors import TokenboothError
+from service.launch import (
+    LOOPBACK,
+    Replica,
+    ReplicaExitedError,
+    ReplicaNotReadyError,
+    explicit_settings,
+    free_port,
+    start_replica,
+    stop_replicas,
+    wait_ready,
+)
+from service.settings import ServiceSettings
 
 __all__ = [
     "LocalReplicas",
     "RemoteTarget",
     "TargetError",
-    "free_port",
-    "wait_ready",
 ]
 
 
@@ -45,36 +54,12 @@ class TargetError(TokenboothError):
         self.status = status
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def wait_ready(
-    urls: list[str],
-    timeout_s: float,
-    *,
-    alive: Callable[[], str | None] | None = None,
-    headers: dict[str, str] | None = None,
-) -> None:
+def _wait_urls_ready(urls: list[str], timeout_s: float, headers: dict[str, str]) -> None:
     """Wait until every URL's ``/health/ready`` answers 200; raise TargetError otherwise."""
     deadline = time.monotonic() + timeout_s
     pending = list(urls)
     last_error = ""
     while pending:
-        if alive is not None:
-            dead = alive()
-            if dead:
-                raise TargetError("replica_died", dead)
         for url in list(pending):
             try:
                 r = requests.get(url + "/health/ready", timeout=2, headers=headers)
@@ -87,7 +72,11 @@ def wait_ready(
         if not pending:
             return
         if time.monotonic() >= deadline:
-            status = "replica_not_ready" if "->" in last_error else "target_unreachable"
+            status = (
+                PointStatus.REPLICA_NOT_READY
+                if "->" in last_error
+                else PointStatus.TARGET_UNREACHABLE
+            )
             raise TargetError(
                 status, f"not ready after {timeout_s:g} s: {', '.join(pending)} ({last_error})"
             )
@@ -95,7 +84,10 @@ def wait_ready(
 
 
 class LocalReplicas:
-    """N ``tokenbooth serve`` processes for one server configuration."""
+    """N ``tokenbooth serve`` processes for one server configuration.
+
+    ``extra_env`` holds the spec's ``[server] env``: further settings by field name, as strings.
+    """
 
     def __init__(
         self,
@@ -113,93 +105,83 @@ class LocalReplicas:
         self.log_dir = log_dir
         self.extra_env = dict(extra_env or {})
         self.request_timeout_s = request_timeout_s
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.urls: list[str] = []
-        self._logs: list[IO[bytes]] = []
+        self.replicas: list[Replica] = []
 
-    def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENBOOTH_")}
+    @property
+    def urls(self) -> list[str]:
+        """Base URLs of the started replicas."""
+        return [r.base_url for r in self.replicas]
+
+    def settings(self) -> ServiceSettings:
+        """What every replica of this configuration runs with, its port aside.
+
+        Raises:
+            ValidationError: the spec's ``[server] env`` holds a value the service rejects.
+        """
         c = self.config
-        env.update(
-            {
-                "TOKENBOOTH_ENGINE": self.target.engine,
-                "TOKENBOOTH_MAX_BATCH_SIZE": str(c.max_batch_size),
-                "TOKENBOOTH_MAX_BATCH_DELAY_MS": str(c.max_batch_delay_ms),
-                "TOKENBOOTH_BATCH_WORKERS": str(c.batch_workers),
-                "TOKENBOOTH_INTRA_THREADS": str(c.intra_threads),
-                "TOKENBOOTH_QUANTIZATION": c.quantization,
-                "TOKENBOOTH_REQUEST_TIMEOUT_S": str(self.request_timeout_s),
-                "TOKENBOOTH_MAX_TOKENS_CAP": "4096",
-                "TOKENBOOTH_MAX_QUEUE_SIZE": "4096",
-                "TOKENBOOTH_DRAIN_TIMEOUT_S": "5",
-                # Each replica gets its own CPU threads; OpenMP must not oversubscribe.
-                "OMP_NUM_THREADS": str(max(1, c.intra_threads)),
-            }
-        )
+        values: dict[str, Any] = {
+            "engine": self.target.engine,
+            "max_batch_size": c.max_batch_size,
+            "max_batch_delay_ms": c.max_batch_delay_ms,
+            "batch_workers": c.batch_workers,
+            "intra_threads": c.intra_threads,
+            "quantization": c.quantization,
+            "request_timeout_s": self.request_timeout_s,
+            # The harness decides load and lengths; the replica must not be what limits them.
+            "max_tokens_cap": 4096,
+            "max_queue_size": 4096,
+            "drain_timeout_s": 5.0,
+        }
         if self.model_dir is not None:
-            env["TOKENBOOTH_MODEL"] = str(self.model_dir)
-        for k, v in self.extra_env.items():
-            env[f"TOKENBOOTH_{k.upper()}"] = v
-        return env
+            values["model"] = self.model_dir
+        values.update({k.lower(): v for k, v in self.extra_env.items()})
+        values["host"] = LOOPBACK
+        return explicit_settings(**values)
 
     def start(self) -> list[str]:
         """Start the replicas (not yet waiting for readiness); return their base URLs."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = self._env()
+        try:
+            settings = self.settings()
+        except ValidationError as exc:
+            raise TargetError(
+                PointStatus.REPLICA_NOT_READY, f"invalid replica settings: {exc}"
+            ) from exc
+        # Each replica gets its own CPU threads; OpenMP must not oversubscribe.
+        omp = {"OMP_NUM_THREADS": str(max(1, self.config.intra_threads))}
         for i in range(self.config.replicas):
-            port = free_port()
-            log = (self.log_dir / f"{self.config.config_id}-replica{i}.log").open("ab")
-            self._logs.append(log)
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "service.cli",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+            self.replicas.append(
+                start_replica(
+                    settings.model_copy(update={"port": free_port()}),
+                    log_path=self.log_dir / f"{self.config.config_id}-replica{i}.log",
+                    extra_env=omp,
+                )
             )
-            self.procs.append(proc)
-            self.urls.append(f"http://127.0.0.1:{port}")
-        return list(self.urls)
+        return self.urls
 
     def dead(self) -> str | None:
         """Description of the first replica that exited, or None when all run."""
-        for url, proc in zip(self.urls, self.procs, strict=True):
-            code = proc.poll()
-            if code is not None:
-                return f"replica {url} exited with code {code}"
+        for replica in self.replicas:
+            exited = replica.exited()
+            if exited:
+                return exited
         return None
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until every replica is ready (TargetError if one dies or times out)."""
-        wait_ready(self.urls, timeout_s, alive=self.dead)
+        try:
+            wait_ready(*self.replicas, timeout_s=timeout_s)
+        except ReplicaExitedError as exc:
+            raise TargetError(PointStatus.REPLICA_DIED, exc.detail) from exc
+        except ReplicaNotReadyError as exc:
+            status = (
+                PointStatus.REPLICA_NOT_READY if exc.answered else PointStatus.TARGET_UNREACHABLE
+            )
+            raise TargetError(status, exc.detail) from exc
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM every replica, wait for the drain, SIGKILL what is left."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for proc in self.procs:
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                proc.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log in self._logs:
-            log.close()
-        self.procs.clear()
-        self._logs.clear()
+        stop_replicas(*self.replicas, grace_s=grace_s)
+        self.replicas.clear()
 
     @contextlib.contextmanager
     def running(self, ready_timeout_s: float) -> Iterator[list[str]]:
@@ -253,11 +235,11 @@ class RemoteTarget:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
                 raise TargetError(
-                    "hook_failed", f"hook did not finish within {timeout_s:g} s: {cmd}"
+                    PointStatus.HOOK_FAILED, f"hook did not finish within {timeout_s:g} s: {cmd}"
                 ) from None
             if proc.returncode != 0:
                 raise TargetError(
-                    "hook_failed",
+                    PointStatus.HOOK_FAILED,
                     f"hook exited {proc.returncode}: {cmd}: {stderr.strip()[-500:]}",
                 )
-        wait_ready(self.urls, self.target.ready_timeout_s, headers=self.headers())
+        _wait_urls_ready(self.urls, self.target.ready_timeout_s, self.headers())

@@ -21,7 +21,9 @@ import os
 import statistics
 import time
 
-from service.bench import SSEConnection, free_port, start_service, wait_ready
+from bench.client import SSEConnection
+from bench.target import start_service
+from service.launch import stop_replicas, wait_ready
 from service.settings import ServiceSettings
 
 __all__ = ["main", "measure"]
@@ -33,9 +35,9 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _requests(port: int, pid: int, n: int) -> tuple[float, float]:
+async def _requests(base_url: str, pid: int, n: int) -> tuple[float, float]:
     """(server CPU seconds, wall seconds) for ``n`` sequential streamed requests."""
-    conn = SSEConnection("127.0.0.1", port)
+    conn = SSEConnection.to(base_url)
     body = json.dumps(
         {
             "model": "fake-model",
@@ -60,18 +62,16 @@ def measure(requests: int, repeats: int) -> list[tuple[float, float]]:
     settings = ServiceSettings(
         engine="fake", fake_ttft_ms=0, fake_itl_ms=0, max_batch_delay_ms=0, batch_workers=1
     )
-    port = free_port()
-    proc = start_service(settings, port)
+    replica = start_service(settings)
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
+        wait_ready(replica)
         out = []
         for _ in range(repeats):
-            cpu, wall = asyncio.run(_requests(port, proc.pid, requests))
+            cpu, wall = asyncio.run(_requests(replica.base_url, replica.proc.pid, requests))
             out.append((cpu / requests * 1000, wall / requests * 1000))
         return out
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop_replicas(replica, grace_s=60)
 
 
 def main() -> int:

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from service.settings import ServiceSettings
+from service.settings import QUANTIZATIONS, ServiceSettings
 
-__all__ = ["COMMANDS_GROUP", "build_parser", "main"]
+__all__ = ["COMMANDS_GROUP", "add_settings_flags", "build_parser", "main", "settings_from_args"]
 
 COMMANDS_GROUP = "tokenbooth.commands"
 """Entry-point group of extra subcommands: ``register(subparsers)`` adds a parser whose
@@ -40,7 +40,8 @@ def _flag_type(annotation: Any) -> tuple[Any, list[str] | None, bool]:
     return str, None, False
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+def add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One flag per ServiceSettings field (but ``skip``), each defaulting to None: unset."""
     group = parser.add_argument_group(
         "service settings (each also settable as TOKENBOOTH_<NAME> in the environment)"
     )
@@ -63,7 +64,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = (
             )
 
 
-def _settings_from(args: argparse.Namespace) -> ServiceSettings:
+def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
+    """Settings from the flags :func:`add_settings_flags` added, the environment for the rest."""
     overrides = {
         name: getattr(args, name)
         for name in ServiceSettings.model_fields
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--quantization",
         default="int8",
-        choices=["int8", "int8_float32", "int8_float16", "float16", "float32"],
+        choices=QUANTIZATIONS,
     )
     build.add_argument("--output", type=Path, default=None, help="write here instead of the cache")
     build.add_argument("--models-dir", type=Path, default=None, help="model cache directory")
@@ -103,34 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the OpenAI-compatible service",
         description="Serve a model over an OpenAI-compatible HTTP API with dynamic batching.",
     )
-    _add_settings_flags(serve)
+    add_settings_flags(serve)
 
-    bench = sub.add_parser("bench", help="benchmarks that print side-by-side ratios")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    eng = bench_sub.add_parser(
-        "engine",
-        help="raw generate_batch throughput vs the HTTP service at saturation, and idle TTFT",
-    )
-    eng.add_argument("--concurrency", type=int, default=32)
-    eng.add_argument("--max-tokens", type=int, default=64)
-    eng.add_argument("--prompt-tokens", type=int, default=32)
-    eng.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="batches per worker in the raw phase; the service is measured over as long",
-    )
-    eng.add_argument(
-        "--warmup-rounds",
-        type=int,
-        default=2,
-        help="batch durations of closed-loop load before the service's measurement window",
-    )
-    eng.add_argument("--ttft-samples", type=int, default=100)
-    eng.add_argument("--repeats", type=int, default=3, help="alternating raw/service pairs")
-    _add_settings_flags(eng, skip=("host", "port"))
-    # Later stages (sweep, report) plug in through entry points, so this module never imports
-    # packages that depend on it.
+    # Later stages (bench, sweep, report) plug in through entry points, so this module never
+    # imports packages that depend on it.
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         try:
             register = ep.load()
@@ -149,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "model":
-            from service.modelstore import build_model
+            from service.models import build_model
 
             path = build_model(
                 args.source,
@@ -163,23 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from service.server import serve
 
-            return serve(_settings_from(args))
+            return serve(settings_from_args(args))
         if getattr(args, "func", None) is not None:
             code: int = args.func(args)
             return code
-        if args.command == "bench" and args.bench_command == "engine":
-            from service.bench import run_engine_bench
-
-            return run_engine_bench(
-                _settings_from(args),
-                concurrency=args.concurrency,
-                max_tokens=args.max_tokens,
-                prompt_tokens=args.prompt_tokens,
-                rounds=args.rounds,
-                warmup_rounds=args.warmup_rounds,
-                ttft_samples=args.ttft_samples,
-                repeats=args.repeats,
-            )
     except TokenboothError as exc:
         print(f"tokenbooth: error: {exc.detail}", file=sys.stderr)
         return 2

@@ -6,7 +6,6 @@ import asyncio
 import io
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from service.app import create_app
+from service.launch import free_port
 from service.settings import ServiceSettings
 from telemetry.logging import configure_logging
 from telemetry.tracing import configure_tracing, shutdown_tracing
@@ -36,14 +36,6 @@ def missing_tool(message: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"required tool missing in CI: {message}")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def fake_settings(**overrides: Any) -> ServiceSettings:
@@ -162,7 +154,7 @@ def live_server() -> Iterator[Callable[[Litestar], LiveServer]]:
 @pytest.fixture(scope="session")
 def real_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default SmolLM2 model, converted to CTranslate2 INT8 (cached across runs if possible)."""
-    from service.modelstore import build_model
+    from service.models import build_model
 
     cache = os.environ.get("TOKENBOOTH_TEST_MODELS_DIR")
     models_dir = Path(cache) if cache else tmp_path_factory.mktemp("models")

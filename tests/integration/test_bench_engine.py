@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench import measure, run_engine_bench
+from bench.engine import measure, run_engine_bench
 from service.settings import ServiceSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.bench import wait_ready
-from tests.conftest import free_port
+from service.launch import Replica, env_name, free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.integration
 def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "TOKENBOOTH_LOG_JSON": "true"}
+    env = {**os.environ, env_name("log_json"): "true"}
     log_path = tmp_path / "serve.log"
     log_file = log_path.open("wb")
     proc = subprocess.Popen(
@@ -50,7 +49,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> No
         stderr=log_file,
     )
     try:
-        wait_ready(base, proc, timeout=30)
+        wait_ready(Replica(base, proc, log_path), timeout_s=30)
 
         async def scenario() -> tuple[list[str], int, int, int]:
             async with httpx.AsyncClient(base_url=base, timeout=30) as c:

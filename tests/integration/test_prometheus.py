@@ -27,9 +27,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from service.app import create_app
+from service.launch import free_port
 from service.settings import ServiceSettings
 from telemetry import names
-from tests.conftest import LiveServer, fake_settings, free_port, missing_tool
+from tests.conftest import LiveServer, fake_settings, missing_tool
 
 pytestmark = pytest.mark.integration
 

@@ -20,29 +20,21 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 
-from service.engine import Engine, SamplingOptions
+from bench.client import SSEConnection, histogram_totals, wait_idle
+from bench.target import start_service
+from service.engine import Engine, EngineInfo, SamplingOptions
+from service.launch import stop_replicas, wait_ready
 from service.settings import ServiceSettings
 from telemetry import names
 
-__all__ = [
-    "EngineBenchResult",
-    "SSEConnection",
-    "free_port",
-    "run_engine_bench",
-    "start_service",
-    "wait_ready",
-]
+__all__ = ["EngineBenchResult", "measure", "run_engine_bench"]
 
 _THROUGHPUT_TARGET = 0.90
 _TTFT_TARGET_S = 0.010
@@ -172,8 +164,7 @@ async def _idle_ttfts(
     over the same requests gives the overhead without that noise: mean client TTFT minus mean
     in-service engine time, request by request.
     """
-    host, port = base.removeprefix("http://").split(":")
-    conn = SSEConnection(host, int(port))
+    conn = SSEConnection.to(base)
     body = json.dumps(
         {
             "model": model,
@@ -190,13 +181,13 @@ async def _idle_ttfts(
         async with httpx.AsyncClient(base_url=base, timeout=60) as metrics_client:
             await conn.request("/v1/completions", body)  # connection and first-request warm-up
             _engine_ttft_once(engine, tokens)
-            before = await _histogram_totals(metrics_client, names.TOKENBOOTH_BATCH_PREFILL)
+            before = await histogram_totals(metrics_client, names.TOKENBOOTH_BATCH_PREFILL)
             for _ in range(samples):
                 engine_s.append(_engine_ttft_once(engine, tokens))
                 service_s.append((await conn.request("/v1/completions", body))[0])
             # A batch is recorded when generate_batch returns, after the client's last chunk.
-            await _wait_idle(metrics_client)
-            after = await _histogram_totals(metrics_client, names.TOKENBOOTH_BATCH_PREFILL)
+            await wait_idle(metrics_client)
+            after = await histogram_totals(metrics_client, names.TOKENBOOTH_BATCH_PREFILL)
     finally:
         conn.close()
     batches = after[1] - before[1]
@@ -209,64 +200,6 @@ async def _idle_ttfts(
         service_mean_s=statistics.fmean(service_s),
         in_service_engine_mean_s=(after[0] - before[0]) / batches,
     )
-
-
-class SSEConnection:
-    """One keep-alive HTTP/1.1 connection that streams SSE responses with minimal parsing.
-
-    The benchmark client shares the machine's cores with the service; httpx/h11 parse every
-    chunk in Python and, while a batch's clients re-send, that CPU delays the next batch. This
-    client does only what the measurement needs: write the request, read chunked frames.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(
-        self, path: str, body: bytes, chunks: list[float] | None = None
-    ) -> tuple[float, int]:
-        """(seconds to the first token chunk, completion tokens from the usage chunk).
-
-        With ``chunks``, the arrival time of every content chunk is appended to it as it comes.
-        """
-        if self.writer is None or self.writer.is_closing():
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        t0 = time.perf_counter()
-        self.writer.write(head + body)
-        status = await self.reader.readline()
-        if b" 200 " not in status:
-            raise RuntimeError(f"service answered {status.decode().strip()}")
-        while (await self.reader.readline()) not in (b"\r\n", b""):
-            pass
-        ttft = -1.0
-        tail = b""
-        while True:
-            size = int((await self.reader.readline()).strip(), 16)
-            data = await self.reader.readexactly(size + 2)
-            if size == 0:
-                break
-            if b'"text":"' in data and b'"text":""' not in data:
-                now = time.perf_counter()
-                if ttft < 0:
-                    ttft = now - t0
-                if chunks is not None:
-                    chunks.append(now)
-            tail = (tail + data)[-2048:]
-        usage = [ln for ln in tail.split(b"\n\n") if b'"usage":{' in ln]
-        tokens = json.loads(usage[-1].strip()[len(b"data: ") :])["usage"]["completion_tokens"]
-        return ttft, int(tokens)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 @dataclass
@@ -302,8 +235,7 @@ async def _service_phase(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    host, port = base.removeprefix("http://").split(":")
-    conns = [SSEConnection(host, int(port)) for _ in range(concurrency)]
+    conns = [SSEConnection.to(base) for _ in range(concurrency)]
     path = "/v1/completions"
 
     def encoded(**overrides: Any) -> bytes:
@@ -332,9 +264,9 @@ async def _service_phase(
             window_end = window_start + window_s
             tasks = [asyncio.ensure_future(user(c, window_end)) for c in conns]
             await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
-            before = await _histogram_totals(metrics_client, names.TOKENBOOTH_BATCH_SIZE)
+            before = await histogram_totals(metrics_client, names.TOKENBOOTH_BATCH_SIZE)
             await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
-            after = await _histogram_totals(metrics_client, names.TOKENBOOTH_BATCH_SIZE)
+            after = await histogram_totals(metrics_client, names.TOKENBOOTH_BATCH_SIZE)
             # Requests still streaming are cut off: the service aborts them (client gone).
             failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
             for t in tasks:
@@ -348,87 +280,69 @@ async def _service_phase(
         finally:
             for c in conns:
                 c.close()
-        await _wait_idle(metrics_client)
+        await wait_idle(metrics_client)
     tokens = sum(w for t, w in arrivals if window_start <= t < window_end)
     batches = after[1] - before[1]
     mean_batch = (after[0] - before[0]) / batches if batches else 0.0
     return _ServicePhase(tokens / window_s, mean_batch)
 
 
-async def _scrape(client: httpx.AsyncClient) -> dict[str, list[Sample]]:
-    """The service's ``/metrics`` samples, by metric family name."""
-    text = (await client.get("/metrics")).text
-    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+@dataclass
+class _Phases:
+    """Every phase's figures in order; raw and service phases alternate, R S R ... S R."""
+
+    raws: list[float] = field(default_factory=list)  # tokens/s
+    services: list[float] = field(default_factory=list)  # tokens/s
+    batches: list[float] = field(default_factory=list)  # mean batch size of each service phase
+    windows: list[float] = field(default_factory=list)  # seconds each service phase measured
 
 
-async def _wait_idle(client: httpx.AsyncClient, limit_s: float = 120.0) -> None:
-    """Wait until nothing is queued and no batch worker is busy, so the next raw phase has the
-    CPU to itself (an aborted batch still finishes its current engine step)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        families = await _scrape(client)
-        busy = sum(
-            s.value
-            for name in (names.TOKENBOOTH_BATCHES_RUNNING, names.TOKENBOOTH_REQUESTS_WAITING)
-            for s in families.get(name, [])
+def _alternate_phases(
+    engine: Engine,
+    settings: ServiceSettings,
+    base: str,
+    prompt: str,
+    tokens: list[str],
+    *,
+    concurrency: int,
+    max_tokens: int,
+    rounds: int,
+    warmup_rounds: int,
+    repeats: int,
+) -> _Phases:
+    """Raw and service phases alternately (R S R ... S R), ``repeats`` service phases.
+
+    Each ratio compares neighbours, so the machine's drift between minutes does not
+    masquerade as overhead. The service is measured over as long a window as the raw phase
+    took, after ``warmup_rounds`` batch durations of warm-up.
+    """
+    phases = _Phases()
+
+    def raw_phase() -> float:
+        raw_tps, raw_s = _raw_throughput(
+            engine, tokens, settings.max_batch_size, settings.batch_workers, max_tokens, rounds
         )
-        if busy == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("service still busy after the service phase")
+        phases.raws.append(raw_tps)
+        return raw_s
 
-
-async def _histogram_totals(client: httpx.AsyncClient, name: str) -> tuple[float, float]:
-    """(sum, count) of one of the service's histograms."""
-    samples = (await _scrape(client)).get(name, [])
-    total = sum(s.value for s in samples if s.name.endswith("_sum"))
-    count = sum(s.value for s in samples if s.name.endswith("_count"))
-    return total, count
-
-
-def free_port() -> int:
-    """A loopback TCP port that is free right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def start_service(settings: ServiceSettings, port: int) -> subprocess.Popen[bytes]:
-    """``tokenbooth serve`` on 127.0.0.1:``port`` with ``settings``, logging only warnings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENBOOTH_")}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        if name in ("host", "port", "log_level"):
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"TOKENBOOTH_{name.upper()}"] = (
-            str(value).lower() if isinstance(value, bool) else str(value)
+    raw_s = raw_phase()
+    for _ in range(repeats):
+        phase = asyncio.run(
+            _service_phase(
+                base,
+                engine.info.model_name,
+                prompt,
+                concurrency,
+                max_tokens,
+                warmup_s=warmup_rounds * raw_s / rounds,
+                window_s=raw_s,
+            )
         )
-    # Per-request log lines would cost the service CPU the benchmark is measuring.
-    env["TOKENBOOTH_LOG_LEVEL"] = "WARNING"
-    return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    """Block until ``/health/ready`` answers 200; raise if ``proc`` exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode} before becoming ready")
-        try:
-            if httpx.get(base + "/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError("service did not become ready")
+        phases.services.append(phase.tokens_per_s)
+        phases.batches.append(phase.mean_batch)
+        phases.windows.append(raw_s)
+        raw_s = raw_phase()
+    return phases
 
 
 def measure(
@@ -448,63 +362,45 @@ def measure(
     engine = load_engine(settings)
     info = engine.info
     prompt, tokens = _prompt(engine, prompt_tokens)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     # The service starts (and idles) while the raw engine is measured, so the idle TTFTs of
     # both can be sampled alternately: this VM's speed drifts by tens of percent over minutes.
-    proc = start_service(settings, port)
-    raws: list[float] = []
-    services: list[float] = []
-    batches: list[float] = []
-    windows: list[float] = []
+    replica = start_service(settings)
     try:
-        wait_ready(base, proc)
-        idle = asyncio.run(_idle_ttfts(engine, tokens, base, info.model_name, prompt, ttft_samples))
-
-        # Raw and service phases alternate (R S R ... S R): each ratio compares neighbours, so
-        # the machine's drift between minutes does not masquerade as overhead. The service is
-        # measured over as long a window as the raw phase took, after `warmup_rounds` batch
-        # durations of warm-up.
-        def raw_phase() -> float:
-            raw_tps, raw_s = _raw_throughput(
-                engine,
-                tokens,
-                settings.max_batch_size,
-                settings.batch_workers,
-                max_tokens,
-                rounds,
-            )
-            raws.append(raw_tps)
-            return raw_s
-
-        raw_s = raw_phase()
-        for _ in range(repeats):
-            phase = asyncio.run(
-                _service_phase(
-                    base,
-                    info.model_name,
-                    prompt,
-                    concurrency,
-                    max_tokens,
-                    warmup_s=warmup_rounds * raw_s / rounds,
-                    window_s=raw_s,
-                )
-            )
-            services.append(phase.tokens_per_s)
-            batches.append(phase.mean_batch)
-            windows.append(raw_s)
-            raw_s = raw_phase()
+        wait_ready(replica)
+        idle = asyncio.run(
+            _idle_ttfts(engine, tokens, replica.base_url, info.model_name, prompt, ttft_samples)
+        )
+        phases = _alternate_phases(
+            engine,
+            settings,
+            replica.base_url,
+            prompt,
+            tokens,
+            concurrency=concurrency,
+            max_tokens=max_tokens,
+            rounds=rounds,
+            warmup_rounds=warmup_rounds,
+            repeats=repeats,
+        )
     finally:
         engine.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_replicas(replica, grace_s=60)
+    return _result(settings, info, idle, phases, concurrency, max_tokens, len(tokens))
+
+
+def _result(
+    settings: ServiceSettings,
+    info: EngineInfo,
+    idle: _IdleTTFT,
+    phases: _Phases,
+    concurrency: int,
+    max_tokens: int,
+    prompt_tokens: int,
+) -> EngineBenchResult:
+    raws = phases.raws
     # Each service phase against the mean of the raw phases either side of it (R S R S R ...),
     # so a linear drift of the machine's speed cancels.
-    ratios = [s / ((raws[i] + raws[i + 1]) / 2) for i, s in enumerate(services)]
+    ratios = [s / ((raws[i] + raws[i + 1]) / 2) for i, s in enumerate(phases.services)]
     return EngineBenchResult(
         model=info.model_name,
         device=info.device,
@@ -514,19 +410,19 @@ def measure(
         max_batch_size=settings.max_batch_size,
         concurrency=concurrency,
         max_tokens=max_tokens,
-        prompt_tokens=len(tokens),
+        prompt_tokens=prompt_tokens,
         raw_tokens_per_s=statistics.median(raws),
-        service_tokens_per_s=statistics.median(services),
+        service_tokens_per_s=statistics.median(phases.services),
         throughput_ratio=statistics.median(ratios),
         ratios=ratios,
         raw_phases=raws,
-        service_phases=services,
+        service_phases=phases.services,
         engine_ttft_ms=idle.engine_s * 1000,
         service_ttft_ms=idle.service_s * 1000,
         engine_ttft_mean_ms=idle.engine_mean_s * 1000,
         service_ttft_mean_ms=idle.service_mean_s * 1000,
-        service_mean_batch_size=statistics.median(batches),
-        service_window_s=statistics.median(windows),
+        service_mean_batch_size=statistics.median(phases.batches),
+        service_window_s=statistics.median(phases.windows),
         ttft_delta_ms=(idle.service_s - idle.engine_s) * 1000,
         ttft_delta_mean_ms=(idle.service_mean_s - idle.engine_mean_s) * 1000,
         ttft_overhead_ms=(idle.service_mean_s - idle.in_service_engine_mean_s) * 1000,
@@ -535,64 +431,62 @@ def measure(
     )
 
 
-def run_engine_bench(settings: ServiceSettings, **kwargs: Any) -> int:
-    """CLI entry: print the side-by-side figures; exit 0 (targets are reported, not asserted)."""
-    r = measure(settings, **kwargs)
-    slots = settings.batch_workers * settings.max_batch_size
+def _slots_note(r: EngineBenchResult) -> str | None:
+    """Why the service's batches may not fill at this concurrency, or None when they can."""
+    slots = r.batch_workers * r.max_batch_size
     if r.concurrency < slots:
-        print(
+        return (
             f"note: concurrency {r.concurrency} < batch slots {slots}: batches cannot fill, so "
             "this compares partial service batches with full raw ones"
         )
-    elif r.concurrency == slots:
-        print(
+    if r.concurrency == slots:
+        return (
             f"note: concurrency {r.concurrency} = batch slots {slots}: nothing is queued when a "
             "worker frees, so a batch fills only with the clients that re-send within "
             "--max-batch-delay-ms (see the mean batch below); more clients than slots keep "
             "every batch full"
         )
+    return None
+
+
+def _report(r: EngineBenchResult) -> list[str]:
+    """The side-by-side figures, one line each, with the targets met or not."""
     ok_tp = r.throughput_ratio >= _THROUGHPUT_TARGET
     ok_ttft = r.ttft_overhead_ms <= _TTFT_TARGET_S * 1000
-    print(f"model {r.model} on {r.device} ({r.compute_type}), {r.cpu_count} CPUs")
-    print(
+    return [
+        f"model {r.model} on {r.device} ({r.compute_type}), {r.cpu_count} CPUs",
         f"batch_workers={r.batch_workers} intra_threads={r.intra_threads} "
         f"max_batch_size={r.max_batch_size} concurrency={r.concurrency} "
-        f"prompt={r.prompt_tokens} tok, output={r.max_tokens} tok"
-    )
-    print(
+        f"prompt={r.prompt_tokens} tok, output={r.max_tokens} tok",
         f"raw generate_batch      {r.raw_tokens_per_s:9.1f} output tok/s  (median; phases: "
-        f"{', '.join(f'{x:.0f}' for x in r.raw_phases)})"
-    )
-    print(
+        f"{', '.join(f'{x:.0f}' for x in r.raw_phases)})",
         f"service (HTTP, SSE)     {r.service_tokens_per_s:9.1f} output tok/s  (median; phases: "
         f"{', '.join(f'{x:.0f}' for x in r.service_phases)}; "
         f"mean batch {r.service_mean_batch_size:.1f} of {r.max_batch_size}; "
-        f"{r.service_window_s:.0f} s window after warm-up, every client busy throughout)"
-    )
-    print(
+        f"{r.service_window_s:.0f} s window after warm-up, every client busy throughout)",
         f"ratio per repeat        {', '.join(f'{x:.3f}' for x in r.ratios)}  "
-        "(each service phase vs the mean of the raw phases either side)"
-    )
-    print(
+        "(each service phase vs the mean of the raw phases either side)",
         f"throughput ratio        {r.throughput_ratio:9.3f}  "
-        f"(target >= {_THROUGHPUT_TARGET:.2f}: {'met' if ok_tp else 'NOT met'})"
-    )
-    print(
+        f"(target >= {_THROUGHPUT_TARGET:.2f}: {'met' if ok_tp else 'NOT met'})",
         f"engine TTFT (idle)      {r.engine_ttft_ms:9.2f} ms  (median; mean "
-        f"{r.engine_ttft_mean_ms:.2f}; the raw engine here, alternating with the service)"
-    )
-    print(
+        f"{r.engine_ttft_mean_ms:.2f}; the raw engine here, alternating with the service)",
         f"service TTFT (idle)     {r.service_ttft_ms:9.2f} ms  (median; mean "
-        f"{r.service_ttft_mean_ms:.2f}; as the client sees it)"
-    )
-    print(
+        f"{r.service_ttft_mean_ms:.2f}; as the client sees it)",
         f"TTFT overhead           {r.ttft_overhead_ms:9.2f} ms  (per request: client TTFT minus "
         f"the engine's own {r.in_service_engine_ttft_ms:.1f} ms inside the service, mean; "
-        f"target <= {_TTFT_TARGET_S * 1000:.0f} ms: {'met' if ok_ttft else 'NOT met'})"
-    )
-    print(
+        f"target <= {_TTFT_TARGET_S * 1000:.0f} ms: {'met' if ok_ttft else 'NOT met'})",
         f"  service - engine      {r.ttft_delta_mean_ms:9.2f} ms  (means; medians: "
-        f"{r.ttft_delta_ms:.2f} ms; both carry the engine's call-to-call noise)"
-    )
+        f"{r.ttft_delta_ms:.2f} ms; both carry the engine's call-to-call noise)",
+    ]
+
+
+def run_engine_bench(settings: ServiceSettings, **kwargs: Any) -> int:
+    """CLI entry: print the side-by-side figures; exit 0 (targets are reported, not asserted)."""
+    r = measure(settings, **kwargs)
+    note = _slots_note(r)
+    if note is not None:
+        print(note)
+    for line in _report(r):
+        print(line)
     print(json.dumps(asdict(r)))
     return 0
