@@ -2,7 +2,7 @@
 
 Every PromQL query is assembled from the metric and label constants of ``telemetry/names.py``,
 so a renamed metric changes the dashboard the next time this runs, and
-``tests/unit/test_dashboards.py`` fails while the committed JSON is stale. Usage::
+``tests/unit/dashboards/test_dashboards.py`` fails while the committed JSON is stale. Usage::
 
     python dashboards/generate.py            # rewrite dashboards/tokenbooth-service.json
     python dashboards/generate.py --check    # exit 1 if the committed JSON is out of date
@@ -346,7 +346,7 @@ def _throughput() -> list[JSON]:
         _timeseries(
             "Requests by outcome",
             "stop/length: finished; aborted: client left; rejected: refused before queueing "
-            "(queue full, draining); timeout/error: server-side failures.",
+            "(queue full, draining, or a 4xx bad request); timeout/error: server-side failures.",
             [
                 _target(
                     f"sum by ({names.LABEL_OUTCOME}) ({_rate(names.TOKENBOOTH_REQUESTS)})",

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 from litestar import Litestar, Request, Response, Router
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
@@ -25,10 +24,16 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from prometheus_client import CollectorRegistry
 
-from service import schemas
 from service.batcher import Batcher, BatcherConfig
 from service.engine import Engine
-from service.errors import APIError, AuthenticationError, TokenboothError
+from service.errors import (
+    BODY_TOO_LARGE_MESSAGE,
+    APIError,
+    AuthenticationError,
+    ErrorCode,
+    TokenboothError,
+)
+from service.responses import error_body, error_json
 from service.routes.generation import chat_completions, completions
 from service.routes.ops import live, metrics, models, ready
 from service.settings import ServiceSettings
@@ -57,7 +62,7 @@ def load_engine(settings: ServiceSettings) -> Engine:
             model_name=settings.served_model_name or "fake-model",
         )
     from service.engine import CTranslate2Engine
-    from service.modelstore import build_model
+    from service.models import build_model
 
     model_dir = build_model(
         settings.model, quantization=settings.quantization, models_dir=settings.models_dir
@@ -72,19 +77,9 @@ def load_engine(settings: ServiceSettings) -> Engine:
     )
 
 
-def _error_body(
-    status: int, message: str, etype: str, param: str | None, code: str | None
-) -> bytes:
-    return msgspec.json.encode(
-        schemas.ErrorResponse(
-            error=schemas.ErrorBody(message=message, type=etype, param=param, code=code)
-        )
-    )
-
-
 def _api_error_handler(_: Request[Any, Any, Any], exc: APIError) -> Response[bytes]:
     return Response(
-        _error_body(exc.status_code, exc.detail, exc.error_type, exc.param, exc.code),
+        error_body(exc),
         status_code=exc.status_code,
         media_type="application/json",
         headers=exc.headers,
@@ -92,21 +87,19 @@ def _api_error_handler(_: Request[Any, Any, Any], exc: APIError) -> Response[byt
 
 
 _HTTP_CODES = {
-    400: ("invalid_request_error", "bad_request"),
-    401: ("authentication_error", "invalid_api_key"),
-    404: ("invalid_request_error", "not_found"),
-    405: ("invalid_request_error", "method_not_allowed"),
-    413: ("invalid_request_error", "body_too_large"),
+    400: ("invalid_request_error", ErrorCode.BAD_REQUEST),
+    401: ("authentication_error", ErrorCode.INVALID_API_KEY),
+    404: ("invalid_request_error", ErrorCode.NOT_FOUND),
+    405: ("invalid_request_error", ErrorCode.METHOD_NOT_ALLOWED),
+    413: ("invalid_request_error", ErrorCode.BODY_TOO_LARGE),
 }
 
 
 def _http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    etype, code = _HTTP_CODES.get(exc.status_code, ("server_error", "http_error"))
-    detail = exc.detail
-    if exc.status_code == 413:
-        detail = "request body is larger than this server's limit"
+    etype, code = _HTTP_CODES.get(exc.status_code, ("server_error", ErrorCode.HTTP_ERROR))
+    detail = BODY_TOO_LARGE_MESSAGE if exc.status_code == 413 else exc.detail
     return Response(
-        _error_body(exc.status_code, detail, etype, None, code),
+        error_json(detail, etype, None, code),
         status_code=exc.status_code,
         media_type="application/json",
         headers=dict(exc.headers or {}),
@@ -116,7 +109,7 @@ def _http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Respon
 def _internal_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     logger.exception("unhandled error", exc_info=exc)
     return Response(
-        _error_body(500, "internal server error", "server_error", None, "internal_error"),
+        error_json("internal server error", "server_error", None, ErrorCode.INTERNAL_ERROR),
         status_code=500,
         media_type="application/json",
     )

@@ -1,12 +1,17 @@
-"""Dynamic batcher: bounded admission, size/delay flush, option buckets, cancellation.
+"""Dynamic batcher: bounded admission, size/delay flush, option buckets, cancellation, drain.
 
 Triton's dynamic-batcher semantics: a batch is formed as soon as ``max_batch_size`` requests
 with compatible sampling options are waiting, or ``max_batch_delay`` after the oldest of them
 arrived, whichever comes first, and only when a batch worker is free. Each batch runs in a
 worker thread on the engine; tokens come back through the engine's per-step callback, are
 coalesced into one event-loop wakeup per burst, and are turned into text, stop-string checks
-and stream events on the loop. Returning True from the callback ends one batch index early
-(``max_tokens``, stop strings, disconnects, timeouts) so its slot stops costing compute.
+and stream events on the loop (:mod:`service.job`). Returning True from the callback ends one
+batch index early (``max_tokens``, stop strings, disconnects, timeouts) so its slot stops
+costing compute. Once ``draining`` is set, admission refuses new jobs and admitted ones run to
+their end.
+
+The batcher records batch and per-token metrics (queue wait, TTFT, token gaps, batch shape);
+the end of a request is recorded once, by the route, through :mod:`service.observe`.
 """
 
 from __future__ import annotations
@@ -17,53 +22,26 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanContext, Tracer
+from opentelemetry.trace import Link, Span, Tracer
 
-from service.errors import DrainingError, QueueFullError
+from service.errors import DrainingError, ErrorCode, QueueFullError
+from service.job import Finished, Job, Outcome
 from telemetry import names
 from telemetry.logging import log_event
 
 if TYPE_CHECKING:
-    from service.engine import Engine, SamplingOptions, StreamDecoder
+    from service.engine import Engine, SamplingOptions
     from telemetry.metrics import ServiceMetrics
 
-__all__ = ["Batcher", "BatcherConfig", "Finished", "Job", "Outcome", "TextDelta"]
+__all__ = ["Batcher", "BatcherConfig"]
 
 logger = logging.getLogger(__name__)
-
-
-class Outcome(StrEnum):
-    """How a request ended; the ``outcome`` label of the requests counter."""
-
-    STOP = "stop"
-    LENGTH = "length"
-    ABORTED = "aborted"
-    REJECTED = "rejected"
-    TIMEOUT = "timeout"
-    ERROR = "error"
-
-
-@dataclass(frozen=True, slots=True)
-class TextDelta:
-    """New text for the client (may be empty while a stop string is still undecided)."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """Terminal event of a job's stream."""
-
-    outcome: Outcome
-    error_type: str = ""
-    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,72 +55,12 @@ class BatcherConfig:
     request_timeout_s: float = 300.0
 
 
+_SHUTDOWN = Finished(Outcome.ABORTED, ErrorCode.SHUTDOWN, "server shut down")
+
+
 def _wall_ns(perf_t: float) -> int:
     """Convert a ``perf_counter`` timestamp to epoch nanoseconds for span start/end times."""
     return time.time_ns() - int((time.perf_counter() - perf_t) * 1e9)
-
-
-@dataclass(eq=False)
-class Job:
-    """One generation request inside the batcher.
-
-    Fields written by the engine thread (``generated``, ``engine_done``) are plain attributes;
-    every other field is touched only on the event loop.
-    """
-
-    request_id: str
-    prompt_tokens: list[str]
-    options: SamplingOptions
-    max_tokens: int
-    stop: tuple[str, ...]
-    arrival: float
-    span_context: SpanContext | None = None
-    trace_id: str | None = None
-    # --- runtime state ---
-    enqueued_at: float = 0.0
-    started_at: float | None = None
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    finished_at: float | None = None
-    batch_size: int = 0
-    generated: int = 0  # engine thread
-    engine_done: bool = False  # engine thread: no more callbacks wanted for this index
-    cancelled: bool = False  # loop thread: tell the engine thread to stop this index
-    completion_tokens: int = 0
-    _text_parts: list[str] = field(default_factory=list)  # joined once, not per token
-    result: Finished | None = None
-    _pending_text: str = ""
-    _events: asyncio.Queue[TextDelta | Finished] = field(default_factory=asyncio.Queue)
-    _timeout_handle: asyncio.TimerHandle | None = None
-    _decoder: StreamDecoder | None = None
-
-    @property
-    def text(self) -> str:
-        """Everything delivered to the client so far (the non-streamed response body)."""
-        return "".join(self._text_parts)
-
-    @property
-    def prompt_len(self) -> int:
-        """Number of prompt tokens."""
-        return len(self.prompt_tokens)
-
-    @property
-    def ttft_s(self) -> float | None:
-        """Server-side time to first token, from HTTP arrival."""
-        return None if self.first_token_at is None else self.first_token_at - self.arrival
-
-    @property
-    def queue_wait_s(self) -> float | None:
-        """Time between admission to the queue and the start of its batch."""
-        return None if self.started_at is None else self.started_at - self.enqueued_at
-
-    async def events(self) -> AsyncIterator[TextDelta | Finished]:
-        """Yield text deltas, then exactly one ``Finished``."""
-        while True:
-            ev = await self._events.get()
-            yield ev
-            if isinstance(ev, Finished):
-                return
 
 
 class Batcher:
@@ -194,11 +112,11 @@ class Batcher:
         """Abort whatever is left, wait for running batches, stop the workers."""
         for bucket in self._buckets.values():
             for job in list(bucket):
-                self._finish(job, Finished(Outcome.ABORTED, "shutdown", "server shut down"))
+                self._finish(job, _SHUTDOWN)
         if self._timer is not None:
             self._timer.cancel()
         for job in list(self._running):
-            self._finish(job, Finished(Outcome.ABORTED, "shutdown", "server shut down"))
+            self._finish(job, _SHUTDOWN)
         if self._batch_tasks:
             await asyncio.gather(*self._batch_tasks, return_exceptions=True)
         self._executor.shutdown(wait=True)
@@ -223,10 +141,8 @@ class Batcher:
     def admission(self) -> Iterator[None]:
         """Reserve a queue slot before any tokenization; raise 429/503 when there is none."""
         if self.draining:
-            self.metrics.observe_rejected("draining")
-            raise DrainingError("server is draining; retry on another replica")
+            raise DrainingError()
         if self._admitted + self._waiting >= self.config.max_queue_size:
-            self.metrics.observe_rejected("queue_full")
             raise QueueFullError(
                 f"request queue is full ({self.config.max_queue_size} waiting); retry later",
                 headers={"Retry-After": str(self._retry_after_s())},
@@ -248,27 +164,27 @@ class Batcher:
         """Queue an admitted job; call inside ``admission()``."""
         assert self._loop is not None, "batcher not started"
         job.enqueued_at = time.perf_counter()
-        job._decoder = self.engine.codec.new_decoder()
+        job.decoder = self.engine.codec.new_decoder()
         self._buckets.setdefault(job.options, deque()).append(job)
         self._waiting += 1
-        job._timeout_handle = self._loop.call_later(
-            self.config.request_timeout_s, self._expire, job
-        )
+        job.timeout_handle = self._loop.call_later(self.config.request_timeout_s, self._expire, job)
         # Dispatch synchronously: when a worker is free and the batch is due (full, or no
         # delay configured) the engine starts before this handler even returns.
         self._dispatch()
         return job
 
     def abort(self, job: Job) -> None:
-        """The client went away: free its queue slot or batch index, count it aborted."""
-        self._finish(job, Finished(Outcome.ABORTED, "client_disconnected", "client disconnected"))
+        """The client went away: free its queue slot or batch index; it ends ``aborted``."""
+        self._finish(
+            job, Finished(Outcome.ABORTED, ErrorCode.CLIENT_DISCONNECTED, "client disconnected")
+        )
 
     def _expire(self, job: Job) -> None:
         self._finish(
             job,
             Finished(
                 Outcome.TIMEOUT,
-                "request_timeout",
+                ErrorCode.REQUEST_TIMEOUT,
                 f"request exceeded the {self.config.request_timeout_s:g} s timeout",
             ),
         )
@@ -359,7 +275,8 @@ class Batcher:
                     self._on_token(jobs[i], token_id, token, stop, t)
                 except Exception as exc:
                     log_event(logger, "token_error", level=logging.ERROR, error=repr(exc))
-                    self._finish(jobs[i], Finished(Outcome.ERROR, "token_error", repr(exc)))
+                    fin = Finished(Outcome.ERROR, ErrorCode.TOKEN_ERROR, repr(exc))
+                    self._finish(jobs[i], fin)
 
         def on_step(i: int, token_id: int, token: str, is_last: bool) -> bool:
             # Engine thread: count, decide whether this index stops, hand the token to the loop.
@@ -437,7 +354,7 @@ class Batcher:
             for j in jobs:
                 if j.result is None:
                     if error is not None:
-                        fin = Finished(Outcome.ERROR, "engine_error", str(error))
+                        fin = Finished(Outcome.ERROR, ErrorCode.ENGINE_ERROR, str(error))
                     else:
                         # The engine ended this index without a stop signal: its length ran out.
                         fin = Finished(Outcome.LENGTH)
@@ -468,7 +385,7 @@ class Batcher:
         is_eos = token_id in self._eos_ids and not job.options.ignore_eos
         if not is_eos:
             job.completion_tokens += 1
-            decoder = job._decoder
+            decoder = job.decoder
             piece = decoder.step(token_id, token) if decoder is not None else token
             self._emit(job, piece, t)
             if job.result is not None:
@@ -479,69 +396,23 @@ class Batcher:
             self._finish(job, Finished(Outcome.LENGTH if not job.cancelled else Outcome.STOP), t)
 
     def _emit(self, job: Job, piece: str, t: float) -> None:
-        """Append decoded text, honouring stop strings; emit what can no longer be a stop."""
+        """Time the token, then hand its text to the job, which holds back stop-string prefixes."""
         if job.first_token_at is None:
             job.first_token_at = t
             self.metrics.observe_first_token(t - job.arrival, job.trace_id)
         elif job.last_token_at is not None:
             self.metrics.observe_token_gap(t - job.last_token_at, job.trace_id)
         job.last_token_at = t
-        pending = job._pending_text + piece
-        if job.stop:
-            hits = [i for s in job.stop if (i := pending.find(s)) >= 0]
-            if hits:
-                # The earliest stop string wins, whatever its place in the list.
-                self._deliver(job, pending[: min(hits)])
-                job._pending_text = ""
-                job.cancelled = True
-                self._finish(job, Finished(Outcome.STOP), t)
-                return
-            hold = _stop_prefix_len(pending, job.stop)
-        else:
-            hold = 0
-        out, job._pending_text = pending[: len(pending) - hold], pending[len(pending) - hold :]
-        self._deliver(job, out)
-
-    def _deliver(self, job: Job, text: str) -> None:
-        job._text_parts.append(text)
-        job._events.put_nowait(TextDelta(text))
+        if job.add_text(piece):
+            self._finish(job, Finished(Outcome.STOP), t)
 
     # ----------------------------------------------------------------- finishing
     def _finish(self, job: Job, fin: Finished, t: float | None = None) -> None:
-        if job.result is not None:
+        if not job.finish(fin, t if t is not None else time.perf_counter()):
             return
-        if job._pending_text and fin.outcome in (Outcome.LENGTH, Outcome.STOP):
-            self._deliver(job, job._pending_text)
-            job._pending_text = ""
-        job.result = fin
-        job.finished_at = t if t is not None else time.perf_counter()
-        job.cancelled = True
-        if job._timeout_handle is not None:
-            job._timeout_handle.cancel()
         if job.started_at is None:
             bucket = self._buckets.get(job.options)
             if bucket is not None and job in bucket:
                 bucket.remove(job)
                 self._waiting -= 1
         self._running.discard(job)
-        self.metrics.observe_request_end(
-            outcome=fin.outcome.value,
-            error_type=fin.error_type,
-            prompt_tokens=job.prompt_len,
-            completion_tokens=job.completion_tokens,
-            duration_s=job.finished_at - job.arrival,
-            ttft_s=job.ttft_s,
-            trace_id=job.trace_id,
-        )
-        job._events.put_nowait(fin)
-
-
-def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best

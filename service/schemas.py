@@ -2,11 +2,16 @@
 
 ``loadgen`` imports these to build requests and parse responses, so a field renamed here is
 renamed everywhere. Unknown request fields are ignored, as OpenAI's own API does.
+
+Range and set checks live on the fields as ``msgspec.Meta`` constraints (and so in the OpenAPI
+schema); decoding enforces them, and :func:`service.errors.from_validation_error` words the
+failures for clients. Checks that depend on the server's settings or the model (the
+``max_tokens`` cap, the context length, ``ignore_eos``) stay in the route.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -17,6 +22,7 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatCompletionResponse",
     "ChatMessage",
+    "ChatRole",
     "CompletionChoice",
     "CompletionChunk",
     "CompletionRequest",
@@ -33,6 +39,10 @@ __all__ = [
 ]
 
 FinishReason = Literal["stop", "length"]
+ChatRole = Literal["system", "user", "assistant", "developer", "tool"]
+
+_TokenCount = Annotated[int, msgspec.Meta(ge=1)]
+_NonEmptyText = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
@@ -45,14 +55,14 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     """Fields shared by completions and chat completions."""
 
     model: str
-    max_tokens: int | None = None
+    max_tokens: _TokenCount | None = None
     # Newer OpenAI clients send max_completion_tokens for chat; accept both.
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    max_completion_tokens: _TokenCount | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=-1, description="0 or -1: no limit")] | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
+    seed: Annotated[int, msgspec.Meta(ge=0, lt=2**32)] | None = None
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -62,16 +72,16 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
 
 
 class CompletionRequest(_SamplingFields, kw_only=True):
-    """``POST /v1/completions`` body."""
+    """``POST /v1/completions`` body; a list prompt must hold exactly one prompt."""
 
-    prompt: str | list[str]
+    prompt: _NonEmptyText | Annotated[list[_NonEmptyText], msgspec.Meta(min_length=1, max_length=1)]
     echo: bool = False
 
 
 class ChatMessage(msgspec.Struct, kw_only=True):
     """One chat message; ``content`` may be a string or OpenAI's list of text parts."""
 
-    role: str
+    role: ChatRole
     content: str | list[dict[str, str]] | None = None
     name: str | None = None
 
@@ -79,7 +89,7 @@ class ChatMessage(msgspec.Struct, kw_only=True):
 class ChatCompletionRequest(_SamplingFields, kw_only=True):
     """``POST /v1/chat/completions`` body."""
 
-    messages: list[ChatMessage]
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
 
 
 class Usage(msgspec.Struct, kw_only=True):

@@ -17,13 +17,12 @@ __all__ = [
     "ATTR_BATCH_SIZE",
     "ATTR_ERROR_TYPE",
     "ATTR_OPERATION_NAME",
+    "ATTR_PROMPT",
     "ATTR_QUEUE_WAIT_SECONDS",
     "ATTR_REQUEST_MAX_TOKENS",
     "ATTR_REQUEST_MODEL",
     "ATTR_REQUEST_TEMPERATURE",
     "ATTR_RESPONSE_FINISH_REASONS",
-    "ATTR_RESPONSE_ID",
-    "ATTR_RESPONSE_MODEL",
     "ATTR_TTFT_SECONDS",
     "ATTR_USAGE_INPUT_TOKENS",
     "ATTR_USAGE_OUTPUT_TOKENS",
@@ -57,18 +56,14 @@ __all__ = [
     "LOG_DURATION_S",
     "LOG_ERROR_TYPE",
     "LOG_EVENT",
-    "LOG_FINISH_REASON",
     "LOG_LEVEL",
     "LOG_LOGGER",
-    "LOG_MAX_TOKENS",
-    "LOG_MODEL",
     "LOG_OUTCOME",
     "LOG_PROMPT_TOKENS",
     "LOG_QUEUE_WAIT_S",
     "LOG_REQUEST_ID",
     "LOG_ROUTE",
     "LOG_STATUS",
-    "LOG_STREAM",
     "LOG_TIMESTAMP",
     "LOG_TRACE_ID",
     "LOG_TTFT_S",
@@ -114,7 +109,7 @@ __all__ = [
     "TOKENBOOTH_REQUESTS",
     "TOKENBOOTH_REQUESTS_RUNNING",
     "TOKENBOOTH_REQUESTS_WAITING",
-    "inference_span_name",
+    "server_span_name",
     "with_slo_boundaries",
 ]
 
@@ -258,7 +253,7 @@ OUTCOME_LENGTH: Final = "length"
 OUTCOME_ABORTED: Final = "aborted"
 """The client went away before the response finished."""
 OUTCOME_REJECTED: Final = "rejected"
-"""Refused before queueing (queue full, draining, invalid)."""
+"""Refused before queueing: an invalid request (4xx), queue full (429), draining (503)."""
 OUTCOME_TIMEOUT: Final = "timeout"
 """Exceeded the server-side request deadline."""
 OUTCOME_ERROR: Final = "error"
@@ -274,6 +269,9 @@ OUTCOMES: Final[tuple[str, ...]] = (
 
 # --------------------------------------------------------------------------------------------
 # Spans and span attributes (GenAI conventions where one exists, ``tokenbooth.*`` otherwise).
+# Spelled here rather than imported from opentelemetry-semantic-conventions: its gen_ai.*
+# constants live in a private ``_incubating`` module and are marked deprecated there (moved to
+# a separate GenAI conventions project), while the names they spell are what backends query.
 # --------------------------------------------------------------------------------------------
 
 SPAN_QUEUE_WAIT: Final = "gen_ai.queue_wait"
@@ -289,11 +287,11 @@ ATTR_OPERATION_NAME: Final = "gen_ai.operation.name"
 ATTR_REQUEST_MODEL: Final = "gen_ai.request.model"
 ATTR_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
 ATTR_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
-ATTR_RESPONSE_MODEL: Final = "gen_ai.response.model"
-ATTR_RESPONSE_ID: Final = "gen_ai.response.id"
 ATTR_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 ATTR_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 ATTR_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+ATTR_PROMPT: Final = "gen_ai.prompt"
+"""The prompt text; set only when the operator enables ``trace_prompts``."""
 ATTR_ERROR_TYPE: Final = "error.type"
 ATTR_TTFT_SECONDS: Final = "tokenbooth.ttft_seconds"
 ATTR_BATCH_SIZE: Final = "tokenbooth.batch.size"
@@ -312,12 +310,8 @@ LOG_REQUEST_ID: Final = "request_id"
 LOG_TRACE_ID: Final = "trace_id"
 LOG_ROUTE: Final = "route"
 LOG_STATUS: Final = "status"
-LOG_MODEL: Final = "model"
 LOG_OUTCOME: Final = "outcome"
 LOG_ERROR_TYPE: Final = "error_type"
-LOG_FINISH_REASON: Final = "finish_reason"
-LOG_STREAM: Final = "stream"
-LOG_MAX_TOKENS: Final = "max_tokens"
 LOG_PROMPT_TOKENS: Final = "prompt_tokens"
 LOG_COMPLETION_TOKENS: Final = "completion_tokens"
 LOG_BATCH_SIZE: Final = "batch_size"
@@ -344,17 +338,13 @@ REQUEST_LOG_FIELDS: Final[tuple[str, ...]] = (
 """Fields of the request log line besides the base keys; counts and timings, never text."""
 
 
-def inference_span_name(operation: str, model: str) -> str:
-    """Name the top-level inference span as the GenAI conventions do.
+def server_span_name(route: str) -> str:
+    """Name the request's server span as the HTTP conventions do: ``"POST {route}"``.
 
-    Args:
-        operation: ``gen_ai.operation.name`` value, e.g. :data:`OPERATION_CHAT`.
-        model: The requested model id.
-
-    Returns:
-        ``"{operation} {model}"``, e.g. ``"chat qwen2.5-0.5b-instruct"``.
+    Every generation route is a POST; the GenAI request attributes (operation, model, tokens)
+    go on this same span rather than on a child, which would cost a span per request.
     """
-    return f"{operation} {model}"
+    return f"POST {route}"
 
 
 def with_slo_boundaries(buckets: Iterable[float], *slos: float | None) -> tuple[float, ...]:

@@ -179,6 +179,48 @@ async def test_completion_errors(
 
 
 @pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_tokens", 0, "max_tokens must be >= 1"),
+        ("max_completion_tokens", 0, "max_completion_tokens must be >= 1"),
+        ("temperature", 2.5, "temperature must be <= 2.0"),
+        ("top_p", 0, "top_p must be > 0.0"),
+        ("top_k", -2, "top_k must be >= -1"),
+        ("seed", 2**32, "seed must be <= 4294967295"),
+        ("stop", ["a", "b", "c", "d", "e"], "stop must have at most 4 items"),
+        ("prompt", "", "prompt must not be empty"),
+        ("prompt", ["a", "b"], "prompt must have at most 1 item"),
+    ],
+)
+async def test_out_of_range_values_are_400s_that_say_the_bound(
+    client: Any, field: str, value: Any, message: str
+) -> None:
+    r = await client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", field: value})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["message"], err["code"]) == (field, message, "invalid_request")
+    assert err["type"] == "invalid_request_error"
+
+
+async def test_unknown_chat_role_names_the_value(client: Any) -> None:
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]},
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "messages[0].role: unsupported value 'wizard'"
+
+
+async def test_openapi_documents_the_ranges(client: Any) -> None:
+    spec = (await client.get("/docs/openapi.json")).json()
+    body = spec["paths"]["/v1/completions"]["post"]["requestBody"]
+    props = body["content"]["application/json"]["schema"]["properties"]
+    (temperature, _null) = props["temperature"]["anyOf"]
+    assert (temperature["minimum"], temperature["maximum"]) == (0, 2)
+    assert props["max_tokens"]["anyOf"][0]["minimum"] == 1
+
+
+@pytest.mark.parametrize(
     ("messages", "param"),
     [
         ([], "messages"),

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.resources import SERVICE_NAME
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
 from service.app import create_app
@@ -203,12 +203,12 @@ async def test_prompt_text_is_recorded_only_when_enabled(
     (server,) = spans[SERVER_SPAN]
     assert server.attributes is not None
     if trace_prompts:
-        prompt = server.attributes["gen_ai.prompt"]
+        prompt = server.attributes[names.ATTR_PROMPT]
         assert isinstance(prompt, str) and SECRET in prompt
         # Only the server span carries it, once.
         assert everything.count(SECRET) == 1
     else:
-        assert "gen_ai.prompt" not in server.attributes
+        assert names.ATTR_PROMPT not in server.attributes
         assert SECRET not in everything
 
 
@@ -275,6 +275,28 @@ async def test_request_log_line_is_bound_to_request_and_trace(
     assert line[names.LOG_DURATION_S] >= line[names.LOG_TTFT_S]
     # No request text anywhere in the service's logs, not only in the request line.
     assert SECRET not in log_buffer.getvalue()
+
+
+async def test_refused_request_ends_its_span_as_an_error(
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    registry: CollectorRegistry,
+    log_buffer: io.StringIO,
+) -> None:
+    app = create_app(fake_settings(), registry=registry, tracer_provider=provider)
+    async with AsyncTestClient(app) as client:
+        await wait_ready(client)
+        r = await client.post(CHAT_ROUTE, json={**chat_body(), "model": "elsewhere"})
+        assert r.status_code == 404
+    (server,) = exporter.get_finished_spans()
+    assert server.name == SERVER_SPAN
+    assert server.status.status_code is StatusCode.ERROR
+    assert server.attributes is not None
+    assert server.attributes[names.ATTR_ERROR_TYPE] == "model_not_found"
+    assert names.ATTR_USAGE_OUTPUT_TOKENS not in server.attributes
+    (line,) = request_log_lines(log_buffer)
+    assert line[names.LOG_TRACE_ID] == hex_trace(server)
+    assert line[names.LOG_OUTCOME] == names.OUTCOME_REJECTED
 
 
 # --------------------------------------------------------------------------- real OTLP/HTTP
