@@ -3,10 +3,11 @@
 Importing this module imports Locust, which monkey-patches the process with gevent: only the
 sweep runner imports it, never the service or unit tests of pure modules.
 
-Per request the harness records: scheduled and actual send time, time to the first content
-token, every inter-token gap, end-to-end latency, the server's ``usage`` cross-checked against
-the streamed chunks, status, error text, target replica, and the ``X-Request-ID`` and W3C
-``traceparent`` it sent, so server traces and logs join the client's rows.
+Per request the harness records: scheduled and actual send time, time to the first generated
+token (content, or reasoning text where a server streams it), every inter-token gap, end-to-end
+latency, the server's ``usage`` cross-checked against the streamed chunks, status, error text,
+target replica, and the ``X-Request-ID`` and W3C ``traceparent`` it sent, so server traces and
+logs join the client's rows. The stream itself is read by :mod:`loadgen.sse`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from locust.exception import StopUser
 from requests.adapters import HTTPAdapter
 
 from loadgen.results import Col
+from loadgen.sse import StreamTally, error_message
 from loadgen.workload import PromptItem
 
 __all__ = [
@@ -39,7 +41,6 @@ __all__ = [
     "new_session",
 ]
 
-_chunk_decoder = msgspec.json.Decoder(dict[str, Any])
 _body_encoder = msgspec.json.Encoder()
 
 
@@ -95,19 +96,6 @@ def new_session(environment: Any, pool_size: int = 1024) -> HttpSession:
     return session
 
 
-def _content_of(chunk: dict[str, Any], chat: bool) -> str | None:
-    choices = chunk.get("choices") or []
-    if not choices:
-        return None
-    c = choices[0]
-    if chat:
-        delta = c.get("delta") or {}
-        text = delta.get("content")
-    else:
-        text = c.get("text")
-    return text if isinstance(text, str) else None
-
-
 def measure_request(
     session: HttpSession,
     url: str,
@@ -130,80 +118,79 @@ def measure_request(
         "Content-Type": "application/json",
         **(headers or {}),
     }
+    tally = StreamTally(chat=chat)
+    payload = _body_encoder.encode(body)
+    wall_call = time.time()
+    t_call = time.perf_counter()
+    status, sent = _stream(session, url, path, payload, hdrs, timeout_s, tally)
+    t_end = time.perf_counter()
+    t0 = t_call if sent is None else sent
     row: dict[str, Any] = {
         Col.REQUEST_ID: request_id,
         Col.TRACE_ID: trace_id,
         Col.TARGET: url,
         Col.SCHEDULED_AT: math.nan if scheduled_at is None else scheduled_at,
-        Col.FIRST_TOKEN_AT: math.nan,
-        Col.STATUS: 0,
-        Col.OK: False,
-        Col.ERROR: "",
-        Col.FINISH_REASON: "",
-        Col.PROMPT_TOKENS: 0,
-        Col.COMPLETION_TOKENS: 0,
-        Col.STREAMED_CHUNKS: 0,
-        Col.USAGE_MISMATCH: False,
-        Col.ITL_S: [],
+        Col.STATUS: status,
     }
-    token_times: list[float] = []
-    usage: dict[str, Any] | None = None
-    finish = ""
-    error = ""
-    payload = _body_encoder.encode(body)
-    wall_call = time.time()
-    t_call = time.perf_counter()
-    t0 = t_call
+    wall0 = wall_call + (t0 - t_call)  # wall clock of the actual send
+    _timings(row, tally, t0=t0, t_end=t_end, wall0=wall0, scheduled_at=scheduled_at)
+    return row
+
+
+def _stream(
+    session: HttpSession,
+    url: str,
+    path: str,
+    payload: bytes,
+    headers: dict[str, str],
+    timeout_s: float,
+    tally: StreamTally,
+) -> tuple[int, float | None]:
+    """POST one request and feed its body to ``tally``: (HTTP status, send time if stamped)."""
+    status = 0
+    sent: float | None = None
     try:
         with session.post(
             url + path,
             data=payload,
-            headers=hdrs,
+            headers=headers,
             stream=True,
             catch_response=True,
             timeout=timeout_s,
             name=path,
         ) as resp:
-            t0 = getattr(resp.request, "tb_sent", t_call)
-            row[Col.STATUS] = resp.status_code
-            if resp.status_code != 200:
-                try:
-                    error = str(resp.json()["error"]["message"])
-                except (ValueError, KeyError, TypeError):
-                    error = resp.text[:300]
-                resp.failure(f"HTTP {resp.status_code}: {error}")
+            sent = getattr(resp.request, "tb_sent", None)
+            status = resp.status_code
+            if status != 200:
+                tally.error = error_message(resp.content) or resp.text[:300]
+                resp.failure(f"HTTP {status}: {tally.error}")
             else:
-                buf = b""
                 for data in resp.iter_content(chunk_size=None):
-                    now = time.perf_counter()
-                    buf += data
-                    while b"\n\n" in buf:
-                        event, buf = buf.split(b"\n\n", 1)
-                        if not event.startswith(b"data: "):
-                            continue
-                        payload = event[6:]
-                        if payload == b"[DONE]":
-                            continue
-                        obj = _chunk_decoder.decode(payload)
-                        if "error" in obj:
-                            error = str(obj["error"].get("message", obj["error"]))
-                            continue
-                        text = _content_of(obj, chat)
-                        if text:
-                            token_times.append(now)
-                        choices = obj.get("choices") or []
-                        if choices and choices[0].get("finish_reason"):
-                            finish = str(choices[0]["finish_reason"])
-                        if obj.get("usage"):
-                            usage = obj["usage"]
-                if error:
-                    resp.failure(error)
+                    tally.feed(data, time.perf_counter())
+                if tally.error:
+                    resp.failure(tally.error)
                 else:
                     resp.success()
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    t_end = time.perf_counter()
-    wall0 = wall_call + (t0 - t_call)  # wall clock of the actual send
+        tally.error = f"{type(exc).__name__}: {exc}"
+    return status, sent
+
+
+def _timings(
+    row: dict[str, Any],
+    tally: StreamTally,
+    *,
+    t0: float,
+    t_end: float,
+    wall0: float,
+    scheduled_at: float | None,
+) -> None:
+    """Fill ``row``'s latency, token and outcome columns from what the stream said.
+
+    ``t0``, ``t_end`` and the token times are ``time.perf_counter`` readings; ``wall0`` is the
+    wall clock at ``t0``.
+    """
+    token_times = tally.token_times
     row[Col.SENT_AT] = wall0
     row[Col.FINISHED_AT] = wall0 + (t_end - t0)
     row[Col.E2E_S] = t_end - t0
@@ -216,20 +203,28 @@ def measure_request(
         row[Col.ITL_S] = [b - a for a, b in itertools.pairwise(token_times)]
     else:
         row[Col.TTFT_S] = math.nan
+        row[Col.FIRST_TOKEN_AT] = math.nan
+        row[Col.ITL_S] = []
+    usage = tally.usage
     if usage is not None:
-        row[Col.PROMPT_TOKENS] = int(usage.get("prompt_tokens", 0))
-        row[Col.COMPLETION_TOKENS] = int(usage.get("completion_tokens", 0))
+        row[Col.PROMPT_TOKENS] = usage.prompt_tokens or 0
+        row[Col.COMPLETION_TOKENS] = usage.completion_tokens or 0
         row[Col.USAGE_MISMATCH] = row[Col.COMPLETION_TOKENS] != n_chunks
+    else:
+        row[Col.PROMPT_TOKENS] = 0
+        row[Col.COMPLETION_TOKENS] = 0
+        row[Col.USAGE_MISMATCH] = False
     out_tokens = row[Col.COMPLETION_TOKENS] or n_chunks
     if token_times and out_tokens >= 2:
         row[Col.TPOT_S] = (row[Col.E2E_S] - row[Col.TTFT_S]) / (out_tokens - 1)
     else:
         row[Col.TPOT_S] = math.nan
+    error = tally.error
     if row[Col.STATUS] == 200 and not error and usage is None:
         error = "stream ended without a usage chunk"
     row[Col.ERROR] = error
     row[Col.OK] = row[Col.STATUS] == 200 and not error
-    row[Col.FINISH_REASON] = finish
+    row[Col.FINISH_REASON] = tally.finish_reason
     lag = 0.0 if scheduled_at is None else max(0.0, wall0 - scheduled_at)
     row[Col.SCHEDULE_LAG_S] = lag
     if scheduled_at is None:
@@ -238,7 +233,6 @@ def measure_request(
     else:
         row[Col.TTFT_FROM_SCHEDULE_S] = row[Col.TTFT_S] + (wall0 - scheduled_at)
         row[Col.E2E_FROM_SCHEDULE_S] = row[Col.E2E_S] + (wall0 - scheduled_at)
-    return row
 
 
 @dataclass

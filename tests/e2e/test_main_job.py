@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from html import unescape
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from loadgen.results import POINT_COLUMNS, Col, Point, RunDir
+from reports.load import Rpt
+from reports.pipeline import MARKDOWN_FILE, SUMMARY_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -94,11 +98,41 @@ def test_sweep_and_report_on_the_real_model(real_model_dir: Path, tmp_path: Path
         client_mean = requests[requests[Col.POINT_ID] == p[Point.POINT_ID]][Col.TTFT_S].mean()
         assert abs(client_mean - p[Point.SERVER_TTFT_MEAN_S]) < 0.05, (client_mean, p)
 
-    stdout = _tokenbooth(
-        "report", str(out), "--output", str(tmp_path / "report"), env=env, timeout=300
-    )
-    html = Path(stdout.strip().splitlines()[-1])
+    report = tmp_path / "report"
+    stdout = _tokenbooth("report", str(out), "--output", str(report), env=env, timeout=300)
+    lines = stdout.strip().splitlines()
+    html = Path(lines[-1])
     assert html.exists() and html.suffix == ".html"
-    text = html.read_text()
-    assert "Recommendation" in text or "recommendation" in text
-    assert pd.read_csv(next((tmp_path / "report").glob("*.csv"))).shape[0] >= 2
+    summary = pd.read_csv(report / SUMMARY_FILE)
+    assert len(summary) == len(points)
+    headline = dict(line.split(": ", 1) for line in lines[:-1])["recommendation"]
+    assert headline in unescape(html.read_text())
+    assert headline in (report / MARKDOWN_FILE).read_text()
+    _assert_recommendation_matches(headline, summary)
+
+
+# Recommendation.headline(): "Run 1 replica of int8 b4 d5ms w1 t1 for 0.5 req/s: capacity
+# 4.12 req/s under the SLO (...), headroom +724% (measured (lower bound))."
+HEADLINE = re.compile(
+    r"Run (?P<replicas>\d+) replicas? of (?P<config>.+) for (?P<target>[\d.]+) req/s: "
+    r"capacity (?P<capacity>[\d.e+]+) req/s under the SLO \(.+\), "
+    r"headroom (?P<headroom>[+-]\d+)% \((?P<source>.+)\)\."
+)
+
+
+def _assert_recommendation_matches(headline: str, summary: pd.DataFrame) -> None:
+    """The recommendation names the configuration the sweep ran and its measured capacity."""
+    match = HEADLINE.fullmatch(headline)
+    assert match, headline
+    assert float(match["target"]) == 0.5  # the spec's [report] target_rps
+    # A 2 s TTFT SLO holds at both levels of a 16-token prompt, so capacity is the rate at the
+    # highest level, a lower bound, and one replica (all the sweep ran) carries 0.5 req/s.
+    assert summary[Point.VALID].all() and summary[Rpt.SLO_PASS].all()
+    top = summary.sort_values(Point.LOAD_LEVEL).iloc[-1]
+    assert match["source"] == "measured (lower bound)"
+    assert int(match["replicas"]) == top[Point.REPLICAS] == 1
+    assert match["config"] == top[Rpt.BASE_CONFIG]
+    assert top[Point.MAX_BATCH_SIZE] == 4
+    capacity = float(top[Point.ACHIEVED_RPS])
+    assert match["capacity"] == f"{capacity:.3g}"
+    assert int(match["headroom"]) == round((capacity / 0.5 - 1) * 100)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
+import tomllib
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
 
+from loadgen.results import SPEC_FILE
 from reports.cli import ReportError, register
-from tests.unit.reports.conftest import CliReport
+from reports.pipeline import HTML_FILE, MARKDOWN_FILE, SUMMARY_FILE
+from tests.unit.reports.conftest import REPORT_TARGET_RPS, CliReport
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,10 +61,32 @@ def test_target_must_be_positive(capacity_run: Path) -> None:
         _run(["report", str(capacity_run), "--target-rps", "0"])
 
 
-def test_defaults(capacity_run: Path) -> None:
-    args = _parser().parse_args(["report", str(capacity_run)])
-    assert args.output is None and args.run_dir_b is None and args.target_rps is None
-    assert args.func.__name__ == "run"
+def test_defaults_report_one_run_into_it_for_the_spec_target(
+    capacity_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A copy: the default output directory is inside the run, and the fixture is shared.
+    run = shutil.copytree(capacity_run, tmp_path / "capacity")
+    with (run / SPEC_FILE).open("rb") as f:
+        target = tomllib.load(f)["report"]["target_rps"]
+    assert target != REPORT_TARGET_RPS  # so the flag's value cannot pass for the spec's
+
+    assert _run(["report", str(run)]) == 0
+
+    stdout = capsys.readouterr().out.splitlines()
+    out = run / "report"
+    assert Path(stdout[-1]) == out / HTML_FILE
+    printed = dict(line.split(": ", 1) for line in stdout[:-1])
+    assert Path(printed["markdown"]) == out / MARKDOWN_FILE
+    assert Path(printed["summary"]) == out / SUMMARY_FILE
+    assert all(p.is_file() for p in (out / HTML_FILE, out / MARKDOWN_FILE, out / SUMMARY_FILE))
+    # The recommendation is for the spec's [report] target_rps, and says where it came from.
+    assert f" for {target:g} req/s: " in printed["recommendation"]
+    markdown = (out / MARKDOWN_FILE).read_text()
+    assert f"Target load: {target:g} req/s (from spec" in markdown
+    # One run: no comparison, so no regressions line and no comparison section.
+    assert "regressions" not in printed
+    assert "Comparison:" not in markdown
+    assert "Comparison:" not in (out / HTML_FILE).read_text()
 
 
 def test_plugs_into_the_tokenbooth_command(

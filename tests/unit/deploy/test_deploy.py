@@ -28,7 +28,7 @@ from service.settings import ServiceSettings
 from telemetry import names
 from tests.conftest import missing_tool
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE_FILE = DEPLOY / "compose" / "compose.yaml"

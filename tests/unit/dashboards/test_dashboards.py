@@ -28,7 +28,7 @@ from telemetry import names
 from telemetry.gpu import GpuSampler
 from telemetry.metrics import ServiceMetrics, register_process_collectors
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 GENERATOR = REPO / "dashboards" / "generate.py"
 DASHBOARD = REPO / "dashboards" / "tokenbooth-service.json"
 PROVISIONING = REPO / "dashboards" / "provisioning"
