@@ -17,11 +17,10 @@ import numpy.typing as npt
 import pandas as pd
 
 from loadgen.results import Col, Point, PointStatus
-from loadgen.spec import SLOSpec
+from loadgen.spec import SLOSpec, SweepSpec
 from loadgen.summary import (
     BOOTSTRAP_RESAMPLES,
-    SERVER_MEAN_COLUMNS,
-    Stat,
+    SERVER_VIEW_COLUMNS,
     finite,
     gaps,
     server_summary,
@@ -353,6 +352,8 @@ def _crossing(d: pd.DataFrame, slo: SLOSpec, use: dict[str, str]) -> Capacity:
 # ------------------------------------------------------------------------------ whole run
 
 _CONFIG_COLUMNS: Final[tuple[str, ...]] = (
+    Rpt.CONFIG_KEY,
+    Rpt.BASE_CONFIG_ID,
     Rpt.CONFIG,
     Rpt.BASE_CONFIG,
     Point.CONFIG_ID,
@@ -376,8 +377,8 @@ class Analysis:
         run: The run.
         points: One row per point (valid or not) with recomputed statistics, validity and SLO.
         levels: Valid points pooled per configuration and load level (repeats merged).
-        knees: Per configuration label.
-        capacity: Per configuration label.
+        knees: Per configuration key (:attr:`Rpt.CONFIG_KEY`), in label order.
+        capacity: Per configuration key, in label order.
     """
 
     run: Run
@@ -391,11 +392,16 @@ class Analysis:
         """The run's SLO."""
         return self.run.spec.slo
 
-    def samples(self, config: str, load_level: float, column: str) -> FloatArray:
+    def label(self, config_key: str) -> str:
+        """The display label of a configuration key (the key itself when the run lacks it)."""
+        hit = self.points[self.points[Rpt.CONFIG_KEY] == config_key]
+        return str(hit[Rpt.CONFIG].iloc[0]) if len(hit) else config_key
+
+    def samples(self, config_key: str, load_level: float, column: str) -> FloatArray:
         """Raw samples of one request column over the valid points of one load level.
 
         Args:
-            config: Configuration label.
+            config_key: Configuration key (:attr:`Rpt.CONFIG_KEY`).
             load_level: Load level.
             column: A :class:`loadgen.results.Col` column; :attr:`Col.ITL_S` is flattened into
                 every inter-token gap.
@@ -406,7 +412,7 @@ class Analysis:
         lv = self.levels
         if lv.empty or self.run.requests.empty:
             return np.empty(0)
-        hit = lv[(lv[Rpt.CONFIG] == config) & np.isclose(lv[Point.LOAD_LEVEL], load_level)]
+        hit = lv[(lv[Rpt.CONFIG_KEY] == config_key) & np.isclose(lv[Point.LOAD_LEVEL], load_level)]
         if hit.empty:
             return np.empty(0)
         ids = [int(i) for i in str(hit.iloc[0][Rpt.POINT_IDS]).split(",") if i]
@@ -418,17 +424,19 @@ class Analysis:
         """Per configuration: knee, SLO capacity, error rate and point counts.
 
         Returns:
-            One row per configuration label.
+            One row per configuration key, in label order.
         """
         rows = []
-        for config, group in self.points.groupby(Rpt.CONFIG, sort=True):
-            lv = self.levels[self.levels[Rpt.CONFIG] == config]
-            knee = self.knees[str(config)]
-            cap = self.capacity[str(config)]
+        for (label, key), group in self.points.groupby([Rpt.CONFIG, Rpt.CONFIG_KEY], sort=True):
+            lv = self.levels[self.levels[Rpt.CONFIG_KEY] == key]
+            knee = self.knees[str(key)]
+            cap = self.capacity[str(key)]
             n_req = float(group[Point.N_REQUESTS].sum())
             rows.append(
                 {
-                    Rpt.CONFIG: config,
+                    Rpt.CONFIG_KEY: key,
+                    Rpt.BASE_CONFIG_ID: group[Rpt.BASE_CONFIG_ID].iloc[0],
+                    Rpt.CONFIG: label,
                     Rpt.BASE_CONFIG: group[Rpt.BASE_CONFIG].iloc[0],
                     Point.REPLICAS: int(group[Point.REPLICAS].iloc[0]),
                     Point.QUANTIZATION: group[Point.QUANTIZATION].iloc[0],
@@ -461,32 +469,20 @@ class Analysis:
 
 def _with_server(stats: dict[str, Any], run: Run, ids: list[int], rows: pd.DataFrame) -> None:
     means = server_summary(run.server, ids)
-    for col in (*SERVER_MEAN_COLUMNS, Point.SERVER_REQUESTS, Point.SERVER_GENERATION_TOKENS):
+    for col in SERVER_VIEW_COLUMNS:
         if col in means:
             stats[col] = means[col]
         else:  # no scraped deltas: the harness's own means, if it wrote any
             vals = pd.to_numeric(rows[col], errors="coerce") if col in rows else pd.Series()
             stats[col] = float(vals.mean()) if vals.notna().any() else math.nan
-    stats[Stat.GPU_MEMORY_USED_BYTES] = means.get(Stat.GPU_MEMORY_USED_BYTES, math.nan)
+    stats[Rpt.GPU_MEMORY_USED_BYTES] = means.get(Rpt.GPU_MEMORY_USED_BYTES, math.nan)
 
 
-def analyze(run: Run, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Analysis:
-    """Compute every statistic a report shows.
+_Requests = dict[int, pd.DataFrame]
 
-    Args:
-        run: A loaded run.
-        n_resamples: Bootstrap resamples per confidence interval.
-        seed: Bootstrap seed.
 
-    Returns:
-        The analysis.
-    """
-    spec = run.spec
-    req_by_point = (
-        {int(k): g for k, g in run.requests.groupby(Col.POINT_ID, sort=False)}
-        if not run.requests.empty
-        else {}
-    )
+def _point_rows(run: Run, req_by_point: _Requests, n_resamples: int, seed: int) -> pd.DataFrame:
+    """One row per point: the harness's row with every statistic recomputed from raw rows."""
     empty = run.requests.iloc[0:0]
     rows = []
     for _, p in run.points.iterrows():
@@ -506,8 +502,11 @@ def analyze(run: Run, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) 
         _with_server(base, run, [pid], frame)
         rows.append(base)
     points = pd.DataFrame(rows)
-    if points.empty:
-        points = run.points.copy()
+    return run.points.copy() if points.empty else points
+
+
+def _judge_points(points: pd.DataFrame, spec: SweepSpec) -> None:
+    """Validity, SLO verdict and CPU threads of every point, in place."""
     reasons = [
         point_validity(
             r, lag_threshold_s=spec.run.lag_threshold_s, min_samples=spec.run.min_samples
@@ -524,46 +523,81 @@ def analyze(run: Run, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) 
         * pd.to_numeric(points[Point.INTRA_THREADS], errors="coerce").fillna(1)
     )
 
-    level_rows = []
-    valid = points[points[Point.VALID]]
-    for _, group in valid.groupby(
-        [Rpt.CONFIG, Point.LOAD_MODE, Point.LOAD_LEVEL], sort=True, dropna=False
-    ):
-        ids = [int(i) for i in group[Point.POINT_ID]]
-        first = group.iloc[0]
-        row: dict[str, Any] = {c: first.get(c) for c in _CONFIG_COLUMNS}
-        reqs_list = [req_by_point[i] for i in ids if i in req_by_point]
-        if reqs_list:
-            duration = float(pd.to_numeric(group[Point.DURATION_S], errors="coerce").sum())
-            row.update(
-                summarize_requests(
-                    pd.concat(reqs_list, ignore_index=True),
-                    duration,
-                    n_resamples=n_resamples,
-                    seed=seed,
-                )
+
+def _level_row(
+    run: Run, group: pd.DataFrame, req_by_point: _Requests, n_resamples: int, seed: int
+) -> dict[str, Any]:
+    """The valid repeats of one configuration and load level, pooled into one row."""
+    ids = [int(i) for i in group[Point.POINT_ID]]
+    first = group.iloc[0]
+    row: dict[str, Any] = {c: first.get(c) for c in _CONFIG_COLUMNS}
+    reqs_list = [req_by_point[i] for i in ids if i in req_by_point]
+    if reqs_list:
+        duration = float(pd.to_numeric(group[Point.DURATION_S], errors="coerce").sum())
+        row.update(
+            summarize_requests(
+                pd.concat(reqs_list, ignore_index=True),
+                duration,
+                n_resamples=n_resamples,
+                seed=seed,
             )
-        else:
-            for c in group.columns:
-                if c not in row and pd.api.types.is_numeric_dtype(group[c]):
-                    row[c] = float(group[c].mean())
-        row[Point.OFFERED_RPS] = float(pd.to_numeric(group[Point.OFFERED_RPS]).mean())
-        _with_server(row, run, ids, group)
-        row[Rpt.N_POINTS] = len(ids)
-        row[Rpt.POINT_IDS] = ",".join(str(i) for i in ids)
-        row[Rpt.CPU_THREADS] = float(first[Rpt.CPU_THREADS])
-        level_rows.append(row)
+        )
+    else:
+        for c in group.columns:
+            if c not in row and pd.api.types.is_numeric_dtype(group[c]):
+                row[c] = float(group[c].mean())
+    row[Point.OFFERED_RPS] = float(pd.to_numeric(group[Point.OFFERED_RPS]).mean())
+    _with_server(row, run, ids, group)
+    row[Rpt.N_POINTS] = len(ids)
+    row[Rpt.POINT_IDS] = ",".join(str(i) for i in ids)
+    row[Rpt.CPU_THREADS] = float(first[Rpt.CPU_THREADS])
+    return row
+
+
+def _levels(
+    run: Run, points: pd.DataFrame, req_by_point: _Requests, n_resamples: int, seed: int
+) -> pd.DataFrame:
+    """Valid points pooled per configuration and load level, with their SLO verdict."""
+    valid = points[points[Point.VALID]]
+    level_rows = [
+        _level_row(run, group, req_by_point, n_resamples, seed)
+        for _, group in valid.groupby(  # by key; the label first keeps the display order
+            [Rpt.CONFIG, Rpt.CONFIG_KEY, Point.LOAD_MODE, Point.LOAD_LEVEL],
+            sort=True,
+            dropna=False,
+        )
+    ]
     levels = pd.DataFrame(level_rows)
     if levels.empty:
-        levels = pd.DataFrame(columns=[*points.columns, Rpt.N_POINTS, Rpt.POINT_IDS])
-    else:
-        levels[Rpt.SLO_FAIL] = [slo_check(r, spec.slo) for _, r in levels.iterrows()]
-        levels[Rpt.SLO_PASS] = levels[Rpt.SLO_FAIL] == ""
+        return pd.DataFrame(columns=[*points.columns, Rpt.N_POINTS, Rpt.POINT_IDS])
+    levels[Rpt.SLO_FAIL] = [slo_check(r, run.spec.slo) for _, r in levels.iterrows()]
+    levels[Rpt.SLO_PASS] = levels[Rpt.SLO_FAIL] == ""
+    return levels
 
+
+def analyze(run: Run, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Analysis:
+    """Compute every statistic a report shows.
+
+    Args:
+        run: A loaded run.
+        n_resamples: Bootstrap resamples per confidence interval.
+        seed: Bootstrap seed.
+
+    Returns:
+        The analysis.
+    """
+    req_by_point: _Requests = (
+        {int(k): g for k, g in run.requests.groupby(Col.POINT_ID, sort=False)}
+        if not run.requests.empty
+        else {}
+    )
+    points = _point_rows(run, req_by_point, n_resamples, seed)
+    _judge_points(points, run.spec)
+    levels = _levels(run, points, req_by_point, n_resamples, seed)
     knees: dict[str, Knee] = {}
     capacity: dict[str, Capacity] = {}
-    for config in sorted(points[Rpt.CONFIG].unique()):
-        lv = levels[levels[Rpt.CONFIG] == config] if len(levels) else levels
-        knees[str(config)] = find_knee(lv)
-        capacity[str(config)] = slo_capacity(lv, spec.slo)
+    for _, key in sorted(set(zip(points[Rpt.CONFIG], points[Rpt.CONFIG_KEY], strict=True))):
+        lv = levels[levels[Rpt.CONFIG_KEY] == key] if len(levels) else levels
+        knees[str(key)] = find_knee(lv)
+        capacity[str(key)] = slo_capacity(lv, run.spec.slo)
     return Analysis(run=run, points=points, levels=levels, knees=knees, capacity=capacity)

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         ReportError: A directory is not a run directory, or the target is not positive.
     """
-    from reports.render import build_report
+    from reports.pipeline import build_report
 
     if args.target_rps is not None and not args.target_rps > 0:
         raise ReportError(f"--target-rps must be positive, got {args.target_rps}")

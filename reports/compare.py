@@ -9,7 +9,7 @@ A change is flagged only when it is both statistically clear and large enough to
 * error rate: a two-proportion z-test at the same level;
 
 and the relative change is at least ``min_effect`` (5% by default). Levels are matched by
-configuration label, load mode and load level.
+configuration key (:attr:`reports.load.Rpt.CONFIG_KEY`), load mode and load level.
 """
 
 from __future__ import annotations
@@ -81,12 +81,15 @@ class Comparison:
         return NOISE_METHOD.format(min_effect=self.min_effect)
 
 
-def _level_key(row: pd.Series) -> tuple[str, str, float]:
-    return (str(row[Rpt.CONFIG]), str(row[Point.LOAD_MODE]), float(row[Point.LOAD_LEVEL]))
+_LevelKey = tuple[str, str, float]  # (configuration key, load mode, load level)
+
+
+def _level_key(row: pd.Series) -> _LevelKey:
+    return (str(row[Rpt.CONFIG_KEY]), str(row[Point.LOAD_MODE]), float(row[Point.LOAD_LEVEL]))
 
 
 def _diff_draws(
-    a: Analysis, b: Analysis, key: tuple[str, str, float], col: str, seed: int
+    a: Analysis, b: Analysis, key: _LevelKey, col: str, seed: int
 ) -> tuple[float, float] | None:
     sa = a.samples(key[0], key[2], col)
     sb = b.samples(key[0], key[2], col)
@@ -112,7 +115,7 @@ def _judge(
     rb: pd.Series,
     a: Analysis,
     b: Analysis,
-    key: tuple[str, str, float],
+    key: _LevelKey,
     seed: int,
 ) -> tuple[bool | None, str]:
     """(beyond noise? None when unknown, the evidence in words)."""
@@ -148,6 +151,89 @@ def _judge(
     return abs(z) > Z_99, f"z = {z:.2f}"
 
 
+def _find(key: _LevelKey, pool: dict[_LevelKey, pd.Series]) -> pd.Series | None:
+    for k, v in pool.items():
+        if k[:2] == key[:2] and math.isclose(k[2], key[2], rel_tol=1e-9, abs_tol=1e-9):
+            return v
+    return None
+
+
+def _metric_rows(
+    key: _LevelKey,
+    ra: pd.Series,
+    rb: pd.Series,
+    a: Analysis,
+    b: Analysis,
+    min_effect: float,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """One row per metric of a level both runs measured: values, change, noise, flag."""
+    rows = []
+    for i, (metric, sample_col, higher_better, label) in enumerate(_METRICS):
+        va, vb = _num(ra, metric), _num(rb, metric)
+        if not (math.isfinite(va) and math.isfinite(vb)):
+            continue
+        rel = (vb - va) / va if va != 0 else (0.0 if vb == 0 else math.inf)
+        beyond, evidence = _judge(metric, sample_col, ra, rb, a, b, key, seed + 17 * i)
+        worse = vb < va if higher_better else vb > va
+        large = abs(rel) >= min_effect
+        if metric == Point.ERROR_RATE:
+            large = abs(vb - va) >= 0.01  # error rates compare in points, not ratios
+        flagged = large and beyond is not False
+        flag = ("regression" if worse else "improvement") if flagged and va != vb else ""
+        rows.append(
+            {
+                Rpt.CONFIG_KEY: key[0],
+                Rpt.CONFIG: str(rb[Rpt.CONFIG]),
+                Point.LOAD_MODE: key[1],
+                Point.LOAD_LEVEL: key[2],
+                Rpt.METRIC: label,
+                Rpt.COLUMN: metric,
+                Rpt.A: va,
+                Rpt.B: vb,
+                Rpt.CHANGE: rel,
+                Rpt.BEYOND_NOISE: beyond,
+                Rpt.EVIDENCE: evidence
+                if beyond is not None
+                else f"{evidence}: judged on size alone",
+                Rpt.FLAG: flag,
+            }
+        )
+    return rows
+
+
+def _capacity_rows(a: Analysis, b: Analysis, min_effect: float) -> list[dict[str, Any]]:
+    """Per configuration of either run: both SLO capacities and the change, in label order."""
+    keys = set(a.capacity) | set(b.capacity)
+    rows = []
+    for key in sorted(keys, key=lambda k: (_label(k, a, b), k)):
+        ca, cb = a.capacity.get(key), b.capacity.get(key)
+        va = ca.rate_rps if ca is not None and ca.usable else math.nan
+        vb = cb.rate_rps if cb is not None and cb.usable else math.nan
+        rel = (vb - va) / va if va > 0 and math.isfinite(vb) else math.nan
+        flag = ""
+        if math.isfinite(rel) and abs(rel) >= min_effect:
+            flag = "regression" if rel < 0 else "improvement"
+        rows.append(
+            {
+                Rpt.CONFIG_KEY: key,
+                Rpt.CONFIG: _label(key, a, b),
+                Rpt.A_CAPACITY_RPS: va,
+                Rpt.A_STATUS: ca.status if ca is not None else "absent",
+                Rpt.B_CAPACITY_RPS: vb,
+                Rpt.B_STATUS: cb.status if cb is not None else "absent",
+                Rpt.CHANGE: rel,
+                Rpt.FLAG: flag,
+            }
+        )
+    return rows
+
+
+def _label(key: str, a: Analysis, b: Analysis) -> str:
+    """The candidate's label of a configuration key, the baseline's when only it has the key."""
+    return b.label(key) if key in b.capacity else a.label(key)
+
+
 def compare(
     a: Analysis, b: Analysis, *, min_effect: float = DEFAULT_MIN_EFFECT, seed: int = 0
 ) -> Comparison:
@@ -164,78 +250,22 @@ def compare(
     """
     la = {_level_key(r): r for _, r in a.levels.iterrows()} if len(a.levels) else {}
     lb = {_level_key(r): r for _, r in b.levels.iterrows()} if len(b.levels) else {}
-
-    def find(key: tuple[str, str, float], pool: dict[tuple[str, str, float], Any]) -> Any:
-        for k, v in pool.items():
-            if k[:2] == key[:2] and math.isclose(k[2], key[2], rel_tol=1e-9, abs_tol=1e-9):
-                return v
-        return None
-
     rows: list[dict[str, Any]] = []
     unmatched: list[str] = []
-    for key, ra in sorted(la.items()):
-        rb = find(key, lb)
+    for key, ra in sorted(la.items(), key=lambda kv: (str(kv[1][Rpt.CONFIG]), kv[0])):
+        rb = _find(key, lb)
         if rb is None:
-            unmatched.append(f"{key[0]} at {key[2]:g} ({key[1]}): only in {a.run.name}")
+            unmatched.append(f"{ra[Rpt.CONFIG]} at {key[2]:g} ({key[1]}): only in {a.run.name}")
             continue
-        for i, (metric, sample_col, higher_better, label) in enumerate(_METRICS):
-            va, vb = _num(ra, metric), _num(rb, metric)
-            if not (math.isfinite(va) and math.isfinite(vb)):
-                continue
-            rel = (vb - va) / va if va != 0 else (0.0 if vb == 0 else math.inf)
-            beyond, evidence = _judge(metric, sample_col, ra, rb, a, b, key, seed + 17 * i)
-            worse = vb < va if higher_better else vb > va
-            large = abs(rel) >= min_effect
-            if metric == Point.ERROR_RATE:
-                large = abs(vb - va) >= 0.01  # error rates compare in points, not ratios
-            flagged = large and beyond is not False
-            flag = ("regression" if worse else "improvement") if flagged and va != vb else ""
-            rows.append(
-                {
-                    Rpt.CONFIG: key[0],
-                    Point.LOAD_MODE: key[1],
-                    Point.LOAD_LEVEL: key[2],
-                    Rpt.METRIC: label,
-                    Rpt.COLUMN: metric,
-                    Rpt.A: va,
-                    Rpt.B: vb,
-                    Rpt.CHANGE: rel,
-                    Rpt.BEYOND_NOISE: beyond,
-                    Rpt.EVIDENCE: evidence
-                    if beyond is not None
-                    else f"{evidence}: judged on size alone",
-                    Rpt.FLAG: flag,
-                }
-            )
-    for key in lb:
-        if find(key, la) is None:
-            unmatched.append(f"{key[0]} at {key[2]:g} ({key[1]}): only in {b.run.name}")
-
-    cap_rows = []
-    for config in sorted(set(a.capacity) | set(b.capacity)):
-        ca, cb = a.capacity.get(config), b.capacity.get(config)
-        va = ca.rate_rps if ca is not None and ca.usable else math.nan
-        vb = cb.rate_rps if cb is not None and cb.usable else math.nan
-        rel = (vb - va) / va if va > 0 and math.isfinite(vb) else math.nan
-        flag = ""
-        if math.isfinite(rel) and abs(rel) >= min_effect:
-            flag = "regression" if rel < 0 else "improvement"
-        cap_rows.append(
-            {
-                Rpt.CONFIG: config,
-                Rpt.A_CAPACITY_RPS: va,
-                Rpt.A_STATUS: ca.status if ca is not None else "absent",
-                Rpt.B_CAPACITY_RPS: vb,
-                Rpt.B_STATUS: cb.status if cb is not None else "absent",
-                Rpt.CHANGE: rel,
-                Rpt.FLAG: flag,
-            }
-        )
+        rows += _metric_rows(key, ra, rb, a, b, min_effect, seed)
+    for key, rb in lb.items():
+        if _find(key, la) is None:
+            unmatched.append(f"{rb[Rpt.CONFIG]} at {key[2]:g} ({key[1]}): only in {b.run.name}")
     return Comparison(
         a_name=a.run.name,
         b_name=b.run.name,
         table=pd.DataFrame(rows),
-        capacity=pd.DataFrame(cap_rows),
+        capacity=pd.DataFrame(_capacity_rows(a, b, min_effect)),
         unmatched=unmatched,
         min_effect=min_effect,
     )

@@ -27,6 +27,7 @@ from loadgen.summary import Stat
 __all__ = [
     "Rpt",
     "Run",
+    "base_config_id",
     "base_config_label",
     "config_label",
     "load_run",
@@ -34,30 +35,18 @@ __all__ = [
 ]
 
 
-class Rpt:
-    """Columns the report derives (never written back into a run directory)."""
+class Rpt(Stat):
+    """Columns the report derives (never written back into a run directory).
 
+    It extends :class:`loadgen.summary.Stat`, the statistics both harness and report compute.
+    """
+
+    # Keys: what the report groups, matches and looks up by; built from typed columns only.
+    CONFIG_KEY: Final = "config_key"  # config_id, plus the load mode when a run swept both
+    BASE_CONFIG_ID: Final = "base_config_id"  # what one replica runs (base_config_id())
+    # Labels: for display only, one per key.
     CONFIG: Final = "config"  # human label of the server configuration incl. replicas
     BASE_CONFIG: Final = "base_config"  # the same without replicas: what a replica runs
-    # Statistics of loadgen.summary, named there once.
-    N_TTFT: Final = Stat.N_TTFT
-    N_ITL: Final = Stat.N_ITL
-    N_TPOT: Final = Stat.N_TPOT
-    N_E2E: Final = Stat.N_E2E
-    TTFT_P95_LO: Final = Stat.TTFT_P95_LO
-    TTFT_P95_HI: Final = Stat.TTFT_P95_HI
-    ITL_P95_LO: Final = Stat.ITL_P95_LO
-    ITL_P95_HI: Final = Stat.ITL_P95_HI
-    TPOT_P95_LO: Final = Stat.TPOT_P95_LO
-    TPOT_P95_HI: Final = Stat.TPOT_P95_HI
-    E2E_P95_LO: Final = Stat.E2E_P95_LO
-    E2E_P95_HI: Final = Stat.E2E_P95_HI
-    TTFT_MEAN_S: Final = Stat.TTFT_MEAN_S
-    E2E_MEAN_S: Final = Stat.E2E_MEAN_S
-    COMPLETION_TOKENS_MEAN: Final = Stat.COMPLETION_TOKENS_MEAN
-    ACHIEVED_RPS_SE: Final = Stat.ACHIEVED_RPS_SE
-    IN_FLIGHT_MEAN: Final = Stat.IN_FLIGHT_MEAN
-    GPU_MEMORY_USED_BYTES: Final = Stat.GPU_MEMORY_USED_BYTES
     SLO_PASS: Final = "slo_pass"
     SLO_FAIL: Final = "slo_fail"  # which SLO terms failed, "" when passing
     N_POINTS: Final = "n_points"  # repeats pooled into one load level
@@ -122,7 +111,7 @@ class Run:
         path: The run directory.
         spec: Its spec, parsed by the harness's own parser (the same defaults the sweep ran with).
         environment: ``environment.json`` (empty when absent).
-        points: ``points.csv`` plus :attr:`Rpt.CONFIG` and :attr:`Rpt.BASE_CONFIG`.
+        points: ``points.csv`` plus the configuration keys and labels (:func:`prepare_points`).
         requests: Raw request rows of every point.
         server: Server metric deltas of every point.
     """
@@ -146,6 +135,40 @@ def _num(value: Any) -> float:
     except (TypeError, ValueError):
         return math.nan
     return out
+
+
+def _exact(value: Any) -> str:
+    v = _num(value)
+    if not math.isfinite(v):
+        return "?"
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
+def base_config_id(row: pd.Series | dict[str, Any]) -> str:
+    """Key of what one replica runs: every server setting of a point except the replica count.
+
+    Spelled like :attr:`loadgen.spec.ServerConfig.config_id` without its replica part, from the
+    typed columns, with numbers written exactly: settings that a label rounds together stay
+    apart.
+
+    Args:
+        row: A points row.
+
+    Returns:
+        For example ``b8-d5-w1-t1-int8``.
+    """
+    quant = row.get(Point.QUANTIZATION)
+    missing = quant is None or (isinstance(quant, float) and math.isnan(quant))
+    parts = [
+        f"{prefix}{_exact(row.get(col))}"
+        for prefix, col in (
+            ("b", Point.MAX_BATCH_SIZE),
+            ("d", Point.MAX_BATCH_DELAY_MS),
+            ("w", Point.BATCH_WORKERS),
+            ("t", Point.INTRA_THREADS),
+        )
+    ]
+    return "-".join([*parts, "?" if missing else str(quant)])
 
 
 def base_config_label(row: pd.Series | dict[str, Any]) -> str:
@@ -212,8 +235,18 @@ def load_run(path: Path | str) -> Run:
     )
 
 
+def _one_label_per_key(points: pd.DataFrame, label: str, key: str) -> None:
+    """A label several keys share (a label rounds, a key does not) gets its key appended."""
+    shared = points.groupby(label)[key].transform("nunique") > 1
+    points.loc[shared, label] = points.loc[shared, label] + " [" + points.loc[shared, key] + "]"
+
+
 def prepare_points(points: pd.DataFrame) -> pd.DataFrame:
-    """Normalise ``points.csv`` types and add the :attr:`Rpt.CONFIG`/:attr:`Rpt.BASE_CONFIG` labels.
+    """Normalise ``points.csv`` types and add the configuration keys and their labels.
+
+    :attr:`Rpt.CONFIG_KEY` is the harness's ``config_id`` (exact: the sweep keys its points by
+    it too) and :attr:`Rpt.BASE_CONFIG_ID` comes from the typed server columns;
+    :attr:`Rpt.CONFIG` and :attr:`Rpt.BASE_CONFIG` are their display labels, unique per key.
 
     Args:
         points: ``RunDir.points()``.
@@ -230,9 +263,15 @@ def prepare_points(points: pd.DataFrame) -> pd.DataFrame:
     points[Point.REPLICAS] = points[Point.REPLICAS].astype(int)
     for c in (Point.QUANTIZATION, Point.LOAD_MODE, Point.ARRIVAL, Point.STATUS):
         points[c] = points[c].fillna("").astype(str)
+    points[Rpt.CONFIG_KEY] = points[Point.CONFIG_ID]
     points[Rpt.CONFIG] = [config_label(r) for _, r in points.iterrows()]
     if points[Point.LOAD_MODE].nunique() > 1:
         # A configuration swept both ways gives two curves, never one mixed curve.
+        points[Rpt.CONFIG_KEY] = points[Rpt.CONFIG_KEY] + " · " + points[Point.LOAD_MODE]
         points[Rpt.CONFIG] = points[Rpt.CONFIG] + " · " + points[Point.LOAD_MODE]
+    points[Rpt.BASE_CONFIG_ID] = [base_config_id(r) for _, r in points.iterrows()]
     points[Rpt.BASE_CONFIG] = [base_config_label(r) for _, r in points.iterrows()]
+    if len(points):
+        _one_label_per_key(points, Rpt.CONFIG, Rpt.CONFIG_KEY)
+        _one_label_per_key(points, Rpt.BASE_CONFIG, Rpt.BASE_CONFIG_ID)
     return points.reset_index(drop=True)

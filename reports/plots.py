@@ -487,7 +487,7 @@ def model_holdout(holdout: pd.DataFrame) -> Figure:
     """Capacity model predictions against held-out measurements.
 
     Args:
-        holdout: :attr:`reports.model.Holdout.table`.
+        holdout: :attr:`reports.capacity.Holdout.table`.
 
     Returns:
         Two panels (throughput, TTFT p95), predicted against measured, with the y = x line.

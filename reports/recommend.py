@@ -11,14 +11,14 @@ then the most headroom.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from loadgen.results import Point
 from loadgen.spec import SLOSpec
 from reports.analysis import Analysis
+from reports.capacity import CapacityModel
 from reports.load import Rpt
-from reports.model import CapacityModel
 
 __all__ = ["Option", "Recommendation", "recommend"]
 
@@ -30,7 +30,8 @@ class Option:
     """The smallest deployment of one base configuration that carries the target.
 
     Attributes:
-        base_config: What each replica runs.
+        base_config_id: What each replica runs (:attr:`Rpt.BASE_CONFIG_ID`).
+        base_config: Its label.
         replicas: How many.
         capacity_rps: Highest rate meeting the SLO at that replica count.
         headroom: ``capacity / target - 1``.
@@ -40,6 +41,7 @@ class Option:
         note: Caveats.
     """
 
+    base_config_id: str
     base_config: str
     replicas: int
     capacity_rps: float
@@ -64,7 +66,8 @@ class Recommendation:
         slo: The objective.
         best: The recommended option, or ``None`` when nothing carries the target.
         options: The best option of every base configuration that can carry it.
-        infeasible: Base configurations that cannot, with the reason.
+        infeasible: Base configurations (by id) that cannot, with the reason.
+        base_labels: The label of every base configuration id considered.
     """
 
     target_rps: float | None
@@ -73,6 +76,11 @@ class Recommendation:
     best: Option | None
     options: list[Option]
     infeasible: dict[str, str]
+    base_labels: dict[str, str] = field(default_factory=dict)
+
+    def infeasible_by_label(self) -> list[tuple[str, str]]:
+        """(label, reason) of every base configuration that cannot carry the target, by label."""
+        return sorted((self.base_labels.get(b, b), why) for b, why in self.infeasible.items())
 
     def headline(self) -> str:
         """One sentence for the top of the report."""
@@ -95,7 +103,7 @@ class Recommendation:
 
 
 def _threads(analysis: Analysis, base: str, replicas: int, model: CapacityModel | None) -> int:
-    pts = analysis.points[analysis.points[Rpt.BASE_CONFIG] == base]
+    pts = analysis.points[analysis.points[Rpt.BASE_CONFIG_ID] == base]
     if not pts.empty:
         w = float(pts[Point.BATCH_WORKERS].iloc[0])
         t = float(pts[Point.INTRA_THREADS].iloc[0])
@@ -108,50 +116,49 @@ def _threads(analysis: Analysis, base: str, replicas: int, model: CapacityModel 
     return replicas
 
 
-def _best_for(
-    analysis: Analysis, base: str, model: CapacityModel | None, target: float, slo: SLOSpec
-) -> Option | str:
+def _measured(analysis: Analysis, base: str) -> dict[int, tuple[str, float]]:
+    """Per measured replica count of a base configuration: its capacity status and rate."""
     measured: dict[int, tuple[str, float]] = {}
-    for config, cap in analysis.capacity.items():
-        rows = analysis.points[analysis.points[Rpt.CONFIG] == config]
-        if rows.empty or rows[Rpt.BASE_CONFIG].iloc[0] != base:
+    for key, cap in analysis.capacity.items():
+        rows = analysis.points[analysis.points[Rpt.CONFIG_KEY] == key]
+        if rows.empty or rows[Rpt.BASE_CONFIG_ID].iloc[0] != base:
             continue
         measured[int(rows[Point.REPLICAS].iloc[0])] = (cap.status, cap.rate_rps)
+    return measured
+
+
+def _best_for(
+    analysis: Analysis,
+    base: str,
+    label: str,
+    model: CapacityModel | None,
+    target: float,
+    slo: SLOSpec,
+) -> Option | str:
+    measured = _measured(analysis, base)
     fitted = model is not None and base in model.services
+
+    def option(n: int, rate: float, source: str, note: str = "") -> Option:
+        threads = _threads(analysis, base, n, model)
+        return Option(base, label, n, rate, rate / target - 1, source, threads, note)
+
     for n in range(1, MAX_REPLICAS + 1):
         status, rate = measured.get(n, ("", math.nan))
         if status == "interpolated" or status == "below_range":
             if status == "interpolated" and rate >= target:
-                return Option(
-                    base, n, rate, rate / target - 1, "measured", _threads(analysis, base, n, model)
-                )
+                return option(n, rate, "measured")
             continue  # measured, and it does not carry the target
         if status == "not_reached" and rate >= target:
-            return Option(
-                base,
-                n,
-                rate,
-                rate / target - 1,
-                "measured (lower bound)",
-                _threads(analysis, base, n, model),
-                note="the SLO held at every measured level, so capacity is at least this",
-            )
+            note = "the SLO held at every measured level, so capacity is at least this"
+            return option(n, rate, "measured (lower bound)", note)
         if not fitted:
             continue
         assert model is not None
         if model.max_throughput(base, n) < target:
             continue
         if model.predict(base, n, target).meets(slo):
-            predicted = model.slo_capacity(base, n, slo)
-            return Option(
-                base,
-                n,
-                predicted,
-                predicted / target - 1,
-                "model",
-                _threads(analysis, base, n, model),
-                note="replica count not measured" if n not in measured else "",
-            )
+            note = "replica count not measured" if n not in measured else ""
+            return option(n, model.slo_capacity(base, n, slo), "model", note)
     if measured and all(status == "no_data" for status, _ in measured.values()):
         return "no valid points (see the points table for why)"
     if not fitted and measured:
@@ -186,10 +193,13 @@ def recommend(
         return Recommendation(None, target_source, slo, None, [], {})
     options: list[Option] = []
     infeasible: dict[str, str] = {}
-    for base in sorted(analysis.points[Rpt.BASE_CONFIG].unique()):
-        result = _best_for(analysis, str(base), model, target_rps, slo)
+    pts = analysis.points
+    labels = dict(zip(pts[Rpt.BASE_CONFIG_ID], pts[Rpt.BASE_CONFIG], strict=True))
+    # In label order: the ranking below is stable, so ties keep it.
+    for base, label in sorted(labels.items(), key=lambda kv: (kv[1], kv[0])):
+        result = _best_for(analysis, base, label, model, target_rps, slo)
         if isinstance(result, str):
-            infeasible[str(base)] = result
+            infeasible[base] = result
         else:
             options.append(result)
     options.sort(
@@ -200,6 +210,5 @@ def recommend(
             -o.headroom,
         )
     )
-    return Recommendation(
-        target_rps, target_source, slo, options[0] if options else None, options, infeasible
-    )
+    best = options[0] if options else None
+    return Recommendation(target_rps, target_source, slo, best, options, infeasible, labels)

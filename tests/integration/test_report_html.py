@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reports.render import ReportFiles, build_report
+from reports.pipeline import ReportFiles, build_report
 from tests.conftest import missing_tool
 from tests.unit.reports import synth
 

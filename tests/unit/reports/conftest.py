@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from reports.analysis import Analysis, analyze
+from reports.capacity import CapacityModel, fit_run_dir
 from reports.cli import register
 from reports.load import load_run
-from reports.model import CapacityModel, fit_run_dir
+from reports.pipeline import FIGURES_DIR, HTML_FILE, MARKDOWN_FILE, SUMMARY_FILE
 from tests.unit.reports import synth
 
 
@@ -50,19 +51,19 @@ class CliReport:
 
     @property
     def html(self) -> Path:
-        return self.output / "report.html"
+        return self.output / HTML_FILE
 
     @property
     def markdown(self) -> Path:
-        return self.output / "report.md"
+        return self.output / MARKDOWN_FILE
 
     @property
     def summary_csv(self) -> Path:
-        return self.output / "summary.csv"
+        return self.output / SUMMARY_FILE
 
     @property
     def figures(self) -> dict[str, Path]:
-        return {p.stem: p for p in sorted((self.output / "figures").glob("*.png"))}
+        return {p.stem: p for p in sorted((self.output / FIGURES_DIR).glob("*.png"))}
 
 
 REPORT_TARGET_RPS = 10.0  # the spec says 9: the report must use the flag

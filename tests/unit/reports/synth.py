@@ -227,7 +227,7 @@ def _server_rows(p: SynthPoint, pid: int, n_ok: int) -> list[dict[str, Any]]:
                 {
                     Srv.POINT_ID: pid,
                     Srv.REPLICA: replica,
-                    Srv.METRIC: "process_cpu_seconds_total",
+                    Srv.METRIC: names.PROCESS_CPU_SECONDS,
                     Srv.LE: "",
                     Srv.LABELS: "",
                     Srv.BEFORE: 50.0,
@@ -388,9 +388,18 @@ LINEAR_RATES = [2.0, 4.0, 6.0, 8.0]
 FLOAT16_CAPACITY_RPS = 5.0  # TTFT p95 = 0.2 s x rate meets 1 s at 5 req/s
 TARGET_RPS = 9.0
 
+# Configuration keys (config_id) of the capacity run, and their display labels.
+INT8_X1_KEY = "c1"
+INT8_X2_KEY = "c2"
+FLOAT16_X1_KEY = "c3"
 INT8_X1 = "int8 b8 d5ms w1 t1 ×1"
 INT8_X2 = "int8 b8 d5ms w1 t1 ×2"
 FLOAT16_X1 = "float16 b8 d5ms w1 t1 ×1"
+# Base configurations (what one replica runs), by key and label.
+INT8_BASE_ID = "b8-d5-w1-t1-int8"
+FLOAT16_BASE_ID = "b8-d5-w1-t1-float16"
+INT8_BASE = "int8 b8 d5ms w1 t1"
+FLOAT16_BASE = "float16 b8 d5ms w1 t1"
 
 
 def capacity_points(*, rps_factor: float = 1.0, ttft_factor: float = 1.0) -> list[SynthPoint]:
@@ -399,7 +408,7 @@ def capacity_points(*, rps_factor: float = 1.0, ttft_factor: float = 1.0) -> lis
     for rate, ttft in zip(KNEE_RATES, KNEE_TTFT, strict=True):
         pts.append(
             SynthPoint(
-                "c1",
+                INT8_X1_KEY,
                 rate,
                 rate * rps_factor,
                 ttft * ttft_factor,
@@ -412,7 +421,7 @@ def capacity_points(*, rps_factor: float = 1.0, ttft_factor: float = 1.0) -> lis
     # Schedule lag: the generator could not offer 7 req/s. Its good-looking TTFT must not count.
     pts.append(
         SynthPoint(
-            "c1",
+            INT8_X1_KEY,
             LAGGING_RATE,
             LAGGING_RATE,
             0.2,
@@ -426,7 +435,7 @@ def capacity_points(*, rps_factor: float = 1.0, ttft_factor: float = 1.0) -> lis
     for rate, ttft in zip(X2_RATES, X2_TTFT, strict=True):
         pts.append(
             SynthPoint(
-                "c2",
+                INT8_X2_KEY,
                 rate,
                 rate * rps_factor,
                 ttft * ttft_factor,
@@ -439,7 +448,7 @@ def capacity_points(*, rps_factor: float = 1.0, ttft_factor: float = 1.0) -> lis
     for rate in LINEAR_RATES:
         pts.append(
             SynthPoint(
-                "c3",
+                FLOAT16_X1_KEY,
                 rate,
                 rate,
                 0.2 * rate,

@@ -64,14 +64,14 @@ def test_server_means_pool_replicas(capacity_analysis: Analysis) -> None:
 
 
 def test_knee_is_found_where_it_was_placed(capacity_analysis: Analysis) -> None:
-    knee = capacity_analysis.knees[synth.INT8_X1]
+    knee = capacity_analysis.knees[synth.INT8_X1_KEY]
     assert knee.found
     assert knee.achieved_rps == pytest.approx(synth.KNEE_AT_RPS)
     assert knee.ttft_p95_s == pytest.approx(0.12)
     assert "Kneedle" in knee.method
-    assert capacity_analysis.knees[synth.INT8_X2].achieved_rps == pytest.approx(8.0)
+    assert capacity_analysis.knees[synth.INT8_X2_KEY].achieved_rps == pytest.approx(8.0)
     # TTFT p95 grows linearly with load: no sharp turn, so no knee is claimed.
-    linear = capacity_analysis.knees[synth.FLOAT16_X1]
+    linear = capacity_analysis.knees[synth.FLOAT16_X1_KEY]
     assert not linear.found
     assert linear.note
 
@@ -94,7 +94,7 @@ def test_knee_needs_a_turn_and_enough_points() -> None:
 
 
 def test_slo_capacity_linear_crossing_at_known_rate(capacity_analysis: Analysis) -> None:
-    cap = capacity_analysis.capacity[synth.FLOAT16_X1]
+    cap = capacity_analysis.capacity[synth.FLOAT16_X1_KEY]
     assert cap.status == "interpolated"
     assert cap.rate_rps == pytest.approx(synth.FLOAT16_CAPACITY_RPS, abs=1e-9)
     assert cap.load_level == pytest.approx(5.0, abs=1e-9)
@@ -108,8 +108,8 @@ def test_slo_capacity_linear_crossing_at_known_rate(capacity_analysis: Analysis)
 
 
 def test_slo_capacity_after_the_knee(capacity_analysis: Analysis) -> None:
-    one = capacity_analysis.capacity[synth.INT8_X1]
-    two = capacity_analysis.capacity[synth.INT8_X2]
+    one = capacity_analysis.capacity[synth.INT8_X1_KEY]
+    two = capacity_analysis.capacity[synth.INT8_X2_KEY]
     assert one.rate_rps == pytest.approx(synth.INT8_X1_CAPACITY_RPS, abs=1e-9)
     assert two.rate_rps == pytest.approx(synth.INT8_X2_CAPACITY_RPS, abs=1e-9)
     # Open loop: concurrency is Little's law, between the neighbours' in-flight means.
@@ -125,7 +125,7 @@ def test_lagging_point_is_shown_invalid_and_excluded(capacity_analysis: Analysis
         (lv[Rpt.CONFIG] == synth.INT8_X1) & np.isclose(lv[Point.LOAD_LEVEL], synth.LAGGING_RATE)
     ).any()
     # Its good-looking TTFT (0.2 s at 7 req/s) must not pass for capacity.
-    cap = capacity_analysis.capacity[synth.INT8_X1]
+    cap = capacity_analysis.capacity[synth.INT8_X1_KEY]
     assert cap.rate_rps < synth.LAGGING_RATE
     assert cap.note == ""
 

@@ -9,8 +9,8 @@ import pytest
 from loadgen.results import Point, RunDir
 from loadgen.spec import parse_spec
 from reports.analysis import analyze, slo_check
+from reports.capacity import Window
 from reports.load import load_run
-from reports.model import Window
 from tests.unit.reports import synth
 
 # Omits [run] warmup_s, duration_s, max_requests and [slo] max_error_rate: each takes the

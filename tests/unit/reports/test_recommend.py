@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reports.analysis import Analysis
-from reports.model import fit_analysis
+from reports.capacity import fit_analysis
 from reports.recommend import recommend
 from tests.unit.reports import synth
 
@@ -41,17 +41,21 @@ def test_unmeasured_replica_counts_come_from_the_model(capacity_analysis: Analys
     assert rec.best.source == "model"
     assert rec.best.replicas >= 3
     assert rec.best.capacity_rps >= target
-    pred = model.predict(rec.best.base_config, rec.best.replicas, target)
+    pred = model.predict(rec.best.base_config_id, rec.best.replicas, target)
     assert pred.meets(capacity_analysis.slo)
     if rec.best.replicas > 1:
-        fewer = model.predict(rec.best.base_config, rec.best.replicas - 1, target)
+        fewer = model.predict(rec.best.base_config_id, rec.best.replicas - 1, target)
         assert not fewer.meets(capacity_analysis.slo) or rec.best.replicas - 1 in (1, 2)
 
 
 def test_without_a_model_nothing_beyond_the_measurements(capacity_analysis: Analysis) -> None:
     rec = recommend(capacity_analysis, None, 30.0)
     assert rec.best is None
-    assert set(rec.infeasible) == {"int8 b8 d5ms w1 t1", "float16 b8 d5ms w1 t1"}
+    assert set(rec.infeasible) == {synth.INT8_BASE_ID, synth.FLOAT16_BASE_ID}
+    assert [label for label, _ in rec.infeasible_by_label()] == [
+        "float16 b8 d5ms w1 t1",
+        "int8 b8 d5ms w1 t1",
+    ]
     assert "No configuration" in rec.headline()
 
 

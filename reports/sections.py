@@ -1,0 +1,623 @@
+"""The report's sections, one function each: what the report says, in tables, text and figures.
+
+Every function takes the pipeline's results (:class:`reports.analysis.Analysis`, the fitted
+:class:`reports.capacity.CapacityModel`, the :class:`reports.recommend.Recommendation`, the
+:class:`reports.compare.Comparison`) and returns a :class:`reports.document.Section`; nothing
+here knows whether it ends up in HTML or Markdown. :func:`report_sections` puts them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from loadgen.results import Env, Gpu, Point
+from reports.analysis import CAPACITY_INTERPOLATION, KNEE_METHOD, Analysis
+from reports.capacity import CapacityModel, Holdout
+from reports.compare import Comparison
+from reports.document import Section, Table
+from reports.figures import MAX_MODEL_CONFIGS, MAX_MODEL_REPLICAS, measured_figures, model_figures
+from reports.load import Rpt
+from reports.recommend import Recommendation
+
+__all__ = [
+    "capacity_section",
+    "comparison_section",
+    "environment_section",
+    "figures_section",
+    "methods_section",
+    "model_section",
+    "points_section",
+    "recommendation_section",
+    "report_sections",
+]
+
+# ------------------------------------------------------------------------------ formatting
+
+
+def _f(value: Any, digits: int = 3, unit: str = "") -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:.{digits}g}{unit}"
+
+
+def _pct(value: Any, signed: bool = False) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:+.1%}" if signed else f"{v:.1%}"
+
+
+def _ci(row: pd.Series, col: str, lo: str, hi: str, n: str) -> str:
+    v = _f(row.get(col))
+    if v == "–":
+        return v
+    lo_s, hi_s = _f(row.get(lo)), _f(row.get(hi))
+    count = row.get(n)
+    count_s = f" n={int(count)}" if count is not None and np.isfinite(float(count)) else ""
+    return f"{v} [{lo_s}, {hi_s}]{count_s}" if lo_s != "–" else f"{v}{count_s}"
+
+
+# ------------------------------------------------------------------------------ measured
+
+
+def _knee_cell(r: pd.Series) -> str:
+    if not r[Rpt.KNEE_FOUND]:
+        return f"none: {r[Rpt.KNEE_NOTE]}"
+    return (
+        f"{_f(r[Rpt.KNEE_RPS])} req/s ({_f(r[Rpt.KNEE_OUTPUT_TOKENS_PER_S])} tok/s) at load "
+        f"{_f(r[Rpt.KNEE_LOAD_LEVEL])}, TTFT p95 {_f(r[Rpt.KNEE_TTFT_P95_S])} s"
+    )
+
+
+def capacity_section(analysis: Analysis) -> Section:
+    """Knee and SLO capacity per configuration: the measured answer to "how much load".
+
+    Args:
+        analysis: The run's analysis.
+
+    Returns:
+        The section with one row per configuration.
+    """
+    rows = []
+    for _, r in analysis.capacity_table().iterrows():
+        cap = analysis.capacity[str(r[Rpt.CONFIG_KEY])]
+        conc_kind = "users" if r[Point.LOAD_MODE] == "concurrency" else "in flight (Little)"
+        concurrency = float(r[Rpt.CAPACITY_CONCURRENCY])
+        rows.append(
+            [
+                str(r[Rpt.CONFIG]),
+                f"{r[Rpt.N_VALID]}/{r[Rpt.N_POINTS_TOTAL]}",
+                _knee_cell(r),
+                cap.describe(),
+                _f(r[Rpt.CAPACITY_OUTPUT_TOKENS_PER_S]),
+                _f(r[Rpt.CAPACITY_LOAD_LEVEL]),
+                f"{_f(concurrency)} {conc_kind}" if math.isfinite(concurrency) else "–",
+                _pct(r[Point.ERROR_RATE]),
+                _f(r[Rpt.PEAK_RPS]),
+                cap.note or "",
+            ]
+        )
+    headers = [
+        "configuration",
+        "valid points",
+        "knee",
+        "max sustainable rate under SLO",
+        "tok/s at that rate",
+        "load level",
+        "concurrency",
+        "error rate (all points)",
+        "peak req/s",
+        "note",
+    ]
+    note = (
+        f"SLO: {analysis.slo.describe()}. Knee: {KNEE_METHOD} "
+        f"Capacity: {CAPACITY_INTERPOLATION} Invalid points are excluded."
+    )
+    table = Table("Capacity per configuration", headers, rows, note=note, key="capacity-table")
+    return Section("capacity", "Capacity", tables=[table])
+
+
+def _point_row(r: pd.Series) -> list[str]:
+    validity = "valid" if r[Point.VALID] else f"INVALID: {r[Point.INVALID_REASON]}"
+    if r[Rpt.SLO_PASS]:
+        slo = "meets"
+    else:
+        slo = f"fails: {r[Rpt.SLO_FAIL]}" if r[Point.VALID] else "(excluded)"
+    return [
+        str(int(r[Point.POINT_ID])),
+        str(r[Rpt.CONFIG]),
+        f"{r[Point.LOAD_MODE]} {_f(r[Point.LOAD_LEVEL])}",
+        validity,
+        f"{_f(r[Point.N_OK], 6)}/{_f(r[Point.N_REQUESTS], 6)}",
+        _pct(r[Point.ERROR_RATE]),
+        _f(r[Point.ACHIEVED_RPS]),
+        _f(r[Point.OUTPUT_TOKENS_PER_S]),
+        _f(r[Point.TTFT_P50_S]),
+        _ci(r, Point.TTFT_P95_S, Rpt.TTFT_P95_LO, Rpt.TTFT_P95_HI, Rpt.N_TTFT),
+        _f(r[Point.TTFT_P99_S]),
+        _ci(r, Point.ITL_P95_S, Rpt.ITL_P95_LO, Rpt.ITL_P95_HI, Rpt.N_ITL),
+        _ci(r, Point.TPOT_P95_S, Rpt.TPOT_P95_LO, Rpt.TPOT_P95_HI, Rpt.N_TPOT),
+        _ci(r, Point.E2E_P95_S, Rpt.E2E_P95_LO, Rpt.E2E_P95_HI, Rpt.N_E2E),
+        _f(r[Point.LAG_P95_S]),
+        slo,
+    ]
+
+
+def points_section(analysis: Analysis) -> Section:
+    """Every point with its statistics, validity and SLO verdict, invalid ones included.
+
+    Args:
+        analysis: The run's analysis.
+
+    Returns:
+        The section with one row per point.
+    """
+    pts = analysis.points.sort_values([Rpt.CONFIG, Point.LOAD_LEVEL, Point.POINT_ID])
+    headers = [
+        "id",
+        "configuration",
+        "load",
+        "validity",
+        "ok/requests",
+        "errors",
+        "req/s",
+        "out tok/s",
+        "TTFT p50 s",
+        "TTFT p95 s [95% CI] n",
+        "TTFT p99 s",
+        "ITL p95 s [95% CI] n",
+        "TPOT p95 s [95% CI] n",
+        "E2E p95 s [95% CI] n",
+        "lag p95 s",
+        "SLO",
+    ]
+    note = (
+        "Percentiles are exact over every successful request of the point (numpy linear "
+        "interpolation); brackets hold a 95% percentile-bootstrap interval (1000 seeded "
+        "resamples) and n the samples behind it. Invalid points stay listed with the reason "
+        "and are left out of every capacity figure."
+    )
+    rows = [_point_row(r) for _, r in pts.iterrows()]
+    table = Table("Every point", headers, rows, note=note, key="points-table")
+    return Section("points", "Points", tables=[table])
+
+
+# ------------------------------------------------------------------------------ recommendation
+
+
+def _options_table(rec: Recommendation) -> Table:
+    headers = [
+        "configuration",
+        "replicas",
+        "capacity req/s",
+        "headroom",
+        "evidence",
+        "CPU threads",
+        "note",
+    ]
+    rows = [
+        [
+            o.base_config,
+            str(o.replicas),
+            _f(o.capacity_rps),
+            _pct(o.headroom, signed=True),
+            o.source,
+            str(o.cpu_threads),
+            o.note,
+        ]
+        for o in rec.options
+    ]
+    note = (
+        "Ranked by replicas, then CPU threads (replicas × batch workers × intra threads), then "
+        "measured before modelled evidence, then headroom. Headroom = capacity / target − 1."
+    )
+    return Table("Smallest deployment per configuration", headers, rows, note, "options-table")
+
+
+def _evidence(rec: Recommendation, holdout: Holdout | None) -> str:
+    """How far the recommended replica count can be trusted, or ``""`` without one."""
+    best = rec.best
+    if best is not None and best.source == "model":
+        if holdout is not None and holdout.by_kind:
+            return (
+                f"This replica count was not measured: it rests on the capacity model, whose "
+                f"throughput error on held-out measured points is "
+                f"{_pct(holdout.throughput_mape)} and TTFT p95 error "
+                f"{_pct(holdout.ttft_p95_mape)} (see Capacity model)."
+            )
+        return (
+            "This replica count was not measured and the model could not be checked on "
+            "held-out points: treat it as an estimate and measure it."
+        )
+    if best is not None and best.source.startswith("measured"):
+        return (
+            "Measured: the capacity is interpolated between sweep points (95% CI in the "
+            "capacity table, from the bootstrap bounds of the percentiles)."
+        )
+    return ""
+
+
+def recommendation_section(rec: Recommendation, holdout: Holdout | None) -> Section:
+    """The recommended deployment, the alternatives, and how far the answer can be trusted.
+
+    Args:
+        rec: The recommendation.
+        holdout: The model's hold-out error (quoted when the answer rests on the model).
+
+    Returns:
+        The section.
+    """
+    paragraphs = []
+    if rec.target_rps is not None:
+        paragraphs.append(f"Target load: {rec.target_rps:g} req/s (from {rec.target_source}).")
+    evidence = _evidence(rec, holdout)
+    if evidence:
+        paragraphs.append(evidence)
+    return Section(
+        "recommendation",
+        "Recommendation",
+        paragraphs=paragraphs,
+        bullets=[f"{label}: {why}" for label, why in rec.infeasible_by_label()],
+        tables=[_options_table(rec)] if rec.options else [],
+    )
+
+
+# ------------------------------------------------------------------------------ capacity model
+
+
+def _service_table(model: CapacityModel) -> Table:
+    headers = [
+        "configuration",
+        "prefill per batch",
+        "decode step (a: active sequences)",
+        "client overhead",
+        "last request catches next batch",
+        "CPU cores per busy worker",
+        "batch sizes seen",
+        "points (replicas)",
+        "rel. RMSE prefill / decode",
+        "full-batch req/s per replica",
+        "notes",
+    ]
+    rows = [
+        [
+            st.label,
+            f"{st.prefill_s[0] * 1e3:.3g} + {st.prefill_s[1] * 1e3:.3g}·b ms",
+            f"{st.step_s[0] * 1e3:.3g} + {st.step_s[1] * 1e3:.3g}·a ms",
+            f"{st.client_overhead_s * 1e3:.3g} ms",
+            f"{st.catch_next_batch_p:.2f}",
+            f"{st.cpu_per_worker:.2f}"
+            + ("" if math.isfinite(st.worker_cpu_cores) else " (assumed)"),
+            f"{st.batch_size_range[0]:.3g}–{st.batch_size_range[1]:.3g}",
+            f"{st.fit_points} ({', '.join(str(r) for r in st.fit_replicas)})",
+            f"{_pct(st.prefill_rel_rmse)} / {_pct(st.step_rel_rmse)}",
+            f"{_f(model.max_throughput(st.base_config_id, 1))}",
+            "; ".join(st.notes),
+        ]
+        for st in (model.services[base] for base in model.configs)
+    ]
+    return Table("Fitted batch service times", headers, rows, key="model-params")
+
+
+def _holdout_table(holdout: Holdout) -> Table:
+    rows = [
+        [kind, str(n), _pct(thr), _pct(ttft)]
+        for kind, (thr, ttft, n) in sorted(holdout.by_kind.items())
+    ]
+    rows.append(
+        [
+            "all",
+            str(len(holdout.table)),
+            _pct(holdout.throughput_mape),
+            _pct(holdout.ttft_p95_mape),
+        ]
+    )
+    note = (
+        "leave-one-out: refit without the point, predict it. cross-replica: fit on the smallest "
+        "replica count only, predict the larger ones (how unmeasured replica counts are "
+        "predicted). MAPE: mean absolute relative error."
+    )
+    return Table(
+        "Prediction error on held-out measured points",
+        ["check", "points", "throughput MAPE", "TTFT p95 MAPE"],
+        rows,
+        note=note,
+        key="holdout-table",
+    )
+
+
+def _target_table(model: CapacityModel, rec: Recommendation, target_rps: float) -> Table:
+    rows = []
+    for base in model.configs[: MAX_MODEL_CONFIGS + 2]:
+        label = model.label(base)
+        for n in range(1, MAX_MODEL_REPLICAS + 1):
+            if model.max_throughput(base, n) < 0.5 * target_rps:
+                rows.append([label, str(n), "–", "–", "–", "cannot carry the target"])
+                continue
+            p = model.predict(base, n, target_rps)
+            verdict = "meets SLO" if p.meets(rec.slo) else "misses SLO"
+            rows.append(
+                [label, str(n), _f(p.throughput_rps), _f(p.ttft_p95_s), _f(p.e2e_p95_s), verdict]
+            )
+    return Table(
+        f"Predictions at the target load ({target_rps:g} req/s, Poisson)",
+        ["configuration", "replicas", "req/s", "TTFT p95 s", "E2E p95 s", "verdict"],
+        rows,
+        key="predictions-table",
+    )
+
+
+def _host_line(model: CapacityModel) -> str:
+    cores = f", {model.cpu_cores} cores" if model.cpu_cores else ", core count unknown"
+    return (
+        f"Host for contention: {model.device}{cores}; balancing {model.balance}; window "
+        f"{model.window.warmup_s:g} s warm-up + {model.window.duration_s:g} s."
+    )
+
+
+def model_section(
+    analysis: Analysis,
+    model: CapacityModel | None,
+    holdout: Holdout | None,
+    rec: Recommendation,
+    error: str,
+) -> Section:
+    """The capacity model: assumptions, fitted service times, hold-out error, predictions.
+
+    Args:
+        analysis: The run's analysis (measured levels drawn beside the predictions).
+        model: The fitted model, ``None`` when nothing could be fitted.
+        holdout: Its error on held-out measured points.
+        rec: The recommendation (its target sets the predictions table).
+        error: Why there is no model, shown when ``model`` is ``None``.
+
+    Returns:
+        The section.
+    """
+    if model is None:
+        return Section("model", "Capacity model", paragraphs=[f"Not fitted: {error}"])
+    tables = [_service_table(model)]
+    if holdout is not None and holdout.by_kind:
+        tables.append(_holdout_table(holdout))
+    if rec.target_rps is not None:
+        tables.append(_target_table(model, rec, rec.target_rps))
+    bullets = list(model.assumptions)
+    unfitted = sorted((model.label(base), why) for base, why in model.unfitted.items())
+    bullets += [f"{label}: not fitted ({why})" for label, why in unfitted]
+    bullets.append(_host_line(model))
+    return Section(
+        "model",
+        "Capacity model",
+        paragraphs=[
+            "A batch-service queue per replica, fitted from the server's batch metrics and "
+            "replayed in a discrete-event simulation to predict replica counts and rates that "
+            "were not measured. Assumptions:",
+        ],
+        bullets=bullets,
+        tables=tables,
+        figures=model_figures(analysis, model, holdout, rec),
+    )
+
+
+# ------------------------------------------------------------------------------ comparison
+
+
+def _comparison_rows(df: pd.DataFrame) -> list[list[str]]:
+    return [
+        [
+            str(r[Rpt.CONFIG]),
+            f"{r[Point.LOAD_MODE]} {_f(r[Point.LOAD_LEVEL])}",
+            str(r[Rpt.METRIC]),
+            _f(r[Rpt.A], 4),
+            _f(r[Rpt.B], 4),
+            _pct(r[Rpt.CHANGE], signed=True),
+            str(r[Rpt.EVIDENCE]),
+            str(r[Rpt.FLAG]).upper() if r[Rpt.FLAG] else "",
+        ]
+        for _, r in df.iterrows()
+    ]
+
+
+def _capacity_compare_table(cmp: Comparison) -> Table:
+    rows = [
+        [
+            str(r[Rpt.CONFIG]),
+            f"{_f(r[Rpt.A_CAPACITY_RPS])} ({r[Rpt.A_STATUS]})",
+            f"{_f(r[Rpt.B_CAPACITY_RPS])} ({r[Rpt.B_STATUS]})",
+            _pct(r[Rpt.CHANGE], signed=True),
+            str(r[Rpt.FLAG]).upper(),
+        ]
+        for _, r in cmp.capacity.iterrows()
+    ]
+    return Table(
+        "SLO capacity, side by side",
+        ["configuration", cmp.a_name, cmp.b_name, "change", "flag"],
+        rows,
+        note="Capacity has no noise estimate of its own; it is flagged on size alone.",
+        key="capacity-compare",
+    )
+
+
+def comparison_section(cmp: Comparison) -> Section:
+    """Run B against run A: regressions beyond noise, capacity side by side, every level.
+
+    Args:
+        cmp: The comparison.
+
+    Returns:
+        The section.
+    """
+    reg = cmp.regressions
+    headers = ["configuration", "load", "metric", cmp.a_name, cmp.b_name, "change", "noise", "flag"]
+    tables = []
+    if len(reg):
+        tables.append(Table("Regressions", headers, _comparison_rows(reg), key="regressions-table"))
+    if len(cmp.capacity):
+        tables.append(_capacity_compare_table(cmp))
+    if len(cmp.table):
+        rows = _comparison_rows(cmp.table)
+        tables.append(Table("Every matched level", headers, rows, key="compare-table"))
+    n_reg = len(reg)
+    n_imp = int((cmp.table[Rpt.FLAG] == "improvement").sum()) if len(cmp.table) else 0
+    return Section(
+        "comparison",
+        f"Comparison: {cmp.b_name} against {cmp.a_name}",
+        paragraphs=[
+            f"{n_reg} regression{'s' if n_reg != 1 else ''} and {n_imp} improvement"
+            f"{'s' if n_imp != 1 else ''} beyond noise. {cmp.method}",
+        ],
+        bullets=[f"unmatched: {u}" for u in cmp.unmatched],
+        tables=tables,
+    )
+
+
+# ------------------------------------------------------------------------------ provenance
+
+
+def _environment_rows(analysis: Analysis) -> list[list[str]]:
+    env = analysis.run.environment
+    machine = env.get(Env.MACHINE) or {}
+    gpu = env.get(Env.GPU) or {}
+    rows = [
+        ["run directory", str(analysis.run.path)],
+        ["tokenbooth", str(env.get(Env.TOKENBOOTH_VERSION, "unknown"))],
+        ["started", str(env.get(Env.STARTED_AT, "unknown"))],
+        ["git revision", str(env.get(Env.GIT_REVISION) or "unknown")],
+    ]
+    if isinstance(machine, dict):
+        rows += [[f"machine: {k}", str(v)] for k, v in machine.items()]
+    if isinstance(gpu, dict):
+        rows.append(["GPU", "available" if gpu.get(Gpu.AVAILABLE) else "none"])
+        if gpu.get(Gpu.DETAIL):
+            rows.append(["GPU detail", str(gpu[Gpu.DETAIL])])
+        for d in gpu.get(Gpu.DEVICES) or []:
+            rows.append([f"GPU {d.get(Gpu.INDEX, '?')}", json.dumps(d, default=str)])
+    packages = env.get(Env.PACKAGES) or {}
+    if isinstance(packages, dict):
+        rows += [[f"package: {k}", str(v)] for k, v in sorted(packages.items())]
+    if not env:
+        rows.append(["environment.json", "missing: the numbers cannot be tied to a machine"])
+    return rows
+
+
+def environment_section(analysis: Analysis) -> Section:
+    """What the numbers were measured on: machine, GPU, packages, model manifest, the spec.
+
+    Args:
+        analysis: The run's analysis (its run's environment and spec).
+
+    Returns:
+        The section.
+    """
+    manifest = analysis.run.environment.get(Env.MODEL_MANIFEST)
+    code = [
+        (
+            "model manifest",
+            json.dumps(manifest, indent=2, default=str)
+            if manifest
+            else "none recorded (remote target or fake engine)",
+        ),
+        ("spec.toml", analysis.run.spec.text.strip()),
+    ]
+    rows = _environment_rows(analysis)
+    return Section(
+        "environment",
+        "Environment",
+        paragraphs=["What the numbers were measured on."],
+        tables=[Table("Machine and versions", ["item", "value"], rows, key="env-table")],
+        code=code,
+    )
+
+
+def methods_section() -> Section:
+    """How every number in the report was computed.
+
+    Returns:
+        The section.
+    """
+    return Section(
+        "methods",
+        "Methods",
+        bullets=[
+            "Latency percentiles are computed exactly from the raw per-request rows (numpy "
+            "linear interpolation), never from rounded summaries; ITL uses every inter-token gap.",
+            "Confidence intervals: 95% percentile bootstrap, 1000 resamples, fixed seed; the "
+            "resampled order statistics are drawn from their Beta distributions, which is the "
+            "same bootstrap distribution as resampling every request.",
+            "A point is invalid when its status is not ok, it has fewer successful requests than "
+            "the spec's min_samples, its open-loop p95 schedule lag exceeds lag_threshold_s, the "
+            "load generator was the bottleneck, or the harness marked it invalid.",
+            f"Knee: {KNEE_METHOD}",
+            f"SLO capacity: {CAPACITY_INTERPOLATION}",
+            "Throughput noise: batch-means standard error over ten equal windows of finish times.",
+            "Client TTFT is measured from the actual send; for open-loop points the "
+            "schedule-corrected TTFT p95 is in summary.csv (ttft_sched_p95_s).",
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def figures_section(analysis: Analysis, model: CapacityModel | None) -> Section:
+    """The measured figures: latency against throughput, throughput against load, scaling,
+    batching, TTFT decomposition and, when the run varies it, quantization.
+
+    Args:
+        analysis: The run's analysis.
+        model: The fitted model (its full-batch throughput joins the scaling figure), or
+            ``None``.
+
+    Returns:
+        The section.
+    """
+    return Section("figures", "Figures", figures=measured_figures(analysis, model))
+
+
+# ------------------------------------------------------------------------------ the report
+
+
+def report_sections(
+    analysis: Analysis,
+    model: CapacityModel | None,
+    model_error: str,
+    rec: Recommendation,
+    comparison: Comparison | None,
+) -> list[Section]:
+    """Every section, in reading order: the answer first, then the evidence, then provenance.
+
+    Args:
+        analysis: The reported run's analysis.
+        model: The fitted model, ``None`` when nothing could be fitted.
+        model_error: Why there is no model.
+        rec: The recommendation.
+        comparison: The comparison against a baseline run, if any.
+
+    Returns:
+        The sections.
+    """
+    holdout = model.holdout_error() if model is not None else None
+    sections = [recommendation_section(rec, holdout)]
+    if comparison is not None:
+        sections.append(comparison_section(comparison))
+    sections += [
+        capacity_section(analysis),
+        figures_section(analysis, model),
+        points_section(analysis),
+        model_section(analysis, model, holdout, rec, model_error),
+        environment_section(analysis),
+        methods_section(),
+    ]
+    return sections
