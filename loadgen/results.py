@@ -34,7 +34,6 @@ __all__ = [
     "LOG_FILE",
     "POINTS_FILE",
     "POINT_COLUMNS",
-    "POINT_STATUSES",
     "REQUESTS_DIR",
     "REQUEST_COLUMNS",
     "SERVER_COLUMNS",
@@ -183,11 +182,7 @@ class PointStatus:
     TARGET_UNREACHABLE: Final = "target_unreachable"  # nothing answered at the target's URL
     REPLICA_NOT_READY: Final = "replica_not_ready"  # it answered, never ready in time
     REPLICA_DIED: Final = "replica_died"  # a local replica process exited
-
-
-POINT_STATUSES: Final[tuple[str, ...]] = tuple(
-    v for k, v in vars(PointStatus).items() if k.isupper() and isinstance(v, str)
-)
+    HOOK_FAILED: Final = "hook_failed"  # a remote target's scale hook failed or timed out
 
 
 POINT_COLUMNS: Final[tuple[str, ...]] = tuple(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from service.errors import TokenboothError
+from service.settings import QUANTIZATIONS
 
 __all__ = [
     "LengthDist",
@@ -156,9 +157,15 @@ class ServerConfig:
 
     @property
     def config_id(self) -> str:
-        """Stable, readable id, e.g. ``r2-b8-d5-w1-t1-int8``."""
+        """Stable, readable, exact id, e.g. ``r2-b8-d5-w1-t1-int8``.
+
+        The delay is written exactly (``5``, ``2.5``, ``5.0000004``): the id keys the sweep's
+        points and the report's curves, so two delays must never share one.
+        """
+        delay = float(self.max_batch_delay_ms)
+        d = str(int(delay)) if delay.is_integer() else repr(delay)
         return (
-            f"r{self.replicas}-b{self.max_batch_size}-d{self.max_batch_delay_ms:g}"
+            f"r{self.replicas}-b{self.max_batch_size}-d{d}"
             f"-w{self.batch_workers}-t{self.intra_threads}-{self.quantization}"
         )
 
@@ -377,9 +384,6 @@ _CONFIG_KEYS: dict[str, type] = {
 }
 
 
-_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "float16", "float32")
-
-
 def _config_list(ctx: _Ctx, value: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list) or not value or not all(isinstance(c, dict) for c in value):
         raise ctx.error("server", "configs", "expected a non-empty list of tables")
@@ -397,9 +401,9 @@ def _config_list(ctx: _Ctx, value: Any) -> tuple[dict[str, Any], ...]:
             # The same bounds and choices as the [server] dimension lists.
             if isinstance(v, int | float) and (v < 1 if typ is int else v < 0):
                 raise ctx.error("server", "configs", f"entry {i}: {k} out of range, got {v!r}")
-            if k == "quantization" and v not in _QUANTIZATIONS:
+            if k == "quantization" and v not in QUANTIZATIONS:
                 raise ctx.error(
-                    "server", "configs", f"entry {i}: quantization must be one of {_QUANTIZATIONS}"
+                    "server", "configs", f"entry {i}: quantization must be one of {QUANTIZATIONS}"
                 )
             entry[k] = v
         out.append(entry)
@@ -513,7 +517,7 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
                     "server",
                     "quantization",
                     q,
-                    _QUANTIZATIONS,
+                    QUANTIZATIONS,
                 )
                 for q in (v if isinstance(v, list) else [v])
             ),

@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from loadgen.results import REQUEST_COLUMNS, SERVER_COLUMNS, Col, Point, Srv
+from loadgen.results import REQUEST_COLUMNS, Col, Point, Srv
 from loadgen.spec import LoadLevel
 from telemetry import names
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "MOSTLY_ERRORS",
-    "SERVER_MEAN_COLUMNS",
+    "SERVER_VIEW_COLUMNS",
     "THROUGHPUT_WINDOWS",
     "Stat",
     "bootstrap_quantile_ci",
@@ -218,40 +219,57 @@ def window_duration(requests: pd.DataFrame) -> float:
     return max(float(end.max()) - float(start.min()), 1e-9)
 
 
-def _latency_stats(ok: pd.DataFrame) -> dict[str, Any]:
-    ttft, itl = finite(ok[Col.TTFT_S]), gaps(ok[Col.ITL_S])
-    tpot, e2e = finite(ok[Col.TPOT_S]), finite(ok[Col.E2E_S])
+@dataclass(frozen=True, slots=True)
+class _Samples:
+    """The finite latency samples of some successful requests, extracted once."""
+
+    ttft: FloatArray
+    itl: FloatArray
+    tpot: FloatArray
+    e2e: FloatArray
+
+    @classmethod
+    def of(cls, ok: pd.DataFrame) -> _Samples:
+        return cls(
+            finite(ok[Col.TTFT_S]),
+            gaps(ok[Col.ITL_S]),
+            finite(ok[Col.TPOT_S]),
+            finite(ok[Col.E2E_S]),
+        )
+
+
+def _latency_stats(ok: pd.DataFrame, x: _Samples) -> dict[str, Any]:
     return {
-        Stat.N_TTFT: ttft.size,
-        Point.TTFT_P50_S: percentile(ttft, 0.50),
-        Point.TTFT_P90_S: percentile(ttft, 0.90),
-        Point.TTFT_P95_S: percentile(ttft, 0.95),
-        Point.TTFT_P99_S: percentile(ttft, 0.99),
-        Stat.TTFT_MEAN_S: float(ttft.mean()) if ttft.size else math.nan,
+        Stat.N_TTFT: x.ttft.size,
+        Point.TTFT_P50_S: percentile(x.ttft, 0.50),
+        Point.TTFT_P90_S: percentile(x.ttft, 0.90),
+        Point.TTFT_P95_S: percentile(x.ttft, 0.95),
+        Point.TTFT_P99_S: percentile(x.ttft, 0.99),
+        Stat.TTFT_MEAN_S: float(x.ttft.mean()) if x.ttft.size else math.nan,
         Point.TTFT_SCHED_P95_S: percentile(finite(ok[Col.TTFT_FROM_SCHEDULE_S]), 0.95),
-        Stat.N_ITL: itl.size,
-        Point.ITL_P50_S: percentile(itl, 0.50),
-        Point.ITL_P95_S: percentile(itl, 0.95),
-        Point.ITL_P99_S: percentile(itl, 0.99),
-        Stat.N_TPOT: tpot.size,
-        Point.TPOT_P50_S: percentile(tpot, 0.50),
-        Point.TPOT_P95_S: percentile(tpot, 0.95),
-        Stat.N_E2E: e2e.size,
-        Point.E2E_P50_S: percentile(e2e, 0.50),
-        Point.E2E_P95_S: percentile(e2e, 0.95),
-        Point.E2E_P99_S: percentile(e2e, 0.99),
-        Stat.E2E_MEAN_S: float(e2e.mean()) if e2e.size else math.nan,
+        Stat.N_ITL: x.itl.size,
+        Point.ITL_P50_S: percentile(x.itl, 0.50),
+        Point.ITL_P95_S: percentile(x.itl, 0.95),
+        Point.ITL_P99_S: percentile(x.itl, 0.99),
+        Stat.N_TPOT: x.tpot.size,
+        Point.TPOT_P50_S: percentile(x.tpot, 0.50),
+        Point.TPOT_P95_S: percentile(x.tpot, 0.95),
+        Stat.N_E2E: x.e2e.size,
+        Point.E2E_P50_S: percentile(x.e2e, 0.50),
+        Point.E2E_P95_S: percentile(x.e2e, 0.95),
+        Point.E2E_P99_S: percentile(x.e2e, 0.99),
+        Stat.E2E_MEAN_S: float(x.e2e.mean()) if x.e2e.size else math.nan,
         Point.E2E_SCHED_P95_S: percentile(finite(ok[Col.E2E_FROM_SCHEDULE_S]), 0.95),
     }
 
 
-def _p95_cis(ok: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, float]:
+def _p95_cis(x: _Samples, n_resamples: int, seed: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for values, lo, hi in (
-        (finite(ok[Col.TTFT_S]), Stat.TTFT_P95_LO, Stat.TTFT_P95_HI),
-        (gaps(ok[Col.ITL_S]), Stat.ITL_P95_LO, Stat.ITL_P95_HI),
-        (finite(ok[Col.TPOT_S]), Stat.TPOT_P95_LO, Stat.TPOT_P95_HI),
-        (finite(ok[Col.E2E_S]), Stat.E2E_P95_LO, Stat.E2E_P95_HI),
+        (x.ttft, Stat.TTFT_P95_LO, Stat.TTFT_P95_HI),
+        (x.itl, Stat.ITL_P95_LO, Stat.ITL_P95_HI),
+        (x.tpot, Stat.TPOT_P95_LO, Stat.TPOT_P95_HI),
+        (x.e2e, Stat.E2E_P95_LO, Stat.E2E_P95_HI),
     ):
         out[lo], out[hi] = bootstrap_quantile_ci(values, 0.95, n_resamples=n_resamples, seed=seed)
     return out
@@ -286,6 +304,7 @@ def summarize_requests(
     dur = duration_s if duration_s > 0 else math.nan
     lag = finite(requests[Col.SCHEDULE_LAG_S])
     tokens = finite(ok[Col.COMPLETION_TOKENS])
+    samples = _Samples.of(ok)
     per_user = (
         finite(ok[Col.COMPLETION_TOKENS] / ok[Col.E2E_S].where(ok[Col.E2E_S] > 0))
         if n_ok
@@ -301,14 +320,14 @@ def summarize_requests(
         Stat.ACHIEVED_RPS_SE: _rate_se(finished, dur),
         Point.OUTPUT_TOKENS_PER_S: float(tokens.sum()) / dur,
         Point.INPUT_TOKENS_PER_S: float(finite(ok[Col.PROMPT_TOKENS]).sum()) / dur,
-        **_latency_stats(ok),
+        **_latency_stats(ok, samples),
         Point.LAG_P95_S: percentile(lag, 0.95),
         Point.LAG_MAX_S: float(lag.max()) if lag.size else math.nan,
         Stat.COMPLETION_TOKENS_MEAN: float(tokens.mean()) if tokens.size else math.nan,
         Point.PER_USER_TOKENS_PER_S: float(np.median(per_user)) if per_user.size else math.nan,
     }
     out[Stat.IN_FLIGHT_MEAN] = out[Point.ACHIEVED_RPS] * out[Stat.E2E_MEAN_S]
-    out.update(_p95_cis(ok, n_resamples, seed))
+    out.update(_p95_cis(samples, n_resamples, seed))
     return out
 
 
@@ -403,8 +422,8 @@ _SERVER_TOTALS: Final[tuple[tuple[str, str], ...]] = (
     (Point.SERVER_REQUESTS, names.TOKENBOOTH_REQUESTS),
     (Point.SERVER_GENERATION_TOKENS, names.TOKENBOOTH_GENERATION_TOKENS),
 )
-SERVER_MEAN_COLUMNS: Final[tuple[str, ...]] = tuple(c for c, _ in _SERVER_MEANS)
-"""``points.csv`` columns of server-side histogram means."""
+SERVER_VIEW_COLUMNS: Final[tuple[str, ...]] = tuple(c for c, _ in _SERVER_MEANS + _SERVER_TOTALS)
+"""``points.csv`` columns of the server's view: histogram means and counter totals."""
 
 
 def server_summary(
@@ -421,22 +440,16 @@ def server_summary(
         point_ids: Points to pool; ``None`` takes every row.
 
     Returns:
-        :data:`SERVER_MEAN_COLUMNS`, :attr:`Point.SERVER_REQUESTS`,
-        :attr:`Point.SERVER_GENERATION_TOKENS` and :attr:`Stat.GPU_MEMORY_USED_BYTES` (largest
-        GPU memory in use), each only where measured.
+        :data:`SERVER_VIEW_COLUMNS` and :attr:`Stat.GPU_MEMORY_USED_BYTES` (largest GPU memory
+        in use), each only where measured.
     """
     frame = server if isinstance(server, pd.DataFrame) else pd.DataFrame(list(server))
-    if frame.empty:
-        return {}
-    if frame.columns.empty:
-        frame = pd.DataFrame(columns=list(SERVER_COLUMNS))
-    if point_ids is not None:
+    if point_ids is not None and not frame.empty:
         frame = frame[frame[Srv.POINT_ID].isin(set(point_ids))]
     if frame.empty:
         return {}
     # Bucket rows carry an `le` label; only plain samples add up to sums, counts and totals.
-    le = frame[Srv.LE].fillna("").astype(str) if Srv.LE in frame else ""
-    plain = frame[le == ""] if Srv.LE in frame else frame
+    plain = frame[frame[Srv.LE].fillna("").astype(str) == ""] if Srv.LE in frame else frame
     totals = pd.to_numeric(plain[Srv.DELTA], errors="coerce").groupby(plain[Srv.METRIC]).sum()
     out: dict[str, float] = {}
     for col, metric in _SERVER_MEANS:

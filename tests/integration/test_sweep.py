@@ -35,7 +35,7 @@ from loadgen.results import (
     RunDir,
     Srv,
 )
-from loadgen.targets import free_port
+from service.launch import free_port
 from telemetry import names
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from loadgen.results import POINT_COLUMNS, SERVER_COLUMNS, Point, Srv
 from loadgen.scrape import deltas, parse, snapshot
 from loadgen.summary import server_summary
-from loadgen.targets import free_port
+from service.launch import free_port
 from telemetry import names
 from telemetry.metrics import ServiceMetrics, render_metrics
 

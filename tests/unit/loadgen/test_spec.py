@@ -402,3 +402,14 @@ def test_relative_workload_path_resolves_next_to_the_spec(tmp_path: Path) -> Non
     spec = load_spec(path)
     assert spec.workload.path == str(tmp_path / "data" / "p.jsonl")
     assert spec.workload.kind == "file"
+
+
+def test_config_ids_are_exact_so_close_delays_stay_apart() -> None:
+    from loadgen.spec import ServerConfig
+
+    def cid(delay: float) -> str:
+        return ServerConfig(1, 8, delay, 1, 1, "int8").config_id
+
+    assert cid(5.0) == "r1-b8-d5-w1-t1-int8"
+    assert cid(2.5) == "r1-b8-d2.5-w1-t1-int8"
+    assert cid(0.1234567) != cid(0.1234568)
