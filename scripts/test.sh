@@ -5,6 +5,16 @@ set -euo pipefail
 source "$(dirname "$0")/_env.sh" test
 apt_install prometheus prometheus    # integration: real Prometheus scrapes the service
 apt_install chromium chromium        # reports: the HTML report is opened in headless Chromium
+# integration: llama.cpp's llama-server, the third-party peer (built once per machine, cached).
+# Like a missing tool in tests/conftest.py: a failed build fails CI and only warns elsewhere.
+if llama_server="$(bash scripts/build_llama_server.sh)"; then
+    export TOKENBOOTH_LLAMA_SERVER="${llama_server##*$'\n'}"
+elif [ -n "${CI:-}" ]; then
+    echo "error: building llama-server failed" >&2
+    exit 1
+else
+    echo "warning: building llama-server failed; the tests that need it are skipped" >&2
+fi
 
 echo "== ruff"
 ruff check .
