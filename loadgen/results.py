@@ -47,7 +47,10 @@ __all__ = [
     "Point",
     "PointStatus",
     "RunDir",
+    "Server",
     "Srv",
+    "Tokenizer",
+    "TokensSource",
 ]
 
 SPEC_FILE: Final = "spec.toml"
@@ -68,24 +71,29 @@ class Col:
     TARGET: Final = "target"  # replica base URL that served it
     USER: Final = "user"  # locust user index (closed loop) or -1 (open loop)
     SCHEDULED_AT: Final = "scheduled_at"  # epoch; open loop only, else NaN
-    SENT_AT: Final = "sent_at"  # epoch of the actual send
+    SENT_AT: Final = "sent_at"  # epoch of the actual send (the repeat, when RETRIES is 1)
     FIRST_TOKEN_AT: Final = "first_token_at"  # epoch; NaN if none
     FINISHED_AT: Final = "finished_at"  # epoch
     SCHEDULE_LAG_S: Final = "schedule_lag_s"  # sent_at - scheduled_at (0 in closed loop)
-    TTFT_S: Final = "ttft_s"  # first content token - sent_at
+    TTFT_S: Final = "ttft_s"  # first generated token: content, reasoning or tool call - sent_at
+    TTFT_CONTENT_S: Final = "ttft_content_s"  # first content token - sent_at (NaN: none)
     TTFT_FROM_SCHEDULE_S: Final = "ttft_from_schedule_s"  # coordinated-omission corrected
     E2E_S: Final = "e2e_s"  # finished_at - sent_at
     E2E_FROM_SCHEDULE_S: Final = "e2e_from_schedule_s"
     TPOT_S: Final = "tpot_s"  # (e2e - ttft) / (output tokens - 1)
     ITL_S: Final = "itl_s"  # list of every inter-token gap
-    PROMPT_TOKENS: Final = "prompt_tokens"  # server usage
-    COMPLETION_TOKENS: Final = "completion_tokens"  # server usage
-    STREAMED_CHUNKS: Final = "streamed_chunks"  # content chunks seen by the client
+    PROMPT_TOKENS: Final = "prompt_tokens"  # see TOKENS_SOURCE
+    COMPLETION_TOKENS: Final = "completion_tokens"  # see TOKENS_SOURCE
+    TOKENS_SOURCE: Final = "tokens_source"  # a TokensSource value: where the two counts came from
+    STREAMED_CHUNKS: Final = "streamed_chunks"  # chunks with generated tokens (any kind, as TTFT)
     USAGE_MISMATCH: Final = "usage_mismatch"  # usage disagrees with the streamed chunks
     STATUS: Final = "status"  # HTTP status, 0 when no response
     OK: Final = "ok"
     ERROR: Final = "error"  # error text, "" when ok
     FINISH_REASON: Final = "finish_reason"
+    # Sends repeated on a fresh connection (a pooled keep-alive one the server had closed): 0 or
+    # 1, never an error; latency columns time the repeat, the failed send is open-loop lag.
+    RETRIES: Final = "retries"
 
 
 REQUEST_COLUMNS: Final[dict[str, str]] = {
@@ -100,6 +108,7 @@ REQUEST_COLUMNS: Final[dict[str, str]] = {
     Col.FINISHED_AT: "float64",
     Col.SCHEDULE_LAG_S: "float64",
     Col.TTFT_S: "float64",
+    Col.TTFT_CONTENT_S: "float64",
     Col.TTFT_FROM_SCHEDULE_S: "float64",
     Col.E2E_S: "float64",
     Col.E2E_FROM_SCHEDULE_S: "float64",
@@ -107,12 +116,14 @@ REQUEST_COLUMNS: Final[dict[str, str]] = {
     Col.ITL_S: "list<float64>",
     Col.PROMPT_TOKENS: "int64",
     Col.COMPLETION_TOKENS: "int64",
+    Col.TOKENS_SOURCE: "string",
     Col.STREAMED_CHUNKS: "int64",
     Col.USAGE_MISMATCH: "bool",
     Col.STATUS: "int64",
     Col.OK: "bool",
     Col.ERROR: "string",
     Col.FINISH_REASON: "string",
+    Col.RETRIES: "int64",
 }
 
 
@@ -148,6 +159,7 @@ class Point:
     TTFT_P95_S: Final = "ttft_p95_s"
     TTFT_P99_S: Final = "ttft_p99_s"
     TTFT_SCHED_P95_S: Final = "ttft_sched_p95_s"
+    TTFT_CONTENT_P95_S: Final = "ttft_content_p95_s"  # first content token (reasoning models)
     ITL_P50_S: Final = "itl_p50_s"
     ITL_P95_S: Final = "itl_p95_s"
     ITL_P99_S: Final = "itl_p99_s"
@@ -173,6 +185,23 @@ class Point:
     SERVER_BATCH_FILL_MEAN: Final = "server_batch_fill_mean"
     SERVER_REQUESTS: Final = "server_requests"
     SERVER_GENERATION_TOKENS: Final = "server_generation_tokens"
+    SERVER_PROMPT_TOKENS: Final = "server_prompt_tokens"
+    SERVER_E2E_MEAN_S: Final = "server_e2e_mean_s"
+    SERVER_KV_CACHE_USAGE_MAX: Final = "server_kv_cache_usage_max"  # 0..1, of the scrapes seen
+    SERVER_PREEMPTIONS: Final = "server_preemptions"
+    # Share of ok rows with usage whose completion_tokens differ from the streamed chunks;
+    # NaN when no ok row carried usage (nothing to compare).
+    USAGE_MISMATCH_RATE: Final = "usage_mismatch_rate"
+    RETRIES: Final = "retries"  # sends repeated on a fresh connection, whole point
+
+
+class TokensSource:
+    """Values of :attr:`Col.TOKENS_SOURCE`: where a row's token counts came from."""
+
+    USAGE: Final = "usage"  # the server's own usage object
+    # No usage sent: completion = the streamed token chunks, prompt = the workload's own count.
+    CHUNKS: Final = "chunks"
+    NONE: Final = ""  # the request failed before any count (no usage, no token chunk)
 
 
 class PointStatus:
@@ -195,7 +224,8 @@ class Srv:
 
     POINT_ID: Final = "point_id"
     REPLICA: Final = "replica"  # base URL
-    METRIC: Final = "metric"  # sample name, e.g. tokenbooth_batch_size_bucket
+    METRIC: Final = "metric"  # canonical sample name, e.g. tokenbooth_batch_size_bucket
+    SOURCE: Final = "source"  # the server's own sample name, e.g. vllm:prompt_tokens_total
     LE: Final = "le"  # histogram bucket bound, "" for non-bucket samples
     LABELS: Final = "labels"  # other labels as k=v;k=v
     BEFORE: Final = "before"
@@ -213,6 +243,9 @@ SERVER_COLUMNS: Final[tuple[str, ...]] = tuple(
 
 class Env:
     """Keys of ``environment.json``: top level, then the keys inside ``machine`` and ``gpu``."""
+
+    SERVER: Final = "server"  # {kind, version, detected_from, server_view}: what was measured
+    TOKENIZER: Final = "tokenizer"  # {source, detail, warning}: what measured prompts in tokens
 
     TOKENBOOTH_VERSION: Final = "tokenbooth_version"  # str
     STARTED_AT: Final = "started_at"  # ISO 8601 UTC
@@ -233,6 +266,23 @@ class Machine:
     CPU_MODEL: Final = "cpu_model"
     CPU_COUNT: Final = "cpu_count"
     MEMORY_BYTES: Final = "memory_bytes"
+
+
+class Server:
+    """Keys of ``environment.json``'s ``server``."""
+
+    KIND: Final = "kind"  # a loadgen.servers.kinds.ServerKind
+    VERSION: Final = "version"  # "" when the server does not say
+    DETECTED_FROM: Final = "detected_from"  # what gave the kind away, or "spec"
+    SERVER_VIEW: Final = "server_view"  # bool: whether server-side metrics were available
+
+
+class Tokenizer:
+    """Keys of ``environment.json``'s ``tokenizer``: how the workload counted prompt tokens."""
+
+    SOURCE: Final = "source"  # "server" (its tokenize endpoint), "file" or "builtin"
+    DETAIL: Final = "detail"  # the endpoint, the tokenizer.json, or the built-in model
+    WARNING: Final = "warning"  # why the default fell back to the built-in one; "" if it did not
 
 
 class Gpu:

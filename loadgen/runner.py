@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -39,12 +39,23 @@ from locust.env import Environment
 from loadgen import scrape
 from loadgen.arrivals import arrival_offsets
 from loadgen.results import Col, Env, Gpu, Machine, Point, PointStatus, RunDir
+from loadgen.servers import Adapter, ServerInfo, adapter_for
+from loadgen.servers.detect import detect
+from loadgen.servers.tokenbooth import TOKENBOOTH
 from loadgen.spec import LoadLevel, ServerConfig, SweepSpec
 from loadgen.summary import server_summary, summarize_point
 from loadgen.targets import LocalReplicas, RemoteTarget, TargetError
 from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext
 from loadgen.worker import MSG_DONE, MSG_POINT, MSG_ROWS, point_message
-from loadgen.workload import PromptItem, TokenCounter, WordCounter, build_workload, load_tokenizer
+from loadgen.workload import (
+    PromptItem,
+    TokenCounter,
+    TokenizerChoice,
+    WordCounter,
+    build_workload,
+    choose_tokenizer,
+    load_tokenizer,
+)
 from service.errors import TokenboothError
 
 __all__ = ["SweepRunner", "environment_metadata"]
@@ -153,6 +164,8 @@ def environment_metadata(spec: SweepSpec, manifest: dict[str, Any] | None) -> di
         Env.GIT_REVISION: _git_revision(),
         Env.MODEL_MANIFEST: manifest,
         Env.SPEC_PATH: spec.path,
+        Env.SERVER: None,  # what serves the target, once known (SweepRunner._record_server)
+        Env.TOKENIZER: None,  # what counts prompt tokens, once chosen (_record_tokenizer)
     }
 
 
@@ -185,6 +198,11 @@ class SweepRunner:
         self._master: Any = None
         self._dist_rows: list[dict[str, Any]] = []
         self._dist_done: dict[str, dict[str, Any]] = {}
+        # What serves the target, found once per run (_record_server); scrapes read through it.
+        self._server: ServerInfo | None = None
+        self._adapter: Adapter = TOKENBOOTH
+        # Where the next point starts in the workload (PointContext.next_index), run-wide.
+        self._prompt_cursor = 0
 
     # ------------------------------------------------------------------ orchestration
     def execute(self) -> Path:
@@ -205,8 +223,19 @@ class SweepRunner:
             for config in self.spec.configs():
                 self._run_config(config)
         if self._manifest is not None:
-            run.write_environment(environment_metadata(self.spec, self._manifest))
+            self._update_environment(Env.MODEL_MANIFEST, self._manifest)
         return run.path
+
+    def _update_environment(self, key: str, value: Any) -> None:
+        # Read and rewrite: environment.json keeps what earlier steps of the run recorded.
+        env = self.run.environment()
+        env[key] = value
+        self.run.write_environment(env)
+
+    def _record_tokenizer(self, choice: TokenizerChoice) -> None:
+        """Record what measured the workload's prompts in tokens (shown in the report)."""
+        logger.info("prompt tokens counted by: %s (%s)", choice.detail, choice.source)
+        self._update_environment(Env.TOKENIZER, choice.environment())
 
     @contextmanager
     def _load_generators(self) -> Iterator[None]:
@@ -258,6 +287,24 @@ class SweepRunner:
                     p.wait()
             log.close()
 
+    def _record_server(self, url: str, headers: dict[str, str], *, local: bool) -> None:
+        """Find what serves ``url`` (once per run), record it, scrape through its adapter."""
+        if self._server is not None:
+            return
+        if local:
+            info = replace(detect(url, headers, kind="tokenbooth"), detected_from="local replicas")
+        else:
+            info = detect(url, headers, kind=self.spec.target.server)
+        self._server, self._adapter = info, adapter_for(info.kind)
+        logger.info("server: %s (%s)", info.describe(), info.detected_from)
+        if not info.server_view:
+            logger.warning(
+                "%s exports no server-side metrics the harness reads: points hold the client's "
+                "view only",
+                url,
+            )
+        self._update_environment(Env.SERVER, info.environment())
+
     def _point_id(self, key: str) -> int:
         ids: dict[str, int] = self._state.setdefault("point_ids", {})
         if key not in ids:
@@ -283,13 +330,19 @@ class SweepRunner:
             remote = RemoteTarget(spec.target)
             remote.apply(config)
             headers = remote.headers()
+            self._record_server(remote.urls[0], headers, local=False)
             model = _served_model(remote.urls[0], headers)
-            counter = (
-                load_tokenizer(_default_model_dir())
-                if spec.target.engine != "fake"
-                else WordCounter()
+            choice = choose_tokenizer(
+                spec.workload.tokenizer,
+                url=remote.urls[0],
+                kind=self._server.kind if self._server is not None else spec.target.server,
+                model=model,
+                headers=headers,
+                builtin=lambda: _builtin_tokenizer(spec.target.engine),
+                base_dir=Path(spec.path).parent,
             )
-            yield _Target(remote.urls, model, counter, headers, lambda: None)
+            self._record_tokenizer(choice)
+            yield _Target(remote.urls, model, choice.counter, headers, lambda: None)
             return
         model_dir: Path | None = None
         if spec.target.engine == "ctranslate2":
@@ -307,9 +360,20 @@ class SweepRunner:
             request_timeout_s=spec.run.request_timeout_s,
         )
         with replicas.running(spec.target.ready_timeout_s) as urls:
+            self._record_server(urls[0], {}, local=True)
             model = _served_model(urls[0], {})
-            counter = load_tokenizer(model_dir) if model_dir is not None else WordCounter()
-            yield _Target(urls, model, counter, {}, replicas.dead)
+            if spec.workload.tokenizer:
+                logger.warning(
+                    "[workload] tokenizer = %r applies to remote targets only; local replicas' "
+                    "prompts are measured with the model they serve",
+                    spec.workload.tokenizer,
+                )
+            if model_dir is not None:
+                local = TokenizerChoice(load_tokenizer(model_dir), "builtin", str(model_dir))
+            else:
+                local = TokenizerChoice(WordCounter(), "builtin", _FAKE_ENGINE_WORDS)
+            self._record_tokenizer(local)
+            yield _Target(urls, model, local.counter, {}, replicas.dead)
 
     def _run_config(self, config: ServerConfig) -> None:
         levels = self.spec.levels()
@@ -463,6 +527,7 @@ class SweepRunner:
             stop_at=measure_from + run.duration_s,
             max_requests=run.max_requests,
             headers=target.headers,
+            next_index=self._prompt_cursor,
         )
         if level.mode == "rate":
             offsets = arrival_offsets(
@@ -487,7 +552,12 @@ class SweepRunner:
         before: dict[str, scrape.Snapshot] = {}
 
         def snapshot_before() -> None:
-            before.update({u: scrape.snapshot(u, headers=target.headers) for u in target.urls})
+            before.update(
+                {
+                    u: scrape.snapshot(u, adapter=self._adapter, headers=target.headers)
+                    for u in target.urls
+                }
+            )
 
         # Loop timers count from the hub's cached clock, which is stale by however long this
         # greenlet just blocked (writing the previous point's files): refresh it, or the
@@ -499,9 +569,14 @@ class SweepRunner:
         wall0 = time.monotonic()
         if self._master is not None:
             worker_cpu = self._drive_distributed(ctx, level, target)
+            # Workers advance their own stretches; move past the longest of them, with room
+            # for the warm-up requests that left no row.
+            n = max(len(self._master.clients), 1)
+            self._prompt_cursor += 2 * (len(ctx.rows) // n + 1) + 64
         else:
             worker_cpu = None
             self._drive(ctx, level, target)
+            self._prompt_cursor = ctx.next_index
         cpu1 = proc.cpu_times()
         wall = max(time.monotonic() - wall0, 1e-9)
         cpu_pct = 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall
@@ -511,7 +586,10 @@ class SweepRunner:
         snapper.join(timeout=30)
         if not before:
             snapshot_before()  # the point ended before its window opened (e.g. target died)
-        after = {u: scrape.snapshot(u, headers=target.headers) for u in target.urls}
+        after = {
+            u: scrape.snapshot(u, adapter=self._adapter, headers=target.headers)
+            for u in target.urls
+        }
         server_rows = [
             row for u in target.urls for row in scrape.deltas(pid, u, before[u], after[u])
         ]
@@ -591,6 +669,8 @@ class SweepRunner:
         for k, client_id in enumerate(clients):
             data = dict(base)
             data["max_requests"] = ctx.max_requests // n + (1 if k < ctx.max_requests % n else 0)
+            # Each worker on its own stretch of the workload: no prompt sent twice at once.
+            data["next_index"] = ctx.next_index + k * (len(ctx.items) // n)
             if ctx.schedule is not None:
                 data["schedule"] = ctx.schedule[k::n]
             master.send_message(MSG_POINT, data, client_id=client_id)
@@ -630,3 +710,16 @@ def _default_model_dir() -> Path | None:
     from service.models import resolve_model
 
     return resolve_model(None, "int8", build=False)
+
+
+_FAKE_ENGINE_WORDS = "whitespace words (the fake engine's tokens)"
+
+
+def _builtin_tokenizer(engine: str) -> tuple[TokenCounter, str]:
+    """The harness's own tokenizer for a remote target, and what it is."""
+    if engine == "fake":
+        return WordCounter(), _FAKE_ENGINE_WORDS
+    model_dir = _default_model_dir()
+    if model_dir is None:
+        return WordCounter(), "whitespace words (the default model is not built)"
+    return load_tokenizer(model_dir), f"the default model's, {model_dir}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from loadgen.servers.kinds import AUTO, SERVER_KINDS
 from service.errors import TokenboothError
 from service.settings import QUANTIZATIONS
 
@@ -77,6 +78,10 @@ class TargetSpec:
     urls: tuple[str, ...] = ()
     hook: str = ""
     api_key_env: str = ""
+    # The server's kind (loadgen.servers): "auto" detects it from /metrics, /v1/models, headers.
+    server: str = AUTO
+    # Readiness path; "" tries /health/ready, /health, then /v1/models (first 200 wins).
+    ready_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,10 @@ class WorkloadSpec:
     temperature: float = 0.0
     path: str = ""
     format: Literal["jsonl", "sharegpt"] = "jsonl"
+    # How synthetic prompts are measured in tokens: "" (the server's /tokenize when it has one,
+    # else the built-in model's tokenizer, with a warning), "server", or a tokenizer.json file
+    # or Hugging Face model directory (loaded offline).
+    tokenizer: str = ""
 
 
 @dataclass(frozen=True)
@@ -366,6 +375,13 @@ def _urls(ctx: _Ctx, value: Any) -> tuple[str, ...]:
     return tuple(u.rstrip("/") for u in value)
 
 
+def _ready_path(ctx: _Ctx, value: Any) -> str:
+    path = _scalar(ctx, "target", "ready_path", value, str, None)
+    if path and not path.startswith("/"):
+        raise ctx.error("target", "ready_path", f'must start with "/", got {_describe(path)}')
+    return str(path)
+
+
 def _env_table(ctx: _Ctx, value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(
         isinstance(v, str | int | float) for v in value.values()
@@ -493,6 +509,8 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
             "urls": lambda v: _urls(ctx, v),
             "hook": lambda v: _scalar(ctx, "target", "hook", v, str, None),
             "api_key_env": lambda v: _scalar(ctx, "target", "api_key_env", v, str, None),
+            "server": lambda v: _choice(ctx, "target", "server", v, (AUTO, *SERVER_KINDS)),
+            "ready_path": lambda v: _ready_path(ctx, v),
         },
     )
     if target.kind == "remote" and not target.urls:
@@ -553,6 +571,7 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
             "temperature": num("workload", "temperature", allow_zero=True),
             "path": lambda v: _scalar(ctx, "workload", "path", v, str, None),
             "format": lambda v: _choice(ctx, "workload", "format", v, ("jsonl", "sharegpt")),
+            "tokenizer": lambda v: _scalar(ctx, "workload", "tokenizer", v, str, None),
         },
     )
     if workload.kind == "file":

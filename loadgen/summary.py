@@ -19,7 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from loadgen.results import REQUEST_COLUMNS, Col, Point, Srv
+from loadgen.results import REQUEST_COLUMNS, Col, Point, Srv, TokensSource
+from loadgen.servers.canonical import KV_CACHE_USAGE, PREEMPTIONS
 from loadgen.spec import LoadLevel
 from telemetry import names
 
@@ -37,6 +38,7 @@ __all__ = [
     "server_summary",
     "summarize_point",
     "summarize_requests",
+    "usage_mismatch_rate",
     "validity_reasons",
     "window_duration",
 ]
@@ -247,6 +249,12 @@ def _latency_stats(ok: pd.DataFrame, x: _Samples) -> dict[str, Any]:
         Point.TTFT_P99_S: percentile(x.ttft, 0.99),
         Stat.TTFT_MEAN_S: float(x.ttft.mean()) if x.ttft.size else math.nan,
         Point.TTFT_SCHED_P95_S: percentile(finite(ok[Col.TTFT_FROM_SCHEDULE_S]), 0.95),
+        # Absent from runs recorded before the column existed: not measured, so NaN.
+        Point.TTFT_CONTENT_P95_S: (
+            percentile(finite(ok[Col.TTFT_CONTENT_S]), 0.95)
+            if Col.TTFT_CONTENT_S in ok
+            else math.nan
+        ),
         Stat.N_ITL: x.itl.size,
         Point.ITL_P50_S: percentile(x.itl, 0.50),
         Point.ITL_P95_S: percentile(x.itl, 0.95),
@@ -273,6 +281,21 @@ def _p95_cis(x: _Samples, n_resamples: int, seed: int) -> dict[str, float]:
     ):
         out[lo], out[hi] = bootstrap_quantile_ci(values, 0.95, n_resamples=n_resamples, seed=seed)
     return out
+
+
+def usage_mismatch_rate(ok: pd.DataFrame) -> float:
+    """Share of successful rows whose usage ``completion_tokens`` differ from the chunk count.
+
+    Only rows that carried usage can disagree with it; NaN when none did. A row without a
+    :attr:`loadgen.results.Col.TOKENS_SOURCE` was written before the column existed, when every
+    successful row had usage.
+    """
+    if Col.TOKENS_SOURCE in ok.columns:
+        source = ok[Col.TOKENS_SOURCE]
+        ok = ok[source.isna() | (source == TokensSource.USAGE)]
+    if not len(ok) or Col.USAGE_MISMATCH not in ok.columns:
+        return math.nan
+    return float(ok[Col.USAGE_MISMATCH].eq(True).mean())  # NaN (not recorded) is no mismatch
 
 
 def summarize_requests(
@@ -325,6 +348,11 @@ def summarize_requests(
         Point.LAG_MAX_S: float(lag.max()) if lag.size else math.nan,
         Stat.COMPLETION_TOKENS_MEAN: float(tokens.mean()) if tokens.size else math.nan,
         Point.PER_USER_TOKENS_PER_S: float(np.median(per_user)) if per_user.size else math.nan,
+        Point.USAGE_MISMATCH_RATE: usage_mismatch_rate(ok),
+        # Every request's, failed ones too; NaN for runs recorded before the column existed.
+        Point.RETRIES: (
+            int(finite(requests[Col.RETRIES]).sum()) if Col.RETRIES in requests else math.nan
+        ),
     }
     out[Stat.IN_FLIGHT_MEAN] = out[Point.ACHIEVED_RPS] * out[Stat.E2E_MEAN_S]
     out.update(_p95_cis(samples, n_resamples, seed))
@@ -408,9 +436,12 @@ def summarize_point(
 
 # ------------------------------------------------------------------------------ server view
 
+# Canonical sample names (loadgen.servers.canonical): every server kind's scrape is mapped onto
+# them, so one table serves tokenbooth, vLLM, llama.cpp, TGI and SGLang alike.
 # (points.csv column, histogram whose _sum/_count deltas give the mean)
 _SERVER_MEANS: Final[tuple[tuple[str, str], ...]] = (
     (Point.SERVER_TTFT_MEAN_S, names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN),
+    (Point.SERVER_E2E_MEAN_S, names.GEN_AI_SERVER_REQUEST_DURATION),
     (Point.SERVER_QUEUE_WAIT_MEAN_S, names.TOKENBOOTH_QUEUE_WAIT),
     (Point.SERVER_BATCH_FORMATION_MEAN_S, names.TOKENBOOTH_BATCH_FORMATION_DELAY),
     (Point.SERVER_PREFILL_MEAN_S, names.TOKENBOOTH_BATCH_PREFILL),
@@ -421,19 +452,29 @@ _SERVER_MEANS: Final[tuple[tuple[str, str], ...]] = (
 _SERVER_TOTALS: Final[tuple[tuple[str, str], ...]] = (
     (Point.SERVER_REQUESTS, names.TOKENBOOTH_REQUESTS),
     (Point.SERVER_GENERATION_TOKENS, names.TOKENBOOTH_GENERATION_TOKENS),
+    (Point.SERVER_PROMPT_TOKENS, names.TOKENBOOTH_PROMPT_TOKENS),
+    (Point.SERVER_PREEMPTIONS, PREEMPTIONS),
 )
-SERVER_VIEW_COLUMNS: Final[tuple[str, ...]] = tuple(c for c, _ in _SERVER_MEANS + _SERVER_TOTALS)
-"""``points.csv`` columns of the server's view: histogram means and counter totals."""
+# (points.csv column, gauge whose largest value seen before or after the window is kept)
+_SERVER_MAXIMA: Final[tuple[tuple[str, str], ...]] = (
+    (Point.SERVER_KV_CACHE_USAGE_MAX, KV_CACHE_USAGE),
+)
+SERVER_VIEW_COLUMNS: Final[tuple[str, ...]] = tuple(
+    c for c, _ in _SERVER_MEANS + _SERVER_TOTALS + _SERVER_MAXIMA
+)
+"""``points.csv`` columns of the server's view: histogram means, counter totals, gauge maxima."""
 
 
 def server_summary(
     server: pd.DataFrame | Sequence[Mapping[str, Any]],
     point_ids: Iterable[int] | None = None,
 ) -> dict[str, float]:
-    """Server-side means and totals over some points, from scraped ``/metrics`` deltas.
+    """Server-side means, totals and gauge maxima over some points, from ``/metrics`` deltas.
 
     Deltas of every replica are added before dividing, so a mean over several replicas weighs
-    each batch (or request) once. What the deltas do not hold is absent, never zero.
+    each batch (or request) once. A gauge (KV-cache use) is only seen at the scrapes, so its
+    figure is the largest value of those. What the deltas do not hold is absent, never zero:
+    a server that does not export a figure leaves its column empty.
 
     Args:
         server: Delta rows (:class:`loadgen.results.Srv` columns), as a frame or row dicts.
@@ -459,6 +500,11 @@ def server_summary(
     for col, metric in _SERVER_TOTALS:
         if metric in totals.index:
             out[col] = float(totals[metric])
+    for col, metric in _SERVER_MAXIMA:
+        rows = frame[frame[Srv.METRIC] == metric]
+        seen = pd.to_numeric(pd.concat([rows[Srv.BEFORE], rows[Srv.AFTER]]), errors="coerce")
+        if seen.notna().any():
+            out[col] = float(seen.max())
     mem = frame[frame[Srv.METRIC] == names.TOKENBOOTH_GPU_MEMORY_USED]
     if not mem.empty:
         out[Stat.GPU_MEMORY_USED_BYTES] = float(

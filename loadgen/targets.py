@@ -2,24 +2,29 @@
 
 Local replicas are ``tokenbooth serve`` processes on free loopback ports, started through
 :mod:`service.launch` with settings built from the sweep's server configuration (so they die
-with the harness and drain on stop). Remote targets are polled for readiness here.
+with the harness and drain on stop). Remote targets are polled for readiness here: the spec's
+``ready_path``, else the named server kind's paths, else ``/health/ready``, ``/health`` and
+``/v1/models`` in turn (tokenbooth's, most servers', and the one every OpenAI-compatible server
+has).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import requests
 from pydantic import ValidationError
 
 from loadgen.results import PointStatus
+from loadgen.servers import AUTO, DEFAULT_READY_PATHS, adapter_for
 from loadgen.spec import ServerConfig, TargetSpec
 from service.errors import TokenboothError
 from service.launch import (
@@ -41,6 +46,8 @@ __all__ = [
     "TargetError",
 ]
 
+logger = logging.getLogger("tokenbooth.loadgen")
+
 
 class TargetError(TokenboothError):
     """A target could not be reached, configured, or kept alive.
@@ -54,23 +61,53 @@ class TargetError(TokenboothError):
         self.status = status
 
 
-def _wait_urls_ready(urls: list[str], timeout_s: float, headers: dict[str, str]) -> None:
-    """Wait until every URL's ``/health/ready`` answers 200; raise TargetError otherwise."""
+# Statuses that mean "no such endpoint here": the next readiness path may be the server's own.
+# Any other answer (503 while loading, 401) is the server speaking for itself: not ready yet.
+_NO_SUCH_PATH: Final = frozenset({404, 405, 501})
+
+
+def _ready_path(url: str, paths: tuple[str, ...], headers: dict[str, str]) -> tuple[str, str]:
+    """``(path that answered 200, "")``, or ``("", why not)`` with ``->`` when it answered."""
+    misses = []
+    for path in paths:
+        try:
+            r = requests.get(url + path, timeout=2, headers=headers)
+        except requests.RequestException as exc:
+            return "", f"{url}: {type(exc).__name__}"
+        if r.status_code == 200:
+            return path, ""
+        answer = f"{url}{path} -> {r.status_code} {r.text[:200]}"
+        if r.status_code not in _NO_SUCH_PATH:
+            return "", answer
+        misses.append(answer)
+    return "", f"no readiness path answered 200 ({'; '.join(misses)})"
+
+
+def _wait_urls_ready(
+    urls: list[str], timeout_s: float, headers: dict[str, str], paths: tuple[str, ...]
+) -> dict[str, str]:
+    """Wait until every URL answers 200 on one of ``paths``; raise TargetError otherwise.
+
+    Paths are tried in order on each URL; one that does not exist there (404, 405, 501) passes
+    to the next, while any other answer (503 while loading) means not ready yet.
+
+    Returns:
+        The path each URL became ready on.
+    """
     deadline = time.monotonic() + timeout_s
     pending = list(urls)
+    ready: dict[str, str] = {}
     last_error = ""
     while pending:
         for url in list(pending):
-            try:
-                r = requests.get(url + "/health/ready", timeout=2, headers=headers)
-                if r.status_code == 200:
-                    pending.remove(url)
-                else:
-                    last_error = f"{url}/health/ready -> {r.status_code} {r.text[:200]}"
-            except requests.RequestException as exc:
-                last_error = f"{url}: {type(exc).__name__}"
+            path, why = _ready_path(url, paths, headers)
+            if path:
+                ready[url] = path
+                pending.remove(url)
+            else:
+                last_error = why
         if not pending:
-            return
+            return ready
         if time.monotonic() >= deadline:
             status = (
                 PointStatus.REPLICA_NOT_READY
@@ -81,6 +118,7 @@ def _wait_urls_ready(urls: list[str], timeout_s: float, headers: dict[str, str])
                 status, f"not ready after {timeout_s:g} s: {', '.join(pending)} ({last_error})"
             )
         time.sleep(0.1)
+    return ready
 
 
 class LocalReplicas:
@@ -200,6 +238,16 @@ class RemoteTarget:
     def __init__(self, target: TargetSpec) -> None:
         self.target = target
         self.urls = list(target.urls)
+        self.ready_via: dict[str, str] = {}
+
+    @property
+    def ready_paths(self) -> tuple[str, ...]:
+        """Readiness paths: the spec's ``ready_path``, else the named kind's, else the defaults."""
+        if self.target.ready_path:
+            return (self.target.ready_path,)
+        if self.target.server != AUTO:
+            return adapter_for(self.target.server).ready_paths
+        return DEFAULT_READY_PATHS
 
     def headers(self) -> dict[str, str]:
         """Authorization header when the spec names an env var with the key."""
@@ -242,4 +290,8 @@ class RemoteTarget:
                     PointStatus.HOOK_FAILED,
                     f"hook exited {proc.returncode}: {cmd}: {stderr.strip()[-500:]}",
                 )
-        _wait_urls_ready(self.urls, self.target.ready_timeout_s, self.headers())
+        self.ready_via = _wait_urls_ready(
+            self.urls, self.target.ready_timeout_s, self.headers(), self.ready_paths
+        )
+        for url, path in self.ready_via.items():
+            logger.info("%s ready (%s answered 200)", url, path)

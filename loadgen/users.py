@@ -5,20 +5,24 @@ sweep runner imports it, never the service or unit tests of pure modules.
 
 Per request the harness records: scheduled and actual send time, time to the first generated
 token (content, or reasoning text where a server streams it), every inter-token gap, end-to-end
-latency, the server's ``usage`` cross-checked against the streamed chunks, status, error text,
+latency, token counts (the server's ``usage`` cross-checked against the streamed chunks, or the
+chunks when it sends none; see :func:`loadgen.tokenize.request_tokens`), status, error text,
 target replica, and the ``X-Request-ID`` and W3C ``traceparent`` it sent, so server traces and
-logs join the client's rows. The stream itself is read by :mod:`loadgen.sse`.
+logs join the client's rows. The stream itself is read by :mod:`loadgen.sse`. A send that fails
+because the server had closed a pooled keep-alive connection is repeated once on a fresh one and
+counted in ``retries``, never as a server error.
 """
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import math
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import gevent
 import msgspec
@@ -27,9 +31,13 @@ from locust import User, constant, task
 from locust.clients import HttpSession
 from locust.exception import StopUser
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.response import HTTPResponse
 
 from loadgen.results import Col
 from loadgen.sse import StreamTally, error_message
+from loadgen.tokenize import request_tokens
 from loadgen.workload import PromptItem
 
 __all__ = [
@@ -82,9 +90,99 @@ class _TimedAdapter(HTTPAdapter):
     would charge the client's own overhead to the server.
     """
 
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _HTTPSPool}
+
     def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         request.tb_sent = time.perf_counter()
         return super().send(request, *args, **kwargs)
+
+
+# How a send on a pooled keep-alive connection that the server has already closed fails, before
+# any byte of a response: its FIN reads as an empty status line (RemoteDisconnected, which is
+# http.client's BadStatusLine for that case), its RST as a reset or abort, a write into it as a
+# broken pipe. Servers close idle connections on their own schedule and without notice
+# (llama.cpp's cpp-httplib after 5 s, CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND), so a connection can
+# die between leaving the pool and carrying the next request.
+_STALE_CONNECTION_ERRORS: Final = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+_RESENT_AT: Final = "tb_resent_at"
+"""Set on the response, or on the error of a resend that failed too: when the resend went out."""
+
+
+class _ResendingConnection(HTTPConnection):
+    """Sends a request again, once, on a fresh socket when a reused one proves closed.
+
+    Only a socket that already carried a request, and only a failure before any response byte:
+    the server had closed the connection, so it never read the request and the resend is no
+    second request to it. Done here, below requests and Locust, so that Locust sees one request
+    and reports one outcome.
+    """
+
+    _tb_sends = 0  # requests sent on the current socket
+    _tb_resend: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        self._tb_sends = 0
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        reused = self.sock is not None and self._tb_sends > 0
+        body = kwargs.get("body", args[2] if len(args) > 2 else None)
+        # A body that is an iterator or a file cannot be sent twice; ours are bytes.
+        resendable = reused and isinstance(body, bytes | None)
+        self._tb_resend = (args, kwargs) if resendable else None
+        super().request(*args, **kwargs)
+        self._tb_sends += 1
+
+    # urllib3 narrows http.client's return type the same way, and ignores the same error.
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        try:
+            return super().getresponse()
+        except _STALE_CONNECTION_ERRORS:
+            if self._tb_resend is None:
+                raise
+        args, kwargs = self._tb_resend
+        self.close()
+        resent_at = time.perf_counter()
+        try:
+            self.request(*args, **kwargs)  # on a fresh socket: no further resend
+            response = super().getresponse()
+        except Exception as exc:
+            setattr(exc, _RESENT_AT, resent_at)
+            raise
+        setattr(response, _RESENT_AT, resent_at)
+        return response
+
+
+class _ResendingHTTPSConnection(_ResendingConnection, HTTPSConnection):
+    """:class:`_ResendingConnection` over TLS."""
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _ResendingConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _ResendingHTTPSConnection
+
+
+def _resent_at(resp: Any) -> float | None:
+    """When the request was sent again on a fresh connection, or None when it was not."""
+    at = getattr(resp.raw, _RESENT_AT, None)
+    # Without a response Locust hands back the requests error; urllib3's cause is in its context.
+    err = resp.error
+    for _ in range(8):
+        if at is not None or err is None:
+            break
+        at = getattr(err, _RESENT_AT, None)
+        err = err.__cause__ or err.__context__
+    return at
 
 
 def new_session(environment: Any, pool_size: int = 1024) -> HttpSession:
@@ -105,8 +203,13 @@ def measure_request(
     timeout_s: float,
     scheduled_at: float | None = None,
     headers: dict[str, str] | None = None,
+    prompt_tokens: int = 0,
 ) -> dict[str, Any]:
-    """Send one streaming request and return its result row (``loadgen.results.Col`` keys)."""
+    """Send one streaming request and return its result row (``loadgen.results.Col`` keys).
+
+    ``prompt_tokens`` is the workload's count of the prompt, recorded when the server sends no
+    usage.
+    """
     chat = api == "chat"
     path = "/v1/chat/completions" if chat else "/v1/completions"
     trace_id = secrets.token_hex(16)
@@ -122,7 +225,7 @@ def measure_request(
     payload = _body_encoder.encode(body)
     wall_call = time.time()
     t_call = time.perf_counter()
-    status, sent = _stream(session, url, path, payload, hdrs, timeout_s, tally)
+    status, sent, retries = _stream(session, url, path, payload, hdrs, timeout_s, tally)
     t_end = time.perf_counter()
     t0 = t_call if sent is None else sent
     row: dict[str, Any] = {
@@ -131,9 +234,18 @@ def measure_request(
         Col.TARGET: url,
         Col.SCHEDULED_AT: math.nan if scheduled_at is None else scheduled_at,
         Col.STATUS: status,
+        Col.RETRIES: retries,
     }
     wall0 = wall_call + (t0 - t_call)  # wall clock of the actual send
-    _timings(row, tally, t0=t0, t_end=t_end, wall0=wall0, scheduled_at=scheduled_at)
+    _timings(
+        row,
+        tally,
+        t0=t0,
+        t_end=t_end,
+        wall0=wall0,
+        scheduled_at=scheduled_at,
+        prompt_tokens=prompt_tokens,
+    )
     return row
 
 
@@ -145,10 +257,20 @@ def _stream(
     headers: dict[str, str],
     timeout_s: float,
     tally: StreamTally,
-) -> tuple[int, float | None]:
-    """POST one request and feed its body to ``tally``: (HTTP status, send time if stamped)."""
+) -> tuple[int, float | None, int]:
+    """POST one request and feed its body to ``tally``.
+
+    Returns:
+        The HTTP status (0: no response), the ``time.perf_counter`` of the send when stamped,
+        and how often the send was repeated on a fresh connection (0 or 1).
+
+    A repeated send is timed from the repeat: the first went out on a connection the server
+    had already closed and never read, so the time lost on it is the client's, not the
+    server's. In open loop it still shows, as schedule lag (and in the from-schedule columns).
+    """
     status = 0
     sent: float | None = None
+    retries = 0
     try:
         with session.post(
             url + path,
@@ -160,8 +282,15 @@ def _stream(
             name=path,
         ) as resp:
             sent = getattr(resp.request, "tb_sent", None)
+            resent = _resent_at(resp)
+            if resent is not None:
+                sent, retries = resent, 1
             status = resp.status_code
-            if status != 200:
+            if status == 0:
+                # No response at all: Locust returns the requests error rather than raising it.
+                tally.error = f"{type(resp.error).__name__}: {resp.error}"
+                resp.failure(tally.error)
+            elif status != 200:
                 tally.error = error_message(resp.content) or resp.text[:300]
                 resp.failure(f"HTTP {status}: {tally.error}")
             else:
@@ -173,7 +302,7 @@ def _stream(
                     resp.success()
     except Exception as exc:
         tally.error = f"{type(exc).__name__}: {exc}"
-    return status, sent
+    return status, sent, retries
 
 
 def _timings(
@@ -184,11 +313,12 @@ def _timings(
     t_end: float,
     wall0: float,
     scheduled_at: float | None,
+    prompt_tokens: int,
 ) -> None:
     """Fill ``row``'s latency, token and outcome columns from what the stream said.
 
     ``t0``, ``t_end`` and the token times are ``time.perf_counter`` readings; ``wall0`` is the
-    wall clock at ``t0``.
+    wall clock at ``t0``; ``prompt_tokens`` the workload's count of the prompt.
     """
     token_times = tally.token_times
     row[Col.SENT_AT] = wall0
@@ -205,25 +335,27 @@ def _timings(
         row[Col.TTFT_S] = math.nan
         row[Col.FIRST_TOKEN_AT] = math.nan
         row[Col.ITL_S] = []
-    usage = tally.usage
-    if usage is not None:
-        row[Col.PROMPT_TOKENS] = usage.prompt_tokens or 0
-        row[Col.COMPLETION_TOKENS] = usage.completion_tokens or 0
-        row[Col.USAGE_MISMATCH] = row[Col.COMPLETION_TOKENS] != n_chunks
-    else:
-        row[Col.PROMPT_TOKENS] = 0
-        row[Col.COMPLETION_TOKENS] = 0
-        row[Col.USAGE_MISMATCH] = False
+    first_content = tally.first_content_at
+    row[Col.TTFT_CONTENT_S] = math.nan if first_content is None else first_content - t0
+    error = tally.error
+    if row[Col.STATUS] == 200 and not (error or token_times or tally.usage or tally.finish_reason):
+        # No usage alone is fine (its tokens are the chunks); a 200 that said nothing countable
+        # at all is no completion.
+        error = "stream ended without a token, usage or finish_reason"
+    row[Col.ERROR] = error
+    row[Col.OK] = row[Col.STATUS] == 200 and not error
+    tokens = request_tokens(
+        tally.usage, chunks=n_chunks, workload_prompt=prompt_tokens, ok=row[Col.OK]
+    )
+    row[Col.PROMPT_TOKENS] = tokens.prompt
+    row[Col.COMPLETION_TOKENS] = tokens.completion
+    row[Col.TOKENS_SOURCE] = tokens.source
+    row[Col.USAGE_MISMATCH] = tokens.mismatch
     out_tokens = row[Col.COMPLETION_TOKENS] or n_chunks
     if token_times and out_tokens >= 2:
         row[Col.TPOT_S] = (row[Col.E2E_S] - row[Col.TTFT_S]) / (out_tokens - 1)
     else:
         row[Col.TPOT_S] = math.nan
-    error = tally.error
-    if row[Col.STATUS] == 200 and not error and usage is None:
-        error = "stream ended without a usage chunk"
-    row[Col.ERROR] = error
-    row[Col.OK] = row[Col.STATUS] == 200 and not error
     row[Col.FINISH_REASON] = tally.finish_reason
     lag = 0.0 if scheduled_at is None else max(0.0, wall0 - scheduled_at)
     row[Col.SCHEDULE_LAG_S] = lag
@@ -256,14 +388,16 @@ class PointContext:
     in_flight: int = 0
     stopped: bool = False
     on_row: Callable[[dict[str, Any]], None] | None = None
-    _next_item: int = 0
+    # Index of the next prompt. The runner starts each point where the last one stopped (and
+    # each distributed worker on its own stretch): a server with a prefix cache (vLLM, SGLang,
+    # llama.cpp) must not see the same prompts again, which would flatter its TTFT.
+    next_index: int = 0
 
-    def next_body(self) -> dict[str, Any]:
-        item = self.items[self._next_item % len(self.items)]
-        self._next_item += 1
-        return item.body(
-            self.api, self.model, ignore_eos=self.ignore_eos, temperature=self.temperature
-        )
+    def next_item(self) -> PromptItem:
+        """The workload's next prompt, round robin from :attr:`next_index`."""
+        item = self.items[self.next_index % len(self.items)]
+        self.next_index += 1
+        return item
 
     def may_send(self) -> bool:
         """False once the window closed or the measured-request budget is spent."""
@@ -274,7 +408,10 @@ class PointContext:
 
     def send(self, session: HttpSession, user: int, scheduled_at: float | None) -> None:
         """Send one request to a balanced replica and keep its row unless it was warm-up."""
-        body = self.next_body()
+        item = self.next_item()
+        body = item.body(
+            self.api, self.model, ignore_eos=self.ignore_eos, temperature=self.temperature
+        )
         url = self.balancer.acquire()
         measured = (scheduled_at if scheduled_at is not None else time.time()) >= self.measure_from
         if measured:
@@ -289,6 +426,7 @@ class PointContext:
                 timeout_s=self.timeout_s,
                 scheduled_at=scheduled_at,
                 headers=self.headers,
+                prompt_tokens=item.input_tokens,
             )
         finally:
             self.in_flight -= 1

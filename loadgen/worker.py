@@ -55,6 +55,7 @@ def point_message(ctx: PointContext, urls: list[str], balance: str) -> dict[str,
         "max_requests": ctx.max_requests,
         "schedule": ctx.schedule,
         "headers": ctx.headers,
+        "next_index": ctx.next_index,
     }
 
 
@@ -81,6 +82,7 @@ def _context(data: dict[str, Any]) -> PointContext:
         max_requests=data["max_requests"],
         schedule=data["schedule"],
         headers=data["headers"],
+        next_index=data["next_index"],
     )
 
 

@@ -1,35 +1,58 @@
 """Workloads: seeded synthetic prompts with token-length distributions, or prompt files.
 
 Synthetic prompts are built with the served model's tokenizer so that ``input_tokens`` means
-tokens of that model, not words. Output length is controlled through ``max_tokens`` (plus the
-server's ``ignore_eos`` option for fixed-length benchmarks). Prompt files: JSONL of
-``{"prompt": ...}`` or ``{"messages": [...]}`` (optionally ``"max_tokens"``), or ShareGPT
-JSON, where the first human turn is the prompt and the first reply's length sets max_tokens.
+tokens of that model, not words: local replicas' own model, and for a remote target what
+``[workload] tokenizer`` names (:func:`choose_tokenizer`): the server's tokenize endpoint, a
+``tokenizer.json``, or the built-in model's tokenizer when the server has no endpoint (with a
+warning, since the server may count differently). Output length is controlled through
+``max_tokens`` (plus the server's ``ignore_eos`` option for fixed-length benchmarks). Prompt
+files: JSONL of ``{"prompt": ...}`` or ``{"messages": [...]}`` (optionally ``"max_tokens"``), or
+ShareGPT JSON, where the first human turn is the prompt and the first reply's length sets
+max_tokens.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 
+from loadgen.results import Tokenizer
 from loadgen.spec import LengthDist, WorkloadSpec
+from loadgen.tokenize import probe_tokenizer, server_tokenizer
 from service.errors import TokenboothError
 
 __all__ = [
+    "TOKENIZER_DEFAULT",
+    "TOKENIZER_SERVER",
     "PromptItem",
     "TokenCounter",
+    "TokenizerChoice",
+    "TokenizerSource",
     "WordCounter",
     "WorkloadError",
     "build_workload",
+    "choose_tokenizer",
     "load_tokenizer",
+    "load_tokenizer_file",
     "sample_lengths",
 ]
+
+logger = logging.getLogger("tokenbooth.loadgen")
+
+TOKENIZER_SERVER: Final = "server"
+"""``[workload] tokenizer`` value: the server's own tokenize endpoint, or fail."""
+TOKENIZER_DEFAULT: Final = ""
+"""``[workload] tokenizer`` default: the server's endpoint if it has one, else the built-in."""
+
+TokenizerSource = Literal["server", "file", "builtin"]
+"""What counted prompt tokens (``environment.json``'s ``tokenizer.source``)."""
 
 _WORDS = [
     "time",
@@ -140,10 +163,96 @@ class _HFTokenizer:
 def load_tokenizer(model_dir: Path | None) -> TokenCounter:
     """The model's ``tokenizer.json`` as a counter; word counting when there is none."""
     if model_dir is not None and (model_dir / "tokenizer.json").exists():
-        from tokenizers import Tokenizer
-
-        return _HFTokenizer(Tokenizer.from_file(str(model_dir / "tokenizer.json")))
+        return _read_tokenizer_json(model_dir / "tokenizer.json")
     return WordCounter()
+
+
+def _read_tokenizer_json(path: Path) -> _HFTokenizer:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    try:
+        return _HFTokenizer(HFTokenizer.from_file(str(path)))
+    except Exception as exc:  # tokenizers raises bare Exception for unreadable or bad files
+        raise WorkloadError(f"[workload] tokenizer: cannot load {path}: {exc}") from exc
+
+
+def load_tokenizer_file(path: Path) -> TokenCounter:
+    """A ``tokenizer.json`` file, or a Hugging Face model directory's, loaded offline.
+
+    Raises:
+        WorkloadError: The path is missing, a directory without ``tokenizer.json``, or not a
+            tokenizer ``tokenizers`` can read.
+    """
+    if not path.exists():
+        raise WorkloadError(f"[workload] tokenizer: not found: {path}")
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise WorkloadError(f"[workload] tokenizer: {path} is a directory without tokenizer.json")
+    return _read_tokenizer_json(file)
+
+
+@dataclass(frozen=True)
+class TokenizerChoice:
+    """The counter a workload is built with, and what the run records about it."""
+
+    counter: TokenCounter
+    source: TokenizerSource
+    detail: str  # the endpoint, the tokenizer.json, or the built-in model
+    warning: str = ""  # why the default fell back to the built-in tokenizer
+
+    def environment(self) -> dict[str, str]:
+        """The ``tokenizer`` entry of ``environment.json`` (:class:`loadgen.results.Tokenizer`)."""
+        return {
+            Tokenizer.SOURCE: self.source,
+            Tokenizer.DETAIL: self.detail,
+            Tokenizer.WARNING: self.warning,
+        }
+
+
+def choose_tokenizer(
+    setting: str,
+    *,
+    url: str,
+    kind: str,
+    model: str,
+    headers: dict[str, str],
+    builtin: Callable[[], tuple[TokenCounter, str]],
+    base_dir: Path | None = None,
+) -> TokenizerChoice:
+    """The tokenizer ``[workload] tokenizer`` names for a remote target.
+
+    Args:
+        setting: :data:`TOKENIZER_DEFAULT`, :data:`TOKENIZER_SERVER`, or a path.
+        url: The server's base URL (the first of the target's).
+        kind: The server's kind (:mod:`loadgen.servers.kinds`, or ``auto``: probe).
+        model: The served model's id.
+        headers: Sent with every tokenize call.
+        builtin: The built-in tokenizer and its description, called only when needed.
+        base_dir: What a relative path is relative to (the spec's directory).
+
+    Raises:
+        TokenizeError: ``server`` and the server has no usable tokenize endpoint.
+        WorkloadError: A path that cannot be loaded.
+    """
+    if setting == TOKENIZER_SERVER:
+        tok = server_tokenizer(url, kind, model=model, headers=headers)
+        return TokenizerChoice(tok, "server", tok.describe())
+    if setting != TOKENIZER_DEFAULT:
+        path = Path(setting).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return TokenizerChoice(load_tokenizer_file(path), "file", str(path))
+    found, why = probe_tokenizer(url, kind, model=model, headers=headers)
+    if found is not None:
+        return TokenizerChoice(found, "server", found.describe())
+    counter, detail = builtin()
+    warning = (
+        f"{url} has no usable tokenize endpoint ({why}); synthetic prompts are measured with "
+        f"the built-in tokenizer ({detail}), which may count differently from the server's "
+        "(set [workload] tokenizer to the served model's tokenizer.json to match it)"
+    )
+    logger.warning("[workload] tokenizer: %s", warning)
+    return TokenizerChoice(counter, "builtin", detail, warning)
 
 
 @dataclass(frozen=True)
@@ -245,13 +354,20 @@ def build_workload(
     outs = sample_lengths(spec.output_tokens, n, rng)
     if spec.kind == "synthetic":
         ins = sample_lengths(spec.input_tokens, n, rng)
-        return [
-            PromptItem(
-                max_tokens=min(o, max_tokens_cap),
-                prompt=_synthetic_text(i, counter, rng),
-                input_tokens=i,
+        prompts = [_synthetic_text(i, counter, rng) for i in ins]
+        # Counted again, not assumed: a server tokenizer's cut can miss by a token (cached).
+        counts = [counter.count(p) for p in prompts]
+        missed = sum(c != i for c, i in zip(counts, ins, strict=True))
+        if missed:
+            logger.warning(
+                "%d of %d synthetic prompts could not be cut to their exact token count; "
+                "their input_tokens is the tokenizer's count",
+                missed,
+                n,
             )
-            for i, o in zip(ins, outs, strict=True)
+        return [
+            PromptItem(max_tokens=min(o, max_tokens_cap), prompt=p, input_tokens=c)
+            for p, c, o in zip(prompts, counts, outs, strict=True)
         ]
     path = Path(spec.path)
     if not path.exists():

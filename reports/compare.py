@@ -21,12 +21,19 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from loadgen.results import Col, Point
+from loadgen.results import Col, Env, Point, Server
 from loadgen.summary import bootstrap_quantile_draws
 from reports.analysis import Analysis
-from reports.load import Rpt
+from reports.load import Rpt, Run
 
-__all__ = ["DEFAULT_MIN_EFFECT", "NOISE_METHOD", "Comparison", "compare"]
+__all__ = [
+    "DEFAULT_MIN_EFFECT",
+    "NOISE_METHOD",
+    "Comparison",
+    "compare",
+    "run_label",
+    "server_label",
+]
 
 DEFAULT_MIN_EFFECT: Final = 0.05
 Z_99: Final = 2.576
@@ -52,8 +59,8 @@ class Comparison:
     """Run B against run A.
 
     Attributes:
-        a_name: Baseline run name.
-        b_name: Candidate run name.
+        a_name: Baseline run's label (:func:`run_label`: name, server kind and version).
+        b_name: Candidate run's label.
         table: One row per matched load level and metric: values, relative change, whether
             the change is beyond noise, and the flag (``regression``/``improvement``/``""``).
         capacity: Per configuration: SLO capacity of both runs and its change.
@@ -229,6 +236,24 @@ def _capacity_rows(a: Analysis, b: Analysis, min_effect: float) -> list[dict[str
     return rows
 
 
+def server_label(run: Run) -> str:
+    """The measured server's kind and version (``llamacpp b11434``), ``""`` when not recorded."""
+    server = run.environment.get(Env.SERVER)
+    if not isinstance(server, dict) or not server.get(Server.KIND):
+        return ""
+    return f"{server[Server.KIND]} {server.get(Server.VERSION) or ''}".strip()
+
+
+def run_label(run: Run) -> str:
+    """A run as a comparison names it: its name, and the server it measured when recorded.
+
+    Two runs of the same workload against different servers (tokenbooth and llama.cpp) must
+    read apart at a glance in every table header.
+    """
+    server = server_label(run)
+    return f"{run.name} ({server})" if server else run.name
+
+
 def _label(key: str, a: Analysis, b: Analysis) -> str:
     """The candidate's label of a configuration key, the baseline's when only it has the key."""
     return b.label(key) if key in b.capacity else a.label(key)
@@ -262,8 +287,8 @@ def compare(
         if _find(key, la) is None:
             unmatched.append(f"{rb[Rpt.CONFIG]} at {key[2]:g} ({key[1]}): only in {b.run.name}")
     return Comparison(
-        a_name=a.run.name,
-        b_name=b.run.name,
+        a_name=run_label(a.run),
+        b_name=run_label(b.run),
         table=pd.DataFrame(rows),
         capacity=pd.DataFrame(_capacity_rows(a, b, min_effect)),
         unmatched=unmatched,

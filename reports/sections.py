@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
 
-from loadgen.results import Env, Gpu, Point
+from loadgen.results import Col, Env, Gpu, Point, Server, Tokenizer, TokensSource
+from loadgen.summary import SERVER_VIEW_COLUMNS
 from reports.analysis import CAPACITY_INTERPOLATION, KNEE_METHOD, Analysis
 from reports.capacity import CapacityModel, Holdout
-from reports.compare import Comparison
+from reports.compare import Comparison, server_label
 from reports.document import Section, Table
 from reports.figures import MAX_MODEL_CONFIGS, MAX_MODEL_REPLICAS, measured_figures, model_figures
 from reports.load import Rpt
@@ -34,6 +35,7 @@ __all__ = [
     "points_section",
     "recommendation_section",
     "report_sections",
+    "server_unavailable",
 ]
 
 # ------------------------------------------------------------------------------ formatting
@@ -191,7 +193,144 @@ def points_section(analysis: Analysis) -> Section:
     )
     rows = [_point_row(r) for _, r in pts.iterrows()]
     table = Table("Every point", headers, rows, note=note, key="points-table")
-    return Section("points", "Points", tables=[table])
+    notes = _token_count_notes(pts, analysis.run.requests)
+    unavailable = server_unavailable(analysis)
+    if unavailable is not None:
+        return Section("points", "Points", paragraphs=[unavailable, *notes], tables=[table])
+    tables = [table, _server_view_table(analysis, pts)]
+    return Section("points", "Points", paragraphs=notes, tables=tables)
+
+
+def _token_count_notes(pts: pd.DataFrame, requests: pd.DataFrame) -> list[str]:
+    """Where the server's usage disagreed with the streamed chunks, or was not sent."""
+    rate = pd.to_numeric(pts[Point.USAGE_MISMATCH_RATE], errors="coerce")
+    notes = []
+    off = pts[rate > 0]
+    if len(off):
+        shares = ", ".join(
+            f"point {int(r[Point.POINT_ID])}: {_pct(r[Point.USAGE_MISMATCH_RATE])}"
+            for _, r in off.iterrows()
+        )
+        notes.append(
+            "Token counts: the server's usage disagreed with the number of streamed token "
+            f"chunks on a share of successful requests ({shares}); token figures use the "
+            "usage, and a server that packs several tokens into one chunk looks like this."
+        )
+    if Col.TOKENS_SOURCE not in requests.columns:  # a run recorded before the column existed
+        return notes
+    ok = requests[requests[Col.OK].eq(True)]
+    chunked = ok.loc[ok[Col.TOKENS_SOURCE] == TokensSource.CHUNKS, Col.POINT_ID]
+    if len(chunked):
+        ids = ", ".join(str(i) for i in sorted({int(i) for i in chunked}))
+        notes.append(
+            f"Token counts: no usage was sent at point(s) {ids}; completion tokens there are "
+            "the streamed token chunks and prompt tokens the workload's own count."
+        )
+    return notes
+
+
+# ------------------------------------------------------------------------------ server view
+
+_CLIENT_MINUS_SERVER_TTFT: Final = "client_minus_server_ttft_s"
+
+# (column, header, format): the client's figure beside the server's, then the server's own.
+_SERVER_VIEW_TABLE: Final[tuple[tuple[str, str, str], ...]] = (
+    (Rpt.TTFT_MEAN_S, "client TTFT mean s", "s"),
+    (Point.SERVER_TTFT_MEAN_S, "server TTFT mean s", "s"),
+    (_CLIENT_MINUS_SERVER_TTFT, "client − server TTFT ms", "ms"),
+    (Rpt.E2E_MEAN_S, "client E2E mean s", "s"),
+    (Point.SERVER_E2E_MEAN_S, "server E2E mean s", "s"),
+    (Point.SERVER_QUEUE_WAIT_MEAN_S, "server queue mean s", "s"),
+    (Point.SERVER_REQUESTS, "server requests", "count"),
+    (Point.SERVER_PROMPT_TOKENS, "server prompt tokens", "count"),
+    (Point.SERVER_GENERATION_TOKENS, "server generated tokens", "count"),
+    (Point.SERVER_KV_CACHE_USAGE_MAX, "KV cache use max", "pct"),
+    (Point.SERVER_PREEMPTIONS, "preemptions", "count"),
+)
+
+
+def _server_of(analysis: Analysis) -> dict[str, Any] | None:
+    server = analysis.run.environment.get(Env.SERVER)
+    return server if isinstance(server, dict) else None
+
+
+def _has_values(points: pd.DataFrame, col: str) -> bool:
+    return col in points and bool(pd.to_numeric(points[col], errors="coerce").notna().any())
+
+
+def server_unavailable(analysis: Analysis) -> str | None:
+    """Why the run has no server-side figures, in words; ``None`` when it has them.
+
+    A server that exports no metrics the harness reads (a generic OpenAI-compatible server, or
+    one started without its metrics endpoint) is said to be so, never shown as blank columns.
+
+    Args:
+        analysis: The run's analysis.
+
+    Returns:
+        The sentence for the report, or ``None``.
+    """
+    server = _server_of(analysis)
+    if server is not None and not server.get(Server.SERVER_VIEW):
+        described = "; ".join(
+            str(x) for x in (server_label(analysis.run), server.get(Server.DETECTED_FROM)) if x
+        )
+        return (
+            f"Server-side figures are not available for this run: the server ({described}) "
+            "exports no metrics the harness reads, so every figure here is the client's own "
+            "measurement."
+        )
+    if not any(_has_values(analysis.points, c) for c in SERVER_VIEW_COLUMNS):
+        return (
+            "Server-side figures are not available for this run: no server metrics were "
+            "recorded, so every figure here is the client's own measurement."
+        )
+    return None
+
+
+def _server_cell(value: Any, fmt: str) -> str:
+    if fmt == "pct":
+        return _pct(value)
+    if fmt == "ms":
+        try:
+            return _f(float(value) * 1e3)
+        except (TypeError, ValueError):
+            return "–"
+    return _f(value, 6) if fmt == "count" else _f(value)
+
+
+def _server_view_table(analysis: Analysis, pts: pd.DataFrame) -> Table:
+    """Per point, the client's figures beside the server's own (TTFT reconciled where both)."""
+    pts = pts.copy()
+    if _has_values(pts, Rpt.TTFT_MEAN_S) and _has_values(pts, Point.SERVER_TTFT_MEAN_S):
+        client = pd.to_numeric(pts[Rpt.TTFT_MEAN_S], errors="coerce")
+        server_ttft = pd.to_numeric(pts[Point.SERVER_TTFT_MEAN_S], errors="coerce")
+        pts[_CLIENT_MINUS_SERVER_TTFT] = client - server_ttft
+    shown = [c for c in _SERVER_VIEW_TABLE if _has_values(pts, c[0])]
+    missing = [
+        header
+        for col, header, _ in _SERVER_VIEW_TABLE
+        if col in SERVER_VIEW_COLUMNS and not _has_values(pts, col)
+    ]
+    headers = ["id", "configuration", "load"] + [h for _, h, _ in shown]
+    rows = [
+        [
+            str(int(r[Point.POINT_ID])),
+            str(r[Rpt.CONFIG]),
+            f"{r[Point.LOAD_MODE]} {_f(r[Point.LOAD_LEVEL])}",
+            *(_server_cell(r.get(col), fmt) for col, _, fmt in shown),
+        ]
+        for _, r in pts.iterrows()
+    ]
+    server = server_label(analysis.run) or "the server"
+    note = (
+        f"Server-side figures from {server}'s own /metrics: deltas over each point's window "
+        "(KV cache use: the largest value scraped). Client minus server TTFT is what the "
+        "network, HTTP and SSE framing add to the server's own clock."
+    )
+    if missing:
+        note += f" Not exported by {server}, so absent rather than zero: {', '.join(missing)}."
+    return Table("Server view per point", headers, rows, note=note, key="server-view-table")
 
 
 # ------------------------------------------------------------------------------ recommendation
@@ -486,6 +625,19 @@ def comparison_section(cmp: Comparison) -> Section:
 # ------------------------------------------------------------------------------ provenance
 
 
+def _server_rows(analysis: Analysis) -> list[list[str]]:
+    server = _server_of(analysis)
+    if server is None:
+        return [["server", "not recorded (a run from before server detection)"]]
+    view = server.get(Server.SERVER_VIEW)
+    return [
+        ["server", str(server.get(Server.KIND) or "unknown")],
+        ["server version", str(server.get(Server.VERSION) or "not stated by the server")],
+        ["server detected from", str(server.get(Server.DETECTED_FROM) or "unknown")],
+        ["server-side metrics", "available" if view else "not available: client-side view only"],
+    ]
+
+
 def _environment_rows(analysis: Analysis) -> list[list[str]]:
     env = analysis.run.environment
     machine = env.get(Env.MACHINE) or {}
@@ -495,6 +647,7 @@ def _environment_rows(analysis: Analysis) -> list[list[str]]:
         ["tokenbooth", str(env.get(Env.TOKENBOOTH_VERSION, "unknown"))],
         ["started", str(env.get(Env.STARTED_AT, "unknown"))],
         ["git revision", str(env.get(Env.GIT_REVISION) or "unknown")],
+        *_server_rows(analysis),
     ]
     if isinstance(machine, dict):
         rows += [[f"machine: {k}", str(v)] for k, v in machine.items()]
@@ -504,6 +657,14 @@ def _environment_rows(analysis: Analysis) -> list[list[str]]:
             rows.append(["GPU detail", str(gpu[Gpu.DETAIL])])
         for d in gpu.get(Gpu.DEVICES) or []:
             rows.append([f"GPU {d.get(Gpu.INDEX, '?')}", json.dumps(d, default=str)])
+    tokenizer = env.get(Env.TOKENIZER) or {}
+    if isinstance(tokenizer, dict) and tokenizer:
+        rows.append(
+            [
+                "prompt tokens counted by",
+                f"{tokenizer.get(Tokenizer.SOURCE, '?')}: {tokenizer.get(Tokenizer.DETAIL, '?')}",
+            ]
+        )
     packages = env.get(Env.PACKAGES) or {}
     if isinstance(packages, dict):
         rows += [[f"package: {k}", str(v)] for k, v in sorted(packages.items())]
@@ -532,10 +693,13 @@ def environment_section(analysis: Analysis) -> Section:
         ("spec.toml", analysis.run.spec.text.strip()),
     ]
     rows = _environment_rows(analysis)
+    tokenizer = analysis.run.environment.get(Env.TOKENIZER) or {}
+    warning = tokenizer.get(Tokenizer.WARNING) if isinstance(tokenizer, dict) else None
     return Section(
         "environment",
         "Environment",
-        paragraphs=["What the numbers were measured on."],
+        paragraphs=["What the numbers were measured on."]
+        + ([f"Warning: prompt lengths may not be the server's: {warning}"] if warning else []),
         tables=[Table("Machine and versions", ["item", "value"], rows, key="env-table")],
         code=code,
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import math
+import threading
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from loadgen.results import POINT_COLUMNS, SERVER_COLUMNS, Point, Srv
 from loadgen.scrape import deltas, parse, snapshot
+from loadgen.servers import KV_CACHE_USAGE, PREEMPTIONS, adapter_for
 from loadgen.summary import server_summary
 from service.launch import free_port
 from telemetry import names
@@ -205,3 +208,79 @@ def test_real_service_exposition_round_trips() -> None:
 
 def test_snapshot_of_an_unreachable_replica_is_empty() -> None:
     assert snapshot(f"http://127.0.0.1:{free_port()}", timeout_s=1.0) == {}
+
+
+def test_rows_name_the_server_sample_each_canonical_one_came_from() -> None:
+    vllm = adapter_for("vllm")
+    text = (
+        "# TYPE vllm:prompt_tokens_total counter\n"
+        'vllm:prompt_tokens_total{model_name="m"} 10\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        'vllm:kv_cache_usage_perc{model_name="m"} 0.25\n'
+    )
+    after = parse(text.replace(" 10\n", " 30\n").replace(" 0.25\n", " 0.5\n"), vllm)
+    rows = by_key(deltas(0, "http://a", parse(text, vllm), after))
+    prompt = rows[(names.TOKENBOOTH_PROMPT_TOKENS, "", "model=m")]
+    assert (prompt[Srv.SOURCE], prompt[Srv.DELTA]) == ("vllm:prompt_tokens_total", 20.0)
+    kv = rows[(KV_CACHE_USAGE, "", "model=m")]
+    assert kv[Srv.SOURCE] == "vllm:kv_cache_usage_perc"
+    assert (kv[Srv.BEFORE], kv[Srv.AFTER]) == (0.25, 0.5)
+    assert math.isnan(kv[Srv.DELTA])
+    # tokenbooth's own samples are their own source.
+    assert {r[Srv.SOURCE] for r in deltas(0, "u", {}, parse(AFTER))} >= {REQS, WAITING}
+
+
+def test_a_gauge_maximum_takes_the_larger_of_before_and_after() -> None:
+    def rows(before: float, after: float, replica: str) -> list[dict[str, Any]]:
+        key = (KV_CACHE_USAGE, "", "")
+        return deltas(0, replica, {key: before}, {key: after})
+
+    s = server_summary(rows(0.75, 0.25, "http://a") + rows(0.5, 0.5, "http://b"))
+    assert s[Point.SERVER_KV_CACHE_USAGE_MAX] == 0.75
+    # A server that exports no such gauge has no such figure, not a zero.
+    assert Point.SERVER_KV_CACHE_USAGE_MAX not in server_summary(deltas(0, "u", {}, parse(AFTER)))
+
+
+def test_e2e_prompt_tokens_and_preemptions_come_from_their_canonical_samples() -> None:
+    before = {
+        (f"{names.GEN_AI_SERVER_REQUEST_DURATION}_sum", "", ""): 1.0,
+        (f"{names.GEN_AI_SERVER_REQUEST_DURATION}_count", "", ""): 2.0,
+        (names.TOKENBOOTH_PROMPT_TOKENS, "", ""): 100.0,
+        (PREEMPTIONS, "", ""): 1.0,
+    }
+    after = {
+        (f"{names.GEN_AI_SERVER_REQUEST_DURATION}_sum", "", ""): 4.0,
+        (f"{names.GEN_AI_SERVER_REQUEST_DURATION}_count", "", ""): 6.0,
+        (names.TOKENBOOTH_PROMPT_TOKENS, "", ""): 164.0,
+        (PREEMPTIONS, "", ""): 3.0,
+    }
+    s = server_summary(deltas(0, "http://a", before, after))
+    assert s[Point.SERVER_E2E_MEAN_S] == pytest.approx(3.0 / 4)
+    assert s[Point.SERVER_PROMPT_TOKENS] == 64.0
+    assert s[Point.SERVER_PREEMPTIONS] == 2.0
+
+
+def test_metrics_that_are_not_prometheus_text_give_an_empty_snapshot() -> None:
+    with pytest.raises(ValueError):
+        parse("{ not: metrics }\n")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _JsonMetrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        snap = snapshot(f"http://127.0.0.1:{server.server_address[1]}", timeout_s=2.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert snap == {}
+
+
+class _JsonMetrics(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'{"status": "ok"}\n'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return

@@ -1,8 +1,10 @@
 """Tolerant stream reading: SSE framing, the chunk shapes of other servers, error bodies.
 
 The samples follow what vLLM, SGLang, llama.cpp and TGI stream for an OpenAI-compatible request
-(extra fields, ``null`` content and usage, role-only chunks, reasoning text, errors in their own
-shapes); the last tests read tokenbooth's own stream on the fake engine.
+(extra fields, ``null`` content and usage, role-only chunks, reasoning text, tool calls, errors
+in their own shapes); the framing tests go through the HTML standard's event-stream rules case
+by case; the last tests read tokenbooth's own stream on the fake engine. The same framings over
+real HTTP, through the users' send path, are in ``test_users.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client import CollectorRegistry
 
-from loadgen.sse import SSEParser, StreamChunk, StreamTally, Usage, error_message
+from loadgen.sse import SSEParser, StreamTally, Usage, error_message
 from service.app import create_app
 from tests.conftest import fake_settings, wait_ready
 
@@ -151,8 +153,7 @@ def test_token_times_are_the_reads_that_carried_text() -> None:
 
 
 def test_reasoning_text_counts_as_generated_text() -> None:
-    chunk = StreamChunk(choices=None)
-    assert chunk.text(chat=True) is None
+    assert tally(sse({"choices": None})).token_times == []
     # Newer vLLM names the field `reasoning`; SGLang and llama.cpp `reasoning_content`.
     events = sse(
         chat_chunk({"reasoning": "a"}),
@@ -250,9 +251,244 @@ def test_parser_reassembles_events_split_anywhere() -> None:
 
 def test_parser_takes_cr_only_line_ends() -> None:
     parser = SSEParser()
-    # A CR ending a read may be the first half of a CRLF: that line waits for the next read.
-    assert parser.feed(b"data: a\r\rdata: b\r\r") == [(b"message", b"a")]
-    assert parser.feed(b"data: c\r\r") == [(b"message", b"b")]
+    # A CR ending a read ends its line at once: the event is out with the read that brought it.
+    assert parser.feed(b"data: a\r\rdata: b\r\r") == [(b"message", b"a"), (b"message", b"b")]
+    assert parser.feed(b"data: c\r\r") == [(b"message", b"c")]
+
+
+# ------------------------------------------------------------------ framing, case by case
+# The rules of the HTML Living Standard, "9.2.6 Interpreting an event stream".
+
+
+def feed_all(reads: list[bytes]) -> list[tuple[bytes, bytes]]:
+    parser = SSEParser()
+    events: list[tuple[bytes, bytes]] = []
+    for read in reads:
+        events += parser.feed(read)
+    return events
+
+
+def split(stream: bytes, size: int) -> list[bytes]:
+    return [stream[i : i + size] for i in range(0, len(stream), size)]
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 1000])
+def test_every_line_end_gives_the_same_events_however_the_reads_fall(eol: bytes, size: int) -> None:
+    stream = eol.join(
+        [b": hi", b"data: a", b"", b"event: e", b"data: b", b"data: c", b"", b"data: d", b"", b""]
+    )
+    expected = [(b"message", b"a"), (b"e", b"b\nc"), (b"message", b"d")]
+    assert feed_all(split(stream, size)) == expected
+
+
+def test_a_crlf_split_across_reads_dispatches_at_the_cr() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: a\r\n\r") == [(b"message", b"a")]
+    # The LF that completes that CRLF is no blank line of its own.
+    assert parser.feed(b"\ndata: b\r") == []
+    assert parser.feed(b"\ndata: c\r\n\r\n") == [(b"message", b"b\nc")]
+
+
+def test_only_the_lf_right_after_a_held_cr_is_skipped() -> None:
+    # A line end at a read's end followed by an LF-led read: two line ends, a blank line.
+    assert feed_all([b"data: a\n", b"\ndata: b\n\n"]) == [(b"message", b"a"), (b"message", b"b")]
+    # A CR, then a read that starts with no LF: nothing is skipped.
+    assert feed_all([b"data: a\r", b"data: b\n\n"]) == [(b"message", b"a\nb")]
+    # An empty read between the CR and its LF changes nothing.
+    assert feed_all([b"data: a\r", b"", b"\ndata: b\n\n"]) == [(b"message", b"a\nb")]
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [b"\xef\xbb\xbfdata: a\n\n"],
+        [b"\xef", b"\xbb", b"\xbfdata: a\n\n"],
+        [b"\xef\xbb", b"\xbf", b"data: a\n\n"],
+    ],
+    ids=["whole", "split-1-1", "split-2-1"],
+)
+def test_one_leading_bom_is_dropped(reads: list[bytes]) -> None:
+    assert feed_all(reads) == [(b"message", b"a")]
+
+
+def test_only_a_leading_bom_is_dropped() -> None:
+    # A second BOM is part of the first field's name, which then names no field.
+    assert feed_all([b"\xef\xbb\xbf\xef\xbb\xbfdata: a\n\ndata: b\n\n"]) == [(b"message", b"b")]
+    # A first byte that could not start a BOM is read at once.
+    assert feed_all([b"d", b"ata: a\n\n"]) == [(b"message", b"a")]
+    assert feed_all([b"\xef", b"data: a\n\n"]) == []  # not a BOM: the name is b"\xefdata"
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [b":\n\n", b": ping\n\n", b":keep-alive\r\n\r\n", b": a\n: b\n\n\n\n"],
+    ids=["bare", "ping", "crlf", "several"],
+)
+def test_comments_and_keep_alives_dispatch_nothing(stream: bytes) -> None:
+    assert feed_all([stream]) == []
+
+
+def test_a_comment_inside_an_event_does_not_end_it() -> None:
+    assert feed_all([b"data: a\n: note\ndata: b\n\n"]) == [(b"message", b"a\nb")]
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [
+        (b"data:x\n\n", [(b"message", b"x")]),  # no space after the colon
+        (b"data:  x\n\n", [(b"message", b" x")]),  # only one space is dropped
+        (b"data\n\n", [(b"message", b"")]),  # no colon: the field with an empty value
+        (b"data:\n\n", [(b"message", b"")]),
+        (b"data: a\ndata:\ndata: b\n\n", [(b"message", b"a\n\nb")]),  # empty lines kept
+        (b"data: a:b: c\n\n", [(b"message", b"a:b: c")]),  # the first colon splits
+        (b"event:\ndata: a\n\n", [(b"message", b"a")]),  # an empty event name: message
+        (b"event: x\nevent: y\ndata: a\n\n", [(b"y", b"a")]),  # the last name wins
+        (b"id: 1\nretry: 10\nfoo: bar\ndata: a\n\n", [(b"message", b"a")]),
+        (b"id: 1\nevent: x\nretry: 5\n\n", []),  # no data: nothing to dispatch
+        (b"DATA: a\n\n", []),  # field names are case-sensitive
+    ],
+    ids=[
+        "no-space",
+        "two-spaces",
+        "no-colon",
+        "empty",
+        "empty-lines",
+        "colons",
+        "empty-event",
+        "last-event",
+        "id-retry-unknown",
+        "no-data",
+        "case",
+    ],
+)
+def test_fields(stream: bytes, expected: list[tuple[bytes, bytes]]) -> None:
+    assert feed_all([stream]) == expected
+
+
+def test_the_event_name_is_reset_after_each_blank_line() -> None:
+    # After a dispatch, and after a blank line that dispatched nothing.
+    assert feed_all([b"event: e\ndata: a\n\ndata: b\n\n"]) == [(b"e", b"a"), (b"message", b"b")]
+    assert feed_all([b"event: e\n\ndata: b\n\n"]) == [(b"message", b"b")]
+
+
+def test_an_unterminated_last_event_is_dropped() -> None:
+    assert feed_all([b"data: a\n\ndata: b\n"]) == [(b"message", b"a")]
+    assert feed_all([b"data: a"]) == []
+
+
+# ------------------------------------------------------------------ chunk shapes
+
+
+def test_a_role_only_first_chunk_is_no_token() -> None:
+    for delta in ({"role": "assistant"}, {"role": "assistant", "content": ""}, {"content": None}):
+        t = tally(sse(chat_chunk(delta), chat_chunk({"content": "a"})))
+        assert t.token_times == [1.0]
+        assert t.first_content_at == 1.0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"choices": None}, {"choices": []}, {"id": "x", "object": "chat.completion.chunk"}],
+    ids=["empty", "null", "empty-list", "no-key"],
+)
+def test_chunks_without_choices_carry_nothing(payload: dict[str, Any]) -> None:
+    t = tally(sse(payload))
+    assert (t.token_times, t.usage, t.finish_reason, t.error) == ([], None, "", "")
+
+
+def test_a_usage_only_chunk_gives_usage_and_no_token() -> None:
+    t = tally(sse(chat_chunk({"content": "a"}), {"choices": [], "usage": USAGE}))
+    assert t.token_times == [0.0]
+    assert t.usage == Usage(prompt_tokens=7, completion_tokens=3)
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        chat_chunk({}, "stop"),
+        {"choices": [{"index": 0, "finish_reason": "stop"}]},  # no delta at all
+        chat_chunk({"content": None, "role": None}, "stop"),
+    ],
+    ids=["empty-delta", "no-delta", "null-delta-fields"],
+)
+def test_finish_reason_on_a_chunk_of_its_own(last: dict[str, Any]) -> None:
+    t = tally(sse(chat_chunk({"content": "a"}), last))
+    assert t.finish_reason == "stop"
+    assert t.token_times == [0.0]
+
+
+def test_first_content_comes_after_reasoning() -> None:
+    t = tally(SGLANG_REASONING)
+    assert t.token_times == [1.0, 2.0, 3.0]  # "Think", "Yes", "."
+    assert t.first_content_at == 2.0
+    events = sse(chat_chunk({"reasoning": "a"}), chat_chunk({"reasoning_content": "b"}))
+    assert tally(events).first_content_at is None
+    # Content and reasoning in one delta: one token, and content.
+    both = tally(sse(chat_chunk({"reasoning_content": "a", "content": "b"})))
+    assert (both.token_times, both.first_content_at) == ([0.0], 0.0)
+
+
+def test_completion_text_is_content() -> None:
+    t = tally(VLLM_COMPLETIONS, chat=False)
+    assert t.first_content_at == t.token_times[0] == 0.0
+
+
+# vLLM's tool parsers: the name with id and type (no `arguments` key), then argument fragments
+# (vllm/entrypoints/openai/tool_parsers/, e.g. the Hermes parser).
+TOOL_CALL_STREAM = sse(
+    chat_chunk({"role": "assistant", "content": ""}),
+    chat_chunk(
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "chatcmpl-tool-1",
+                    "type": "function",
+                    "function": {"name": "get_weather"},
+                }
+            ]
+        }
+    ),
+    chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+    chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+    chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": ""}}]}),
+    chat_chunk({"tool_calls": [{"index": 0}]}),
+    chat_chunk({"tool_calls": []}),
+    chat_chunk({}, "tool_calls"),
+    {"choices": [], "usage": USAGE},
+    "[DONE]",
+)
+
+
+def test_tool_call_pieces_are_generated_tokens() -> None:
+    t = tally(TOOL_CALL_STREAM)
+    assert t.error == ""
+    assert t.token_times == [1.0, 2.0, 3.0]  # the name, two fragments; empty pieces are none
+    assert t.first_content_at is None
+    assert t.finish_reason == "tool_calls"
+    assert t.usage == Usage(prompt_tokens=7, completion_tokens=3)
+
+
+def test_parallel_tool_calls_in_one_chunk_are_one_token_time() -> None:
+    calls = [{"index": i, "function": {"arguments": "{}"}} for i in range(2)]
+    assert tally(sse(chat_chunk({"tool_calls": calls}))).token_times == [0.0]
+
+
+def test_an_empty_data_event_is_a_keep_alive_not_an_error() -> None:
+    t = tally([*sse(chat_chunk({"content": "a"})), b"data:\n\n", b"data:  \n\n"])
+    assert (t.error, t.token_times) == ("", [0.0])
+
+
+def test_an_error_mid_stream_keeps_the_tokens_before_it() -> None:
+    events = sse(
+        chat_chunk({"content": "a"}),
+        chat_chunk({"content": "b"}),
+        {"error": {"message": "engine died", "type": "InternalServerError", "code": 500}},
+        "[DONE]",
+    )
+    t = tally(events)
+    assert (t.error, t.token_times, t.first_content_at) == ("engine died", [0.0, 1.0], 0.0)
 
 
 @pytest.fixture
@@ -291,6 +527,7 @@ async def test_tokenbooth_stream_reads_one_token_per_chunk(
     assert t.usage is not None and t.usage.completion_tokens == 5
     assert t.usage.prompt_tokens is not None and t.usage.prompt_tokens > 0
     assert len(t.token_times) == 5
+    assert t.first_content_at == t.token_times[0]
 
 
 async def test_tokenbooth_error_body_reads(client: Any) -> None:

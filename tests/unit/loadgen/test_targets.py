@@ -1,17 +1,21 @@
-"""Targets: the per-configuration shell hook of remote ones, the settings of local replicas."""
+"""Targets: readiness and the per-configuration shell hook of remote ones, the settings of local
+replicas."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+from loadgen.results import PointStatus
 from loadgen.spec import ServerConfig, TargetSpec
 from loadgen.targets import LocalReplicas, RemoteTarget, TargetError
-from service.launch import env_name
+from service.launch import env_name, free_port
 from service.settings import ServiceSettings
+from tests.support.mock_servers import MockServer
 
 CONFIG = ServerConfig(
     replicas=2,
@@ -94,3 +98,77 @@ def test_a_spec_env_value_the_service_rejects_fails_the_configuration(tmp_path: 
     assert "invalid replica settings" in excinfo.value.detail
     assert "max_batch_size" in excinfo.value.detail
     assert replicas.replicas == []  # nothing was started
+
+
+# ------------------------------------------------------------------------ remote readiness
+
+
+def _remote(url: str, **target: Any) -> RemoteTarget:
+    spec: dict[str, Any] = {"ready_timeout_s": 1.0, **target}
+    return RemoteTarget(TargetSpec(kind="remote", urls=(url,), **spec))
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("tokenbooth", "/health/ready"),
+        ("vllm", "/health"),
+        ("llamacpp", "/health"),
+        ("tgi", "/health"),
+        ("sglang", "/health"),
+        ("openai", "/v1/models"),  # no health endpoint at all
+    ],
+)
+def test_a_remote_target_of_only_urls_is_ready_on_the_first_path_that_answers_200(
+    kind: str, path: str
+) -> None:
+    with MockServer(kind) as server:
+        target = _remote(server.base_url)
+        target.apply(CONFIG)
+    assert target.ready_via == {server.base_url: path}
+    defaults = ["/health/ready", "/health", "/v1/models"]
+    assert server.paths == defaults[: defaults.index(path) + 1]
+
+
+def test_a_readiness_path_that_says_not_yet_is_not_skipped() -> None:
+    # /health/ready exists and answers 503 (loading): /v1/models answering 200 proves nothing.
+    loading = {"/health/ready": (503, {"status": "loading"})}
+    with MockServer("tokenbooth", health=loading) as server, pytest.raises(TargetError) as excinfo:
+        _remote(server.base_url).apply(CONFIG)
+    assert excinfo.value.status == PointStatus.REPLICA_NOT_READY
+    assert "/health/ready -> 503" in excinfo.value.detail
+    assert "/v1/models" not in server.paths
+
+
+def test_the_spec_ready_path_is_the_only_one_tried() -> None:
+    with MockServer("vllm") as server:
+        with pytest.raises(TargetError) as excinfo:
+            _remote(server.base_url, ready_path="/ping").apply(CONFIG)
+        assert excinfo.value.status == PointStatus.REPLICA_NOT_READY
+        assert set(server.paths) == {"/ping"}
+        target = _remote(server.base_url, ready_path="/version")
+        target.apply(CONFIG)
+    assert target.ready_via == {server.base_url: "/version"}
+
+
+def test_a_named_kind_waits_on_its_own_readiness_paths() -> None:
+    with MockServer("sglang") as server:
+        target = _remote(server.base_url, server="sglang")
+        target.apply(CONFIG)
+    # /ready (newer SGLang) is a 404 here, so its /health decides.
+    assert server.paths == ["/ready", "/health"]
+    assert target.ready_via == {server.base_url: "/health"}
+
+
+def test_a_server_where_no_path_exists_answered_but_is_not_ready() -> None:
+    with MockServer("openai") as server, pytest.raises(TargetError) as excinfo:
+        _remote(server.base_url, ready_path="/nope", ready_timeout_s=0.3).apply(CONFIG)
+    assert excinfo.value.status == PointStatus.REPLICA_NOT_READY
+    assert "no readiness path answered 200" in excinfo.value.detail
+    assert "/nope -> 404" in excinfo.value.detail
+
+
+def test_an_unreachable_remote_target_is_recorded_as_unreachable() -> None:
+    with pytest.raises(TargetError) as excinfo:
+        _remote(f"http://127.0.0.1:{free_port()}", ready_timeout_s=0.3).apply(CONFIG)
+    assert excinfo.value.status == PointStatus.TARGET_UNREACHABLE

@@ -1,9 +1,13 @@
 """Workloads: exact synthetic prompt lengths in model tokens, seeded distributions, prompt files,
-and the OpenAI request bodies the harness sends."""
+tokenizers named by path, and the OpenAI request bodies the harness sends.
+
+The server's own tokenize endpoint is tested in ``test_tokenize.py``.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import msgspec
@@ -11,6 +15,7 @@ import numpy as np
 import pytest
 
 import loadgen
+from loadgen.results import Tokenizer
 from loadgen.spec import LengthDist, WorkloadSpec
 from loadgen.workload import (
     PromptItem,
@@ -18,7 +23,9 @@ from loadgen.workload import (
     WordCounter,
     WorkloadError,
     build_workload,
+    choose_tokenizer,
     load_tokenizer,
+    load_tokenizer_file,
     sample_lengths,
 )
 from service.schemas import ChatCompletionRequest, CompletionRequest
@@ -102,6 +109,80 @@ def test_word_counter_counts_and_truncates_whitespace_words() -> None:
 def test_load_tokenizer_without_tokenizer_json_counts_words(tmp_path: Path) -> None:
     assert isinstance(load_tokenizer(None), WordCounter)
     assert isinstance(load_tokenizer(tmp_path), WordCounter)
+
+
+class OffByOne:
+    """Words, but every cut keeps one word too many: a tokenizer whose cuts miss."""
+
+    def count(self, text: str) -> int:
+        return WordCounter().count(text)
+
+    def truncate(self, text: str, n: int) -> str:
+        return WordCounter().truncate(text, n + 1)
+
+
+def test_a_cut_that_misses_is_recorded_with_its_real_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="tokenbooth.loadgen"):
+        items = build_workload(synthetic(LengthDist(value=10)), OffByOne(), 6, seed=0)
+    assert [it.input_tokens for it in items] == [11] * 6
+    assert "6 of 6 synthetic prompts could not be cut" in caplog.text
+
+
+# ------------------------------------------------------------------------------ tokenizer paths
+
+
+def test_tokenizer_path_is_a_tokenizer_json_or_a_model_directory(
+    tiny_model_dir: Path, hf_counter: TokenCounter
+) -> None:
+    text = "Tokenization isn't whitespace-splitting: antidisestablishmentarianism!"
+    for path in (tiny_model_dir, tiny_model_dir / "tokenizer.json"):
+        counter = load_tokenizer_file(path)
+        assert not isinstance(counter, WordCounter)
+        assert counter.count(text) == hf_counter.count(text) > 8
+        items = build_workload(synthetic(LengthDist(value=33)), counter, 5, seed=4)
+        assert [hf_counter.count(it.prompt or "") for it in items] == [33] * 5
+
+
+def test_tokenizer_path_errors_name_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "tokenizer.json"
+    with pytest.raises(WorkloadError, match=rf"^\[workload\] tokenizer: not found: {missing}$"):
+        load_tokenizer_file(missing)
+    with pytest.raises(WorkloadError, match=rf"{tmp_path} is a directory without tokenizer.json"):
+        load_tokenizer_file(tmp_path)
+    broken = tmp_path / "tokenizer.json"
+    broken.write_text('{"version": "1.0", "model": ')
+    with pytest.raises(WorkloadError, match=rf"^\[workload\] tokenizer: cannot load {broken}: "):
+        load_tokenizer_file(broken)
+    with pytest.raises(WorkloadError, match=rf"cannot load {broken}"):
+        load_tokenizer_file(tmp_path)  # a model directory whose tokenizer.json is broken
+
+
+def test_a_relative_tokenizer_path_is_relative_to_the_spec(
+    tiny_model_dir: Path, hf_counter: TokenCounter
+) -> None:
+    def no_builtin() -> tuple[TokenCounter, str]:
+        raise AssertionError("a path is loaded, never the built-in tokenizer")
+
+    choice = choose_tokenizer(
+        "model/tokenizer.json",
+        url="http://127.0.0.1:9",  # never called: a path needs no server
+        kind="vllm",
+        model="m",
+        headers={},
+        builtin=no_builtin,
+        base_dir=tiny_model_dir.parent,
+    )
+    assert choice.source == "file"
+    assert choice.environment() == {
+        Tokenizer.SOURCE: "file",
+        Tokenizer.DETAIL: str(tiny_model_dir / "tokenizer.json"),
+        Tokenizer.WARNING: "",
+    }
+    assert choice.counter.count("antidisestablishmentarianism") == hf_counter.count(
+        "antidisestablishmentarianism"
+    )
 
 
 # ------------------------------------------------------------------------------ distributions
