@@ -10,6 +10,7 @@ so a renamed metric changes the dashboard the next time this runs, and
 The dashboard expects the datasources provisioned from ``dashboards/provisioning/``: Prometheus
 (uid :data:`PROMETHEUS_UID`, with exemplar ``trace_id`` links) and the trace store (uid
 :data:`TRACES_UID`). A ``datasource`` template variable lets it run against another Prometheus.
+It is long because the dashboard is data: one declaration per panel, in the order they show.
 """
 
 from __future__ import annotations

@@ -16,16 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +34,8 @@ from locust.env import Environment
 
 from loadgen import scrape
 from loadgen.arrivals import arrival_offsets
-from loadgen.results import Col, Env, Gpu, Machine, Point, PointStatus, RunDir
+from loadgen.environment import environment_metadata
+from loadgen.results import Col, Env, Point, PointStatus, RunDir
 from loadgen.servers import Adapter, ServerInfo, adapter_for
 from loadgen.servers.detect import detect
 from loadgen.servers.tokenbooth import TOKENBOOTH
@@ -48,17 +45,19 @@ from loadgen.targets import LocalReplicas, RemoteTarget, TargetError
 from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext
 from loadgen.worker import MSG_DONE, MSG_POINT, MSG_ROWS, point_message
 from loadgen.workload import (
+    FAKE_ENGINE_WORDS,
     PromptItem,
     TokenCounter,
     TokenizerChoice,
     WordCounter,
     build_workload,
+    builtin_tokenizer,
     choose_tokenizer,
     load_tokenizer,
 )
 from service.errors import TokenboothError
 
-__all__ = ["SweepRunner", "environment_metadata"]
+__all__ = ["SweepRunner"]
 
 logger = logging.getLogger("tokenbooth.loadgen")
 
@@ -73,100 +72,6 @@ class _SpawnRateFilter(logging.Filter):
 
 
 logging.getLogger("locust.runners").addFilter(_SpawnRateFilter())
-_PACKAGES = (
-    "tokenbooth",
-    "ctranslate2",
-    "locust",
-    "litestar",
-    "uvicorn",
-    "prometheus-client",
-    "opentelemetry-sdk",
-    "numpy",
-    "pandas",
-    "tokenizers",
-)
-
-
-def _git_revision() -> str | None:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=True,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _gpu_info() -> dict[str, Any]:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception as exc:
-        return {Gpu.AVAILABLE: False, Gpu.DETAIL: f"NVML unavailable: {exc}", Gpu.DEVICES: []}
-    try:
-        devices = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            devices.append(
-                {
-                    Gpu.INDEX: i,
-                    Gpu.NAME: name.decode() if isinstance(name, bytes) else str(name),
-                    Gpu.MEMORY_TOTAL_BYTES: int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
-                }
-            )
-        detail = f"{len(devices)} GPU(s)"
-        return {Gpu.AVAILABLE: bool(devices), Gpu.DETAIL: detail, Gpu.DEVICES: devices}
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def environment_metadata(spec: SweepSpec, manifest: dict[str, Any] | None) -> dict[str, Any]:
-    """Machine, GPU, versions, git revision and model manifest for ``environment.json``."""
-    packages = {}
-    for name in _PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return {
-        Env.TOKENBOOTH_VERSION: packages.get("tokenbooth", "unknown"),
-        Env.STARTED_AT: datetime.now(UTC).isoformat(),
-        Env.MACHINE: {
-            Machine.HOSTNAME: platform.node(),
-            Machine.PLATFORM: platform.platform(),
-            Machine.PYTHON: platform.python_version(),
-            Machine.CPU_MODEL: _cpu_model(),
-            Machine.CPU_COUNT: os.cpu_count(),
-            Machine.MEMORY_BYTES: psutil.virtual_memory().total,
-        },
-        Env.GPU: _gpu_info(),
-        Env.PACKAGES: packages,
-        Env.GIT_REVISION: _git_revision(),
-        Env.MODEL_MANIFEST: manifest,
-        Env.SPEC_PATH: spec.path,
-        Env.SERVER: None,  # what serves the target, once known (SweepRunner._record_server)
-        Env.TOKENIZER: None,  # what counts prompt tokens, once chosen (_record_tokenizer)
-    }
 
 
 @dataclass
@@ -338,7 +243,7 @@ class SweepRunner:
                 kind=self._server.kind if self._server is not None else spec.target.server,
                 model=model,
                 headers=headers,
-                builtin=lambda: _builtin_tokenizer(spec.target.engine),
+                builtin=lambda: builtin_tokenizer(spec.target.engine),
                 base_dir=Path(spec.path).parent,
             )
             self._record_tokenizer(choice)
@@ -371,7 +276,7 @@ class SweepRunner:
             if model_dir is not None:
                 local = TokenizerChoice(load_tokenizer(model_dir), "builtin", str(model_dir))
             else:
-                local = TokenizerChoice(WordCounter(), "builtin", _FAKE_ENGINE_WORDS)
+                local = TokenizerChoice(WordCounter(), "builtin", FAKE_ENGINE_WORDS)
             self._record_tokenizer(local)
             yield _Target(urls, model, local.counter, {}, replicas.dead)
 
@@ -703,23 +608,3 @@ def _served_model(url: str, headers: dict[str, str]) -> str:
         return str(r.json()["data"][0]["id"])
     except (requests.RequestException, KeyError, IndexError, ValueError) as exc:
         raise TargetError(PointStatus.TARGET_UNREACHABLE, f"{url}/v1/models: {exc}") from exc
-
-
-def _default_model_dir() -> Path | None:
-    """The default model if it is already built (its tokenizer counts remote targets' tokens)."""
-    from service.models import resolve_model
-
-    return resolve_model(None, "int8", build=False)
-
-
-_FAKE_ENGINE_WORDS = "whitespace words (the fake engine's tokens)"
-
-
-def _builtin_tokenizer(engine: str) -> tuple[TokenCounter, str]:
-    """The harness's own tokenizer for a remote target, and what it is."""
-    if engine == "fake":
-        return WordCounter(), _FAKE_ENGINE_WORDS
-    model_dir = _default_model_dir()
-    if model_dir is None:
-        return WordCounter(), "whitespace words (the default model is not built)"
-    return load_tokenizer(model_dir), f"the default model's, {model_dir}"

@@ -29,6 +29,7 @@ from loadgen.tokenize import probe_tokenizer, server_tokenizer
 from service.errors import TokenboothError
 
 __all__ = [
+    "FAKE_ENGINE_WORDS",
     "TOKENIZER_DEFAULT",
     "TOKENIZER_SERVER",
     "PromptItem",
@@ -38,6 +39,7 @@ __all__ = [
     "WordCounter",
     "WorkloadError",
     "build_workload",
+    "builtin_tokenizer",
     "choose_tokenizer",
     "load_tokenizer",
     "load_tokenizer_file",
@@ -402,3 +404,24 @@ def build_workload(
                 )
             )
     return items
+
+
+def _default_model_dir() -> Path | None:
+    """The default model if it is already built (its tokenizer counts remote targets' tokens)."""
+    from service.models import resolve_model
+
+    return resolve_model(None, "int8", build=False)
+
+
+FAKE_ENGINE_WORDS: Final = "whitespace words (the fake engine's tokens)"
+"""What counts a fake engine's tokens (it generates whitespace-separated words)."""
+
+
+def builtin_tokenizer(engine: str) -> tuple[TokenCounter, str]:
+    """The harness's own tokenizer for a remote target, and what it is."""
+    if engine == "fake":
+        return WordCounter(), FAKE_ENGINE_WORDS
+    model_dir = _default_model_dir()
+    if model_dir is None:
+        return WordCounter(), "whitespace words (the default model is not built)"
+    return load_tokenizer(model_dir), f"the default model's, {model_dir}"

@@ -9,13 +9,15 @@ A change is flagged only when it is both statistically clear and large enough to
 * error rate: a two-proportion z-test at the same level;
 
 and the relative change is at least ``min_effect`` (5% by default). Levels are matched by
-configuration key (:attr:`reports.load.Rpt.CONFIG_KEY`), load mode and load level.
+configuration key (:attr:`reports.load.Rpt.CONFIG_KEY`), load mode and load level; two runs of
+one configuration each (two servers, or two builds of one, on the same workload) are matched by
+load mode and level alone, since their configurations are what is being compared.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import numpy as np
@@ -259,6 +261,21 @@ def _label(key: str, a: Analysis, b: Analysis) -> str:
     return b.label(key) if key in b.capacity else a.label(key)
 
 
+def _rekeyed(b: Analysis, old: str, new: str) -> Analysis:
+    """``b`` with its configuration key ``old`` renamed ``new`` (labels unchanged)."""
+    points, levels = b.points.copy(), b.levels.copy()
+    for frame in (points, levels):
+        if len(frame):
+            frame.loc[frame[Rpt.CONFIG_KEY] == old, Rpt.CONFIG_KEY] = new
+    return replace(
+        b,
+        points=points,
+        levels=levels,
+        knees={new if k == old else k: v for k, v in b.knees.items()},
+        capacity={new if k == old else k: v for k, v in b.capacity.items()},
+    )
+
+
 def compare(
     a: Analysis, b: Analysis, *, min_effect: float = DEFAULT_MIN_EFFECT, seed: int = 0
 ) -> Comparison:
@@ -273,6 +290,9 @@ def compare(
     Returns:
         The comparison.
     """
+    if len(a.capacity) == len(b.capacity) == 1 and set(a.capacity) != set(b.capacity):
+        (key_a,), (key_b,) = a.capacity, b.capacity
+        b = _rekeyed(b, key_b, key_a)
     la = {_level_key(r): r for _, r in a.levels.iterrows()} if len(a.levels) else {}
     lb = {_level_key(r): r for _, r in b.levels.iterrows()} if len(b.levels) else {}
     rows: list[dict[str, Any]] = []

@@ -4,26 +4,28 @@ Every function takes the pipeline's results (:class:`reports.analysis.Analysis`,
 :class:`reports.capacity.CapacityModel`, the :class:`reports.recommend.Recommendation`, the
 :class:`reports.compare.Comparison`) and returns a :class:`reports.document.Section`; nothing
 here knows whether it ends up in HTML or Markdown. :func:`report_sections` puts them in order.
+The module is a little over 600 lines on purpose: every section is here, in reading order, so
+the report's wording can be read and changed in one place (cells, figures and the server view
+are modules of their own).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Final
 
-import numpy as np
 import pandas as pd
 
-from loadgen.results import Col, Env, Gpu, Point, Server, Tokenizer, TokensSource
-from loadgen.summary import SERVER_VIEW_COLUMNS
+from loadgen.results import Col, Env, Gpu, Point, Tokenizer, TokensSource
 from reports.analysis import CAPACITY_INTERPOLATION, KNEE_METHOD, Analysis
 from reports.capacity import CapacityModel, Holdout
-from reports.compare import Comparison, server_label
+from reports.cells import ci, num, pct
+from reports.compare import Comparison
 from reports.document import Section, Table
 from reports.figures import MAX_MODEL_CONFIGS, MAX_MODEL_REPLICAS, measured_figures, model_figures
 from reports.load import Rpt
 from reports.recommend import Recommendation
+from reports.server_view import server_rows, server_unavailable, server_view_table
 
 __all__ = [
     "capacity_section",
@@ -35,41 +37,7 @@ __all__ = [
     "points_section",
     "recommendation_section",
     "report_sections",
-    "server_unavailable",
 ]
-
-# ------------------------------------------------------------------------------ formatting
-
-
-def _f(value: Any, digits: int = 3, unit: str = "") -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    if not math.isfinite(v):
-        return "–"
-    return f"{v:.{digits}g}{unit}"
-
-
-def _pct(value: Any, signed: bool = False) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    if not math.isfinite(v):
-        return "–"
-    return f"{v:+.1%}" if signed else f"{v:.1%}"
-
-
-def _ci(row: pd.Series, col: str, lo: str, hi: str, n: str) -> str:
-    v = _f(row.get(col))
-    if v == "–":
-        return v
-    lo_s, hi_s = _f(row.get(lo)), _f(row.get(hi))
-    count = row.get(n)
-    count_s = f" n={int(count)}" if count is not None and np.isfinite(float(count)) else ""
-    return f"{v} [{lo_s}, {hi_s}]{count_s}" if lo_s != "–" else f"{v}{count_s}"
-
 
 # ------------------------------------------------------------------------------ measured
 
@@ -78,8 +46,8 @@ def _knee_cell(r: pd.Series) -> str:
     if not r[Rpt.KNEE_FOUND]:
         return f"none: {r[Rpt.KNEE_NOTE]}"
     return (
-        f"{_f(r[Rpt.KNEE_RPS])} req/s ({_f(r[Rpt.KNEE_OUTPUT_TOKENS_PER_S])} tok/s) at load "
-        f"{_f(r[Rpt.KNEE_LOAD_LEVEL])}, TTFT p95 {_f(r[Rpt.KNEE_TTFT_P95_S])} s"
+        f"{num(r[Rpt.KNEE_RPS])} req/s ({num(r[Rpt.KNEE_OUTPUT_TOKENS_PER_S])} tok/s) at load "
+        f"{num(r[Rpt.KNEE_LOAD_LEVEL])}, TTFT p95 {num(r[Rpt.KNEE_TTFT_P95_S])} s"
     )
 
 
@@ -103,11 +71,11 @@ def capacity_section(analysis: Analysis) -> Section:
                 f"{r[Rpt.N_VALID]}/{r[Rpt.N_POINTS_TOTAL]}",
                 _knee_cell(r),
                 cap.describe(),
-                _f(r[Rpt.CAPACITY_OUTPUT_TOKENS_PER_S]),
-                _f(r[Rpt.CAPACITY_LOAD_LEVEL]),
-                f"{_f(concurrency)} {conc_kind}" if math.isfinite(concurrency) else "–",
-                _pct(r[Point.ERROR_RATE]),
-                _f(r[Rpt.PEAK_RPS]),
+                num(r[Rpt.CAPACITY_OUTPUT_TOKENS_PER_S]),
+                num(r[Rpt.CAPACITY_LOAD_LEVEL]),
+                f"{num(concurrency)} {conc_kind}" if math.isfinite(concurrency) else "–",
+                pct(r[Point.ERROR_RATE]),
+                num(r[Rpt.PEAK_RPS]),
                 cap.note or "",
             ]
         )
@@ -140,19 +108,19 @@ def _point_row(r: pd.Series) -> list[str]:
     return [
         str(int(r[Point.POINT_ID])),
         str(r[Rpt.CONFIG]),
-        f"{r[Point.LOAD_MODE]} {_f(r[Point.LOAD_LEVEL])}",
+        f"{r[Point.LOAD_MODE]} {num(r[Point.LOAD_LEVEL])}",
         validity,
-        f"{_f(r[Point.N_OK], 6)}/{_f(r[Point.N_REQUESTS], 6)}",
-        _pct(r[Point.ERROR_RATE]),
-        _f(r[Point.ACHIEVED_RPS]),
-        _f(r[Point.OUTPUT_TOKENS_PER_S]),
-        _f(r[Point.TTFT_P50_S]),
-        _ci(r, Point.TTFT_P95_S, Rpt.TTFT_P95_LO, Rpt.TTFT_P95_HI, Rpt.N_TTFT),
-        _f(r[Point.TTFT_P99_S]),
-        _ci(r, Point.ITL_P95_S, Rpt.ITL_P95_LO, Rpt.ITL_P95_HI, Rpt.N_ITL),
-        _ci(r, Point.TPOT_P95_S, Rpt.TPOT_P95_LO, Rpt.TPOT_P95_HI, Rpt.N_TPOT),
-        _ci(r, Point.E2E_P95_S, Rpt.E2E_P95_LO, Rpt.E2E_P95_HI, Rpt.N_E2E),
-        _f(r[Point.LAG_P95_S]),
+        f"{num(r[Point.N_OK], 6)}/{num(r[Point.N_REQUESTS], 6)}",
+        pct(r[Point.ERROR_RATE]),
+        num(r[Point.ACHIEVED_RPS]),
+        num(r[Point.OUTPUT_TOKENS_PER_S]),
+        num(r[Point.TTFT_P50_S]),
+        ci(r, Point.TTFT_P95_S, Rpt.TTFT_P95_LO, Rpt.TTFT_P95_HI, Rpt.N_TTFT),
+        num(r[Point.TTFT_P99_S]),
+        ci(r, Point.ITL_P95_S, Rpt.ITL_P95_LO, Rpt.ITL_P95_HI, Rpt.N_ITL),
+        ci(r, Point.TPOT_P95_S, Rpt.TPOT_P95_LO, Rpt.TPOT_P95_HI, Rpt.N_TPOT),
+        ci(r, Point.E2E_P95_S, Rpt.E2E_P95_LO, Rpt.E2E_P95_HI, Rpt.N_E2E),
+        num(r[Point.LAG_P95_S]),
         slo,
     ]
 
@@ -197,7 +165,7 @@ def points_section(analysis: Analysis) -> Section:
     unavailable = server_unavailable(analysis)
     if unavailable is not None:
         return Section("points", "Points", paragraphs=[unavailable, *notes], tables=[table])
-    tables = [table, _server_view_table(analysis, pts)]
+    tables = [table, server_view_table(analysis, pts)]
     return Section("points", "Points", paragraphs=notes, tables=tables)
 
 
@@ -208,7 +176,7 @@ def _token_count_notes(pts: pd.DataFrame, requests: pd.DataFrame) -> list[str]:
     off = pts[rate > 0]
     if len(off):
         shares = ", ".join(
-            f"point {int(r[Point.POINT_ID])}: {_pct(r[Point.USAGE_MISMATCH_RATE])}"
+            f"point {int(r[Point.POINT_ID])}: {pct(r[Point.USAGE_MISMATCH_RATE])}"
             for _, r in off.iterrows()
         )
         notes.append(
@@ -229,110 +197,6 @@ def _token_count_notes(pts: pd.DataFrame, requests: pd.DataFrame) -> list[str]:
     return notes
 
 
-# ------------------------------------------------------------------------------ server view
-
-_CLIENT_MINUS_SERVER_TTFT: Final = "client_minus_server_ttft_s"
-
-# (column, header, format): the client's figure beside the server's, then the server's own.
-_SERVER_VIEW_TABLE: Final[tuple[tuple[str, str, str], ...]] = (
-    (Rpt.TTFT_MEAN_S, "client TTFT mean s", "s"),
-    (Point.SERVER_TTFT_MEAN_S, "server TTFT mean s", "s"),
-    (_CLIENT_MINUS_SERVER_TTFT, "client − server TTFT ms", "ms"),
-    (Rpt.E2E_MEAN_S, "client E2E mean s", "s"),
-    (Point.SERVER_E2E_MEAN_S, "server E2E mean s", "s"),
-    (Point.SERVER_QUEUE_WAIT_MEAN_S, "server queue mean s", "s"),
-    (Point.SERVER_REQUESTS, "server requests", "count"),
-    (Point.SERVER_PROMPT_TOKENS, "server prompt tokens", "count"),
-    (Point.SERVER_GENERATION_TOKENS, "server generated tokens", "count"),
-    (Point.SERVER_KV_CACHE_USAGE_MAX, "KV cache use max", "pct"),
-    (Point.SERVER_PREEMPTIONS, "preemptions", "count"),
-)
-
-
-def _server_of(analysis: Analysis) -> dict[str, Any] | None:
-    server = analysis.run.environment.get(Env.SERVER)
-    return server if isinstance(server, dict) else None
-
-
-def _has_values(points: pd.DataFrame, col: str) -> bool:
-    return col in points and bool(pd.to_numeric(points[col], errors="coerce").notna().any())
-
-
-def server_unavailable(analysis: Analysis) -> str | None:
-    """Why the run has no server-side figures, in words; ``None`` when it has them.
-
-    A server that exports no metrics the harness reads (a generic OpenAI-compatible server, or
-    one started without its metrics endpoint) is said to be so, never shown as blank columns.
-
-    Args:
-        analysis: The run's analysis.
-
-    Returns:
-        The sentence for the report, or ``None``.
-    """
-    server = _server_of(analysis)
-    if server is not None and not server.get(Server.SERVER_VIEW):
-        described = "; ".join(
-            str(x) for x in (server_label(analysis.run), server.get(Server.DETECTED_FROM)) if x
-        )
-        return (
-            f"Server-side figures are not available for this run: the server ({described}) "
-            "exports no metrics the harness reads, so every figure here is the client's own "
-            "measurement."
-        )
-    if not any(_has_values(analysis.points, c) for c in SERVER_VIEW_COLUMNS):
-        return (
-            "Server-side figures are not available for this run: no server metrics were "
-            "recorded, so every figure here is the client's own measurement."
-        )
-    return None
-
-
-def _server_cell(value: Any, fmt: str) -> str:
-    if fmt == "pct":
-        return _pct(value)
-    if fmt == "ms":
-        try:
-            return _f(float(value) * 1e3)
-        except (TypeError, ValueError):
-            return "–"
-    return _f(value, 6) if fmt == "count" else _f(value)
-
-
-def _server_view_table(analysis: Analysis, pts: pd.DataFrame) -> Table:
-    """Per point, the client's figures beside the server's own (TTFT reconciled where both)."""
-    pts = pts.copy()
-    if _has_values(pts, Rpt.TTFT_MEAN_S) and _has_values(pts, Point.SERVER_TTFT_MEAN_S):
-        client = pd.to_numeric(pts[Rpt.TTFT_MEAN_S], errors="coerce")
-        server_ttft = pd.to_numeric(pts[Point.SERVER_TTFT_MEAN_S], errors="coerce")
-        pts[_CLIENT_MINUS_SERVER_TTFT] = client - server_ttft
-    shown = [c for c in _SERVER_VIEW_TABLE if _has_values(pts, c[0])]
-    missing = [
-        header
-        for col, header, _ in _SERVER_VIEW_TABLE
-        if col in SERVER_VIEW_COLUMNS and not _has_values(pts, col)
-    ]
-    headers = ["id", "configuration", "load"] + [h for _, h, _ in shown]
-    rows = [
-        [
-            str(int(r[Point.POINT_ID])),
-            str(r[Rpt.CONFIG]),
-            f"{r[Point.LOAD_MODE]} {_f(r[Point.LOAD_LEVEL])}",
-            *(_server_cell(r.get(col), fmt) for col, _, fmt in shown),
-        ]
-        for _, r in pts.iterrows()
-    ]
-    server = server_label(analysis.run) or "the server"
-    note = (
-        f"Server-side figures from {server}'s own /metrics: deltas over each point's window "
-        "(KV cache use: the largest value scraped). Client minus server TTFT is what the "
-        "network, HTTP and SSE framing add to the server's own clock."
-    )
-    if missing:
-        note += f" Not exported by {server}, so absent rather than zero: {', '.join(missing)}."
-    return Table("Server view per point", headers, rows, note=note, key="server-view-table")
-
-
 # ------------------------------------------------------------------------------ recommendation
 
 
@@ -350,8 +214,8 @@ def _options_table(rec: Recommendation) -> Table:
         [
             o.base_config,
             str(o.replicas),
-            _f(o.capacity_rps),
-            _pct(o.headroom, signed=True),
+            num(o.capacity_rps),
+            pct(o.headroom, signed=True),
             o.source,
             str(o.cpu_threads),
             o.note,
@@ -373,8 +237,8 @@ def _evidence(rec: Recommendation, holdout: Holdout | None) -> str:
             return (
                 f"This replica count was not measured: it rests on the capacity model, whose "
                 f"throughput error on held-out measured points is "
-                f"{_pct(holdout.throughput_mape)} and TTFT p95 error "
-                f"{_pct(holdout.ttft_p95_mape)} (see Capacity model)."
+                f"{pct(holdout.throughput_mape)} and TTFT p95 error "
+                f"{pct(holdout.ttft_p95_mape)} (see Capacity model)."
             )
         return (
             "This replica count was not measured and the model could not be checked on "
@@ -441,8 +305,8 @@ def _service_table(model: CapacityModel) -> Table:
             + ("" if math.isfinite(st.worker_cpu_cores) else " (assumed)"),
             f"{st.batch_size_range[0]:.3g}–{st.batch_size_range[1]:.3g}",
             f"{st.fit_points} ({', '.join(str(r) for r in st.fit_replicas)})",
-            f"{_pct(st.prefill_rel_rmse)} / {_pct(st.step_rel_rmse)}",
-            f"{_f(model.max_throughput(st.base_config_id, 1))}",
+            f"{pct(st.prefill_rel_rmse)} / {pct(st.step_rel_rmse)}",
+            f"{num(model.max_throughput(st.base_config_id, 1))}",
             "; ".join(st.notes),
         ]
         for st in (model.services[base] for base in model.configs)
@@ -452,15 +316,15 @@ def _service_table(model: CapacityModel) -> Table:
 
 def _holdout_table(holdout: Holdout) -> Table:
     rows = [
-        [kind, str(n), _pct(thr), _pct(ttft)]
+        [kind, str(n), pct(thr), pct(ttft)]
         for kind, (thr, ttft, n) in sorted(holdout.by_kind.items())
     ]
     rows.append(
         [
             "all",
             str(len(holdout.table)),
-            _pct(holdout.throughput_mape),
-            _pct(holdout.ttft_p95_mape),
+            pct(holdout.throughput_mape),
+            pct(holdout.ttft_p95_mape),
         ]
     )
     note = (
@@ -488,7 +352,7 @@ def _target_table(model: CapacityModel, rec: Recommendation, target_rps: float) 
             p = model.predict(base, n, target_rps)
             verdict = "meets SLO" if p.meets(rec.slo) else "misses SLO"
             rows.append(
-                [label, str(n), _f(p.throughput_rps), _f(p.ttft_p95_s), _f(p.e2e_p95_s), verdict]
+                [label, str(n), num(p.throughput_rps), num(p.ttft_p95_s), num(p.e2e_p95_s), verdict]
             )
     return Table(
         f"Predictions at the target load ({target_rps:g} req/s, Poisson)",
@@ -557,11 +421,11 @@ def _comparison_rows(df: pd.DataFrame) -> list[list[str]]:
     return [
         [
             str(r[Rpt.CONFIG]),
-            f"{r[Point.LOAD_MODE]} {_f(r[Point.LOAD_LEVEL])}",
+            f"{r[Point.LOAD_MODE]} {num(r[Point.LOAD_LEVEL])}",
             str(r[Rpt.METRIC]),
-            _f(r[Rpt.A], 4),
-            _f(r[Rpt.B], 4),
-            _pct(r[Rpt.CHANGE], signed=True),
+            num(r[Rpt.A], 4),
+            num(r[Rpt.B], 4),
+            pct(r[Rpt.CHANGE], signed=True),
             str(r[Rpt.EVIDENCE]),
             str(r[Rpt.FLAG]).upper() if r[Rpt.FLAG] else "",
         ]
@@ -573,9 +437,9 @@ def _capacity_compare_table(cmp: Comparison) -> Table:
     rows = [
         [
             str(r[Rpt.CONFIG]),
-            f"{_f(r[Rpt.A_CAPACITY_RPS])} ({r[Rpt.A_STATUS]})",
-            f"{_f(r[Rpt.B_CAPACITY_RPS])} ({r[Rpt.B_STATUS]})",
-            _pct(r[Rpt.CHANGE], signed=True),
+            f"{num(r[Rpt.A_CAPACITY_RPS])} ({r[Rpt.A_STATUS]})",
+            f"{num(r[Rpt.B_CAPACITY_RPS])} ({r[Rpt.B_STATUS]})",
+            pct(r[Rpt.CHANGE], signed=True),
             str(r[Rpt.FLAG]).upper(),
         ]
         for _, r in cmp.capacity.iterrows()
@@ -625,19 +489,6 @@ def comparison_section(cmp: Comparison) -> Section:
 # ------------------------------------------------------------------------------ provenance
 
 
-def _server_rows(analysis: Analysis) -> list[list[str]]:
-    server = _server_of(analysis)
-    if server is None:
-        return [["server", "not recorded (a run from before server detection)"]]
-    view = server.get(Server.SERVER_VIEW)
-    return [
-        ["server", str(server.get(Server.KIND) or "unknown")],
-        ["server version", str(server.get(Server.VERSION) or "not stated by the server")],
-        ["server detected from", str(server.get(Server.DETECTED_FROM) or "unknown")],
-        ["server-side metrics", "available" if view else "not available: client-side view only"],
-    ]
-
-
 def _environment_rows(analysis: Analysis) -> list[list[str]]:
     env = analysis.run.environment
     machine = env.get(Env.MACHINE) or {}
@@ -647,7 +498,7 @@ def _environment_rows(analysis: Analysis) -> list[list[str]]:
         ["tokenbooth", str(env.get(Env.TOKENBOOTH_VERSION, "unknown"))],
         ["started", str(env.get(Env.STARTED_AT, "unknown"))],
         ["git revision", str(env.get(Env.GIT_REVISION) or "unknown")],
-        *_server_rows(analysis),
+        *server_rows(analysis),
     ]
     if isinstance(machine, dict):
         rows += [[f"machine: {k}", str(v)] for k, v in machine.items()]

@@ -8,9 +8,6 @@ pointing the harness at their own llama.cpp would write it. The sweep runs as a 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,10 +16,10 @@ import pytest
 
 from loadgen.results import Col, Env, Point, RunDir, Server, TokensSource
 from reports.pipeline import build_report
+from tests.support.sweeps import run_sweep
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TOKENBOOTH = Path(sys.executable).with_name("tokenbooth")
 OUTPUT_TOKENS = 16
 CONCURRENCY = (1, 4)
 
@@ -59,22 +56,7 @@ def _spec(url: str) -> str:
 
 @pytest.fixture(scope="module")
 def llamacpp_run(llama_server: str, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
-    tmp = tmp_path_factory.mktemp("llamacpp-sweep")
-    spec = tmp / "llamacpp.toml"
-    spec.write_text(_spec(llama_server))
-    out = tmp / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENBOOTH_")}
-    proc = subprocess.run(
-        [str(TOKENBOOTH), "sweep", str(spec), "--output", str(out), "--quiet"],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
-    return RunDir(out)
+    return run_sweep(tmp_path_factory.mktemp("llamacpp-sweep"), "llamacpp", _spec(llama_server))
 
 
 def test_every_point_is_valid_with_no_errors(llamacpp_run: RunDir) -> None:

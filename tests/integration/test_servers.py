@@ -10,9 +10,6 @@ patching must not reach this process); the mock runs here, on loopback, in a thr
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -23,10 +20,10 @@ import pytest
 from loadgen.results import Env, Point, RunDir, Server, Srv
 from reports.pipeline import build_report
 from tests.support.mock_servers import KINDS, MockServer
+from tests.support.sweeps import run_sweep
 
 pytestmark = pytest.mark.integration
 
-TOKENBOOTH = Path(sys.executable).with_name("tokenbooth")
 OUTPUT_TOKENS = 8
 PROMPT_WORDS = 16  # the mocks count whitespace words; the workload is built for 16 "tokens"
 
@@ -92,21 +89,7 @@ def spec_text(name: str, url: str) -> str:
 
 
 def sweep(tmp_path: Path, kind: str, url: str) -> RunDir:
-    spec = tmp_path / f"{kind}.toml"
-    spec.write_text(spec_text(f"mock-{kind}", url))
-    out = tmp_path / f"run-{kind}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENBOOTH_")}
-    proc = subprocess.run(
-        [str(TOKENBOOTH), "sweep", str(spec), "--output", str(out), "--quiet"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
-    return RunDir(out)
+    return run_sweep(tmp_path, kind, spec_text(f"mock-{kind}", url), timeout_s=120)
 
 
 @pytest.fixture(scope="module", params=list(KINDS))

@@ -65,3 +65,27 @@ def test_small_but_significant_change_needs_the_minimum_effect(
     assert compare(capacity_analysis, slightly).regressions.empty
     flagged = compare(capacity_analysis, slightly, min_effect=0.02).regressions
     assert (flagged[Rpt.COLUMN] == Point.TTFT_P95_S).any()
+
+
+def _one_config_run(tmp_path: Path, name: str, key: str, batch: int, factor: float) -> Analysis:
+    points = [
+        synth.SynthPoint(key, rate, rate * factor, ttft, max_batch_size=batch)
+        for rate, ttft in zip(synth.KNEE_RATES, synth.KNEE_TTFT, strict=True)
+    ]
+    return analyze(load_run(synth.write_run(tmp_path / name, points, name=name)))
+
+
+def test_two_servers_of_one_configuration_each_are_matched_by_load_level(
+    tmp_path: Path,
+) -> None:
+    # Two servers on one workload: their configurations differ (that is the comparison), so
+    # their levels pair up by load level alone instead of all coming out unmatched.
+    ours = _one_config_run(tmp_path, "ours", "r1-b16-d5-w2-t1-int8", 16, 1.0)
+    theirs = _one_config_run(tmp_path, "theirs", "r1-b8-d5-w1-t1-int8", 8, 0.7)
+    cmp = compare(ours, theirs)
+    # Only the level that is invalid in one run (0.7 req/s: under min_samples) stays unmatched.
+    assert cmp.unmatched == ["int8 b16 d5ms w1 t1 ×1 at 1 (rate): only in ours"]
+    thr = cmp.table[cmp.table[Rpt.COLUMN] == Point.ACHIEVED_RPS]
+    assert len(thr) == len(synth.KNEE_RATES) - 1
+    assert thr[Rpt.CHANGE].to_numpy() == pytest.approx(-0.3, abs=0.01)
+    assert len(cmp.capacity) == 1

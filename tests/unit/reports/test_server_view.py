@@ -9,7 +9,8 @@ from typing import Any
 from loadgen.results import Env, Point, Server
 from reports.analysis import Analysis
 from reports.compare import compare, run_label, server_label
-from reports.sections import environment_section, points_section, server_unavailable
+from reports.sections import environment_section, points_section
+from reports.server_view import server_unavailable
 
 
 def _with_server(analysis: Analysis, server: dict[str, Any] | None) -> Analysis:
