@@ -31,6 +31,7 @@ __all__ = [
     "ServerError",
     "TokenboothError",
     "UnprocessableError",
+    "UnsupportedMediaTypeError",
     "from_validation_error",
 ]
 
@@ -45,6 +46,8 @@ class ErrorCode(StrEnum):
     INVALID_UTF8 = "invalid_utf8"
     UNSUPPORTED_N = "unsupported_n"
     UNSUPPORTED_ECHO = "unsupported_echo"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     MAX_TOKENS_TOO_LARGE = "max_tokens_too_large"
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     BODY_TOO_LARGE = "body_too_large"
@@ -125,6 +128,17 @@ class UnprocessableError(APIError):
 
     status_code = 422
     default_code = ErrorCode.INVALID_BODY
+
+
+class UnsupportedMediaTypeError(APIError):
+    """415: the body is not declared ``application/json``.
+
+    Refusing other types forces a browser to send a CORS preflight before it can POST to an
+    unauthenticated local server.
+    """
+
+    status_code = 415
+    default_code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class AuthenticationError(APIError):

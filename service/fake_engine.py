@@ -77,6 +77,7 @@ class FakeEngine:
             compute_type="none",
             context_length=context_length,
             engine="fake",
+            vocab_size=len(FAKE_VOCAB) + 1,  # the words and EOS
         )
 
     @staticmethod

@@ -1,7 +1,15 @@
 """OpenAI wire types (msgspec Structs): the ONE source of request and response shapes.
 
 ``loadgen`` imports these to build requests and parse responses, so a field renamed here is
-renamed everywhere. Unknown request fields are ignored, as OpenAI's own API does.
+renamed everywhere.
+
+Request fields fall in three groups. Implemented: the typed fields below, plus the vLLM
+extensions ``top_k`` and ``ignore_eos``. Known to OpenAI but not implemented
+(:data:`UNSUPPORTED_PARAMETERS`: logprobs, tools, penalties, ...): declared so the OpenAPI schema
+shows them, and answered with 400 ``unsupported parameter: <name>`` unless absent, ``null`` or
+the OpenAI default (``logprobs: false``, ``presence_penalty: 0``, ``tools: []``, ...), which
+asks for nothing we do not do. Anything else (``metadata``, ``store``, ``service_tier``,
+``parallel_tool_calls``, other servers' extensions) changes nothing we return and is ignored.
 
 Range and set checks live on the fields as ``msgspec.Meta`` constraints (and so in the OpenAPI
 schema); decoding enforces them, and :func:`service.errors.from_validation_error` words the
@@ -11,11 +19,15 @@ failures for clients. Checks that depend on the server's settings or the model (
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 __all__ = [
+    "TOP_P_MIN",
+    "UNSUPPORTED_PARAMETERS",
     "ChatCompletionChoice",
     "ChatCompletionChunk",
     "ChatCompletionChunkChoice",
@@ -44,6 +56,35 @@ ChatRole = Literal["system", "user", "assistant", "developer", "tool"]
 _TokenCount = Annotated[int, msgspec.Meta(ge=1)]
 _NonEmptyText = Annotated[str, msgspec.Meta(min_length=1)]
 
+# The top token always has probability >= 1/vocab, so any top_p at or below that keeps the top
+# token alone: 1e-6 loses nothing for vocabularies under a million, and keeps far from float32
+# underflow (1e-60 is 0 as float32, which CTranslate2 refuses, failing the whole batch).
+TOP_P_MIN: Final = 1e-6
+
+# OpenAI parameters that are not implemented, with the values that ask for nothing (the OpenAI
+# defaults); ``null`` is accepted too. Values compare by JSON type: ``logprobs: 0`` is not false.
+UNSUPPORTED_PARAMETERS: Final[Mapping[str, tuple[object, ...]]] = MappingProxyType(
+    {
+        "logprobs": (False,),
+        "top_logprobs": (0,),
+        "best_of": (1,),
+        "suffix": ("",),
+        "presence_penalty": (0, 0.0),
+        "frequency_penalty": (0, 0.0),
+        "logit_bias": ({},),
+        "response_format": ({"type": "text"},),
+        "tools": ([],),
+        "tool_choice": ("none",),
+        "functions": ([],),
+        "function_call": ("none",),
+    }
+)
+
+
+_Unsupported = Annotated[
+    Any, msgspec.Meta(description="not supported: 400 unless null or the OpenAI default")
+]
+
 
 class StreamOptions(msgspec.Struct, kw_only=True):
     """``stream_options``: ask for a final chunk carrying ``usage``."""
@@ -59,8 +100,14 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     # Newer OpenAI clients send max_completion_tokens for chat; accept both.
     max_completion_tokens: _TokenCount | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, msgspec.Meta(ge=-1, description="0 or -1: no limit")] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=TOP_P_MIN, le=1.0)] | None = None
+    # The upper bound is the model's vocabulary size, checked by the route.
+    top_k: (
+        Annotated[
+            int, msgspec.Meta(ge=-1, description="0 or -1: no limit; at most the vocabulary size")
+        ]
+        | None
+    ) = None
     stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, lt=2**32)] | None = None
     n: int = 1
@@ -69,6 +116,19 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     user: str | None = None
     # vLLM extension: keep generating past EOS (fixed-length benchmarks); needs the server setting.
     ignore_eos: bool = False
+    # UNSUPPORTED_PARAMETERS, declared for the schema; the route refuses any other value.
+    logprobs: _Unsupported = None
+    top_logprobs: _Unsupported = None
+    best_of: _Unsupported = None
+    suffix: _Unsupported = None
+    presence_penalty: _Unsupported = None
+    frequency_penalty: _Unsupported = None
+    logit_bias: _Unsupported = None
+    response_format: _Unsupported = None
+    tools: _Unsupported = None
+    tool_choice: _Unsupported = None
+    functions: _Unsupported = None
+    function_call: _Unsupported = None
 
 
 class CompletionRequest(_SamplingFields, kw_only=True):

@@ -1,9 +1,11 @@
 """``POST /v1/completions`` and ``POST /v1/chat/completions``: validate -> submit -> respond.
 
 Bodies are decoded here (not by Litestar's signature model) so that every bad input maps to an
-OpenAI-shaped error naming the offending field: malformed JSON or UTF-8 -> 400, wrong types ->
-422, values out of range and other semantic problems -> 400, unknown model -> 404, oversized
-body -> 413. Every request, refused or served, is recorded once through :mod:`service.observe`.
+OpenAI-shaped error naming the offending field: a body not declared ``application/json`` ->
+415, malformed, too deeply nested JSON or bad UTF-8 -> 400, wrong types -> 422, values out of
+range, unsupported parameters and other semantic problems -> 400, unknown model -> 404,
+oversized body -> 413. Every request, refused or served, is recorded once through
+:mod:`service.observe`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from service.errors import (
     ModelBuildError,
     ModelNotFoundError,
     PayloadTooLargeError,
+    UnsupportedMediaTypeError,
     from_validation_error,
 )
 from service.job import Finished, Job, TextDelta
@@ -96,6 +99,7 @@ async def _handle(
     with obs.bound():
         try:
             engine, batcher = _ready(st)
+            _require_json(request)
             plan = _validate(await _body(request), endpoint.body, engine, st.settings)
             job = _submit(engine, batcher, obs, endpoint, plan)
         except APIError as exc:
@@ -123,6 +127,15 @@ def _ready(st: ServiceState) -> tuple[Engine, Batcher]:
     return st.engine, st.batcher
 
 
+def _require_json(request: Request[Any, Any, Any]) -> None:
+    # Checked before the body is read: a browser may send text/plain cross-origin without a
+    # CORS preflight, application/json only after one.
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        shown = media_type or "none"
+        raise UnsupportedMediaTypeError(f"Content-Type must be application/json, not {shown}")
+
+
 class _ClientGone(Exception):
     """The client hung up while its body was still arriving."""
 
@@ -142,6 +155,10 @@ def _decode(body: bytes, typ: type[_Body]) -> _Body:
         return msgspec.json.decode(body, type=typ)
     except msgspec.ValidationError as exc:
         raise from_validation_error(exc) from exc
+    except RecursionError as exc:
+        raise InvalidRequestError(
+            "request body is nested too deeply to decode", code=ErrorCode.INVALID_JSON
+        ) from exc
     except msgspec.DecodeError as exc:
         try:
             body.decode("utf-8")
@@ -164,6 +181,12 @@ def _validate(body: bytes, typ: type[_Body], engine: Engine, settings: ServiceSe
         )
     if req.n != 1:
         raise InvalidRequestError("only n=1 is supported", param="n", code=ErrorCode.UNSUPPORTED_N)
+    _refuse_unsupported(req)
+    vocab = engine.info.vocab_size
+    if req.top_k is not None and vocab > 0 and req.top_k > vocab:
+        raise InvalidRequestError(
+            f"top_k must be <= {vocab}, the model's vocabulary size", param="top_k"
+        )
     if req.ignore_eos and not settings.allow_ignore_eos:
         raise InvalidRequestError("ignore_eos is disabled on this server", param="ignore_eos")
     if isinstance(req, schemas.ChatCompletionRequest):
@@ -184,6 +207,17 @@ def _validate(body: bytes, typ: type[_Body], engine: Engine, settings: ServiceSe
         prompt=prompt,
         messages=messages,
     )
+
+
+def _refuse_unsupported(req: _Body) -> None:
+    for name, defaults in schemas.UNSUPPORTED_PARAMETERS.items():
+        value = getattr(req, name)
+        # By JSON type as well as value: in Python 0 == False and 1 == True.
+        if value is None or any(type(value) is type(d) and value == d for d in defaults):
+            continue
+        raise InvalidRequestError(
+            f"unsupported parameter: {name}", param=name, code=ErrorCode.UNSUPPORTED_PARAMETER
+        )
 
 
 def _max_tokens(req: _Body, settings: ServiceSettings) -> int:

@@ -184,7 +184,7 @@ async def test_completion_errors(
         ("max_tokens", 0, "max_tokens must be >= 1"),
         ("max_completion_tokens", 0, "max_completion_tokens must be >= 1"),
         ("temperature", 2.5, "temperature must be <= 2.0"),
-        ("top_p", 0, "top_p must be > 0.0"),
+        ("top_p", 0, "top_p must be >= 1e-06"),
         ("top_k", -2, "top_k must be >= -1"),
         ("seed", 2**32, "seed must be <= 4294967295"),
         ("stop", ["a", "b", "c", "d", "e"], "stop must have at most 4 items"),
