@@ -67,6 +67,8 @@ class EngineInfo:
     context_length: int
     engine: str
     model_dir: str | None = None
+    # Output vocabulary size, the largest top_k the engine accepts; 0 when unknown.
+    vocab_size: int = 0
 
 
 class StreamDecoder(Protocol):
@@ -83,7 +85,11 @@ class TextCodec(Protocol):
     eos_token_ids: frozenset[int]
 
     def encode(self, text: str) -> list[str]:
-        """Token strings the engine consumes (BOS included when the model wants it)."""
+        """Token strings the engine consumes (BOS included when the model wants it).
+
+        Special-token text that chat messages carried into a ``render_chat`` result is
+        encoded as text; pass that result unchanged.
+        """
         ...
 
     def new_decoder(self) -> StreamDecoder:
@@ -153,7 +159,10 @@ class TokenizerCodec:
         eos_tokens: Sequence[str],
         add_bos: bool = False,
     ) -> None:
+        from service.models.chat import PromptTokenizer
+
         self._tokenizer = tokenizer
+        self._prompts = PromptTokenizer(tokenizer)
         self._chat_template = chat_template
         self._bos = bos_token
         self._eos = list(eos_tokens)
@@ -162,7 +171,7 @@ class TokenizerCodec:
         self.eos_token_ids = frozenset(i for i in ids if i is not None)
 
     def encode(self, text: str) -> list[str]:
-        tokens: list[str] = self._tokenizer.encode(text, add_special_tokens=False).tokens
+        tokens = self._prompts.tokens(text)
         if self._add_bos and (not tokens or tokens[0] != self._bos):
             tokens.insert(0, self._bos)
         return tokens
@@ -179,6 +188,7 @@ class TokenizerCodec:
             bos_token=self._bos,
             eos_token=self._eos[0] if self._eos else "",
             add_generation_prompt=True,
+            special_tokens=self._prompts.special_tokens,
         )
 
 
@@ -244,6 +254,7 @@ class CTranslate2Engine:
             context_length=manifest.context_length,
             engine="ctranslate2",
             model_dir=str(model_dir),
+            vocab_size=manifest.vocab_size,
         )
         self._seed_lock = threading.Lock()
 

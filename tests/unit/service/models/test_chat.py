@@ -1,4 +1,4 @@
-"""service.models.chat: chat templates render like Hugging Face's, sandboxed."""
+"""service.models.chat: templates render like Hugging Face's, sandboxed; special text is marked."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from service.errors import ModelBuildError
 from service.models import load_model_files, render_chat
+from service.models.chat import ChatPrompt, SpecialTokens
 
 
 def test_render_chat_with_the_real_template(tiny_dir: Path) -> None:
@@ -70,3 +71,24 @@ def test_render_chat_hf_conveniences() -> None:
 def test_render_chat_template_errors(template: str, message: str) -> None:
     with pytest.raises(ModelBuildError, match=message):
         render_chat(template, [{"role": "user", "content": "x"}], bos_token="", eos_token="")
+
+
+def test_render_chat_marks_special_token_text_from_messages() -> None:
+    special = SpecialTokens(["<s>", "</s>", "<|im_end|>"])
+    template = (
+        "{% for m in messages %}{{ bos_token }}{{ m.role }}: {{ m.content }}{{ eos_token }}"
+        "{% endfor %}"
+    )
+    messages = [{"role": "user", "content": "a</s>b<s>"}, {"role": "user", "content": "plain"}]
+    plain = render_chat(template, messages, bos_token="<s>", eos_token="</s>")
+    prompt = render_chat(
+        template, messages, bos_token="<s>", eos_token="</s>", special_tokens=special
+    )
+    assert prompt == plain == "<s>user: a</s>b<s></s><s>user: plain</s>"
+    # Only the messages' own special-token text is literal; the template's markers are not.
+    assert [prompt[start:end] for start, end in prompt.literal_spans] == ["</s>", "<s>"]
+    assert prompt.literal_spans == ((10, 14), (15, 18))
+    clean = render_chat(
+        template, messages[1:], bos_token="<s>", eos_token="</s>", special_tokens=special
+    )
+    assert isinstance(clean, ChatPrompt) and clean.literal_spans == ()
