@@ -115,10 +115,12 @@ def _internal_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Respon
     )
 
 
-def _api_key_guard(settings: ServiceSettings, *, ops: bool) -> list[Any]:
-    if settings.api_key is None or (ops and not settings.protect_ops_endpoints):
+def _api_key_guard(settings: ServiceSettings, *, protect: bool = True) -> list[Any]:
+    """A guard requiring the API key, or none when no key is set or ``protect`` is off."""
+    key = settings.effective_api_key
+    if key is None or not protect:
         return []
-    expected = settings.api_key.get_secret_value().encode()
+    expected = key.get_secret_value().encode()
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         header = connection.headers.get("authorization", "")
@@ -251,12 +253,17 @@ def create_app(
     def provide_state() -> ServiceState:
         return state
 
-    api_guards = _api_key_guard(settings, ops=False)
-    ops_guards = _api_key_guard(settings, ops=True)
+    api_guards = _api_key_guard(settings)
+    ops_guards = _api_key_guard(settings, protect=settings.protect_ops_endpoints)
+    # Probes have a switch of their own: kubelet and compose healthchecks send no key.
+    health_guards = _api_key_guard(settings, protect=settings.protect_health_endpoints)
     api = Router("/", route_handlers=[completions, chat_completions, models], guards=api_guards)
-    ops = Router("/", route_handlers=[live, ready, metrics], guards=ops_guards)
+    ops = Router("/", route_handlers=[metrics], guards=ops_guards)
+    health = Router("/", route_handlers=[live, ready], guards=health_guards)
+    # The schema lists every route and field: it is guarded like the other ops endpoints.
+    docs = Router("/docs", route_handlers=[], guards=ops_guards)
     app = Litestar(
-        route_handlers=[api, ops],
+        route_handlers=[api, ops, health],
         dependencies={"svc": Provide(provide_state, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={
@@ -265,7 +272,7 @@ def create_app(
             Exception: _internal_error_handler,
         },
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="tokenbooth", version="0.1.0", path="/docs"),
+        openapi_config=OpenAPIConfig(title="tokenbooth", version="0.1.0", openapi_router=docs),
         debug=False,
         # Logging is ours (telemetry.logging): Litestar must not install its own handlers.
         logging_config=None,

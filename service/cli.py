@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import types
 import typing
@@ -14,8 +15,18 @@ from typing import Any
 from pydantic import SecretStr
 
 from service.settings import QUANTIZATIONS, ServiceSettings
+from telemetry.logging import configure_logging, log_event
 
-__all__ = ["COMMANDS_GROUP", "add_settings_flags", "build_parser", "main", "settings_from_args"]
+__all__ = [
+    "COMMANDS_GROUP",
+    "add_settings_flags",
+    "build_parser",
+    "main",
+    "settings_from_args",
+    "warn_api_key_flag",
+]
+
+logger = logging.getLogger("tokenbooth.service")
 
 COMMANDS_GROUP = "tokenbooth.commands"
 """Entry-point group of extra subcommands: ``register(subparsers)`` adds a parser whose
@@ -72,6 +83,25 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         if getattr(args, name, None) is not None
     }
     return ServiceSettings(**overrides)
+
+
+def warn_api_key_flag(args: argparse.Namespace) -> None:
+    """Log a WARNING when ``--api-key`` was given: any local user can read it in ``ps``.
+
+    Call it once logging is configured, so the warning is formatted like every other line.
+    """
+    if getattr(args, "api_key", None) is None:
+        return
+    from service.launch import env_name  # only here: it pulls in httpx
+
+    log_event(
+        logger,
+        "api_key_on_command_line",
+        level=logging.WARNING,
+        detail="--api-key is visible to every local user in the process list "
+        f"(/proc/PID/cmdline); pass the key as {env_name('api_key')} or in a file named by "
+        f"--api-key-file / {env_name('api_key_file')}",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from service.server import serve
 
-            return serve(settings_from_args(args))
+            settings = settings_from_args(args)
+            configure_logging(settings.log_level, json_format=settings.log_json)
+            warn_api_key_flag(args)
+            return serve(settings)
         if getattr(args, "func", None) is not None:
             code: int = args.func(args)
             return code

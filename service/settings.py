@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["QUANTIZATIONS", "ServiceSettings"]
+from service.errors import TokenboothError
+
+__all__ = ["QUANTIZATIONS", "ApiKeyFileError", "ServiceSettings", "read_api_key_file"]
 
 QUANTIZATIONS: Final[tuple[str, ...]] = (
     "int8",
@@ -20,6 +22,10 @@ QUANTIZATIONS: Final[tuple[str, ...]] = (
 """Weight quantizations a model can be built with (CTranslate2 ``quantization``)."""
 
 
+class ApiKeyFileError(TokenboothError):
+    """The API key file cannot be read or is empty."""
+
+
 class ServiceSettings(BaseSettings):
     """Configuration of one service replica.
 
@@ -28,6 +34,8 @@ class ServiceSettings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(env_prefix="TOKENBOOTH_", extra="ignore")
+
+    _file_api_key: SecretStr | None = PrivateAttr(default=None)
 
     # --- model and engine ---
     model: Path | None = Field(
@@ -78,9 +86,20 @@ class ServiceSettings(BaseSettings):
     # --- network and auth ---
     host: str = Field(default="127.0.0.1", description="bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="bind port (0: any free port)")
-    api_key: SecretStr | None = Field(default=None, description="require 'Bearer <key>' if set")
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="require 'Bearer <key>' if set; as a flag it shows in ps: prefer the env "
+        "var or api_key_file",
+    )
+    api_key_file: Path | None = Field(
+        default=None, description="file holding the API key (read once at start; one line)"
+    )
     protect_ops_endpoints: bool = Field(
-        default=False, description="also require the API key on /health/* and /metrics"
+        default=False, description="also require the API key on /metrics and /docs (OpenAPI)"
+    )
+    protect_health_endpoints: bool = Field(
+        default=False,
+        description="also require the API key on /health/live and /health/ready (probes need it)",
     )
 
     # --- SLO thresholds (become histogram bucket boundaries) ---
@@ -119,3 +138,34 @@ class ServiceSettings(BaseSettings):
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError("default_max_tokens must not exceed max_tokens_cap")
         return self
+
+    @model_validator(mode="after")
+    def _read_api_key_file(self) -> ServiceSettings:
+        if self.api_key_file is None:
+            return self
+        if self.api_key is not None:
+            raise ValueError("set api_key or api_key_file, not both")
+        self._file_api_key = SecretStr(read_api_key_file(self.api_key_file))
+        return self
+
+    @property
+    def effective_api_key(self) -> SecretStr | None:
+        """The key clients must send: ``api_key``, or the content of ``api_key_file``."""
+        return self.api_key if self.api_key is not None else self._file_api_key
+
+
+def read_api_key_file(path: Path) -> str:
+    """The API key in ``path``, without its trailing newline (as ``echo key > file`` writes it).
+
+    Raises:
+        ApiKeyFileError: the file cannot be read or holds no key; raised as is (not wrapped in a
+            ValidationError) so ``tokenbooth serve`` fails at start with one clear line.
+    """
+    try:
+        key = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ApiKeyFileError(f"api_key_file {path}: cannot read the API key: {reason}") from exc
+    if not key:
+        raise ApiKeyFileError(f"api_key_file {path}: the file is empty, no API key in it")
+    return key

@@ -57,6 +57,7 @@ def _non_default_settings() -> ServiceSettings:
         port=0,
         api_key=SecretStr("s3cret key=1"),
         protect_ops_endpoints=True,
+        protect_health_endpoints=True,
         ttft_slo_ms=250.0,
         tpot_slo_ms=80.0,
         e2e_slo_ms=900.0,
@@ -72,7 +73,10 @@ def _non_default_settings() -> ServiceSettings:
     )
     defaults = explicit_settings()
     same = [n for n in ServiceSettings.model_fields if getattr(settings, n) == getattr(defaults, n)]
-    assert same == [], f"give {same} a non-default value here, so the round trip covers them"
+    # api_key_file excludes api_key: test_api_key_file_reaches_the_child_as_a_path covers it.
+    assert same == ["api_key_file"], (
+        f"give {same} a non-default value here, so the round trip covers them"
+    )
     return settings
 
 
@@ -93,6 +97,20 @@ def test_settings_round_trip_through_the_replica_environment(
     env = replica_env(settings)
     assert env[env_name("api_key")] == "s3cret key=1"
     assert env[env_name("log_json")] == "false"
+    assert _read_back(env, monkeypatch) == settings
+
+
+def test_api_key_file_reaches_the_child_as_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret key=1\n")
+    settings = explicit_settings(api_key_file=key_file)
+    env = replica_env(settings)
+    # The child reads the file itself: the key is in neither its environment nor its argv.
+    assert env[env_name("api_key_file")] == str(key_file)
+    assert env_name("api_key") not in env
+    assert "s3cret" not in " ".join(env.values())
     assert _read_back(env, monkeypatch) == settings
 
 
