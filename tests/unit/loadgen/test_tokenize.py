@@ -79,6 +79,18 @@ class SmolLM2:
         return str(self.tok.decode(ids))
 
 
+def _loopback(
+    handler: type[BaseHTTPRequestHandler],
+) -> tuple[ThreadingHTTPServer, str, threading.Thread]:
+    """A threaded HTTP server on a free loopback port, its URL, and its (unstarted) thread."""
+    httpd = ThreadingHTTPServer((LOOPBACK, 0), handler)
+    url = f"http://{LOOPBACK}:{httpd.server_address[1]}"
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    return httpd, url, thread
+
+
 class FakeTokenizeServer:
     """A loopback server with one project's tokenize shapes, recording every call.
 
@@ -119,11 +131,7 @@ class FakeTokenizeServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.url = f"http://{LOOPBACK}:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.httpd, self.url, self.thread = _loopback(Handler)
 
     def ids(self, text: str) -> list[int]:
         return self.tok.encode(text)
@@ -522,11 +530,8 @@ class _StreamServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.url = f"http://{LOOPBACK}:{self.httpd.server_address[1]}"
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
+        self.httpd, self.url, thread = _loopback(Handler)
+        thread.start()
 
 
 def test_a_stream_without_usage_is_an_ok_row_counted_from_its_chunks() -> None:
