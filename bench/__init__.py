@@ -7,9 +7,12 @@ Each benchmark starts the service as its own ``tokenbooth serve`` process (throu
   HTTP service at saturation (``tokenbooth bench engine``).
 * :mod:`bench.client`: the benchmarks' minimal streaming HTTP client and ``/metrics`` reads.
 * :mod:`bench.target`: the service under test, started the way every benchmark needs it.
+* :mod:`bench.abuse`: hostile clients (slowloris, stalled readers, huge prompts, shutdown
+  mid-request) against a replica, with targets (``tokenbooth bench abuse``); one module per
+  scenario (``bench.abuse_*``).
 * :mod:`bench.cli`: the ``bench`` subcommand, registered through an entry point.
 
-Later: peer servers compared, the load generator's own ceiling, abuse traffic. ``bench``
+Later: the load generator's own ceiling. ``bench``
 imports ``service`` and ``telemetry``; nothing imports ``bench``.
 """
 

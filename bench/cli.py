@@ -7,10 +7,13 @@ for every command, ``serve`` included.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from service.cli import add_settings_flags, settings_from_args
 
-__all__ = ["register", "run_engine"]
+__all__ = ["register", "run_abuse", "run_engine"]
+
+_ABUSE_SCENARIOS = ("slowloris", "stalled", "large-prompt", "drain")  # bench.abuse.SCENARIOS
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,6 +44,53 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     # The benchmark picks the service's loopback address and port itself.
     add_settings_flags(eng, skip=("host", "port"))
     eng.set_defaults(func=run_engine)
+    _register_abuse(bench_sub)
+
+
+def _scenario_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in _ABUSE_SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {','.join(_ABUSE_SCENARIOS)}"
+        )
+    return names
+
+
+def _register_abuse(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    abuse = bench_sub.add_parser(
+        "abuse",
+        help="hostile-client scenarios (slowloris, stalled readers, large prompts, drain) "
+        "against a real replica, with PASS/FAIL per scenario",
+        description="Each scenario runs on its own replica on loopback (the fake engine unless "
+        "--engine says otherwise). Exits 1 on any FAIL unless --no-fail.",
+    )
+    abuse.add_argument(
+        "--scenarios",
+        type=_scenario_list,
+        default=list(_ABUSE_SCENARIOS),
+        help=f"comma-separated subset of {','.join(_ABUSE_SCENARIOS)} (default: all)",
+    )
+    abuse.add_argument("--slowloris-connections", type=int, default=300)
+    abuse.add_argument("--stalled-streams", type=int, default=8)
+    abuse.add_argument(
+        "--stalled-max-tokens",
+        type=int,
+        default=None,
+        help="tokens per stalled stream (default: 32768 on the fake engine, enough to overflow "
+        "loopback kernel buffers; 1024 otherwise)",
+    )
+    abuse.add_argument("--stalled-read-bytes", type=int, default=5000)
+    abuse.add_argument("--large-prompt-requests", type=int, default=8)
+    abuse.add_argument("--large-prompt-bytes", type=int, default=1 << 20)
+    abuse.add_argument("--large-prompt-stream-tokens", type=int, default=300)
+    abuse.add_argument("--drain-streams", type=int, default=8)
+    abuse.add_argument("--drain-max-tokens", type=int, default=400)
+    abuse.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    abuse.add_argument("--no-fail", action="store_true", help="exit 0 even when a target fails")
+    add_settings_flags(abuse, skip=("host", "port"))
+    abuse.set_defaults(func=run_abuse)
 
 
 def run_engine(args: argparse.Namespace) -> int:
@@ -56,4 +106,28 @@ def run_engine(args: argparse.Namespace) -> int:
         warmup_rounds=args.warmup_rounds,
         ttft_samples=args.ttft_samples,
         repeats=args.repeats,
+    )
+
+
+def run_abuse(args: argparse.Namespace) -> int:
+    """Run ``bench abuse`` with the parsed flags."""
+    from bench.abuse import AbuseSizes, run_abuse_bench
+
+    sizes = AbuseSizes(
+        slowloris_connections=args.slowloris_connections,
+        stalled_streams=args.stalled_streams,
+        stalled_max_tokens=args.stalled_max_tokens,
+        stalled_read_bytes=args.stalled_read_bytes,
+        large_prompt_requests=args.large_prompt_requests,
+        large_prompt_bytes=args.large_prompt_bytes,
+        large_prompt_stream_tokens=args.large_prompt_stream_tokens,
+        drain_streams=args.drain_streams,
+        drain_max_tokens=args.drain_max_tokens,
+    )
+    return run_abuse_bench(
+        settings_from_args(args),
+        scenarios=args.scenarios,
+        sizes=sizes,
+        json_path=args.json,
+        no_fail=args.no_fail,
     )

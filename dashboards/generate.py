@@ -55,6 +55,11 @@ _SERVICE_SELECTOR: Final = f'{names.LABEL_MODEL}=~"$model", instance=~"$instance
 _INSTANCE_SELECTOR: Final = 'instance=~"$instance"'
 _QUANTILES: Final = (0.5, 0.95, 0.99)
 _FAILED_OUTCOMES: Final = (names.OUTCOME_ERROR, names.OUTCOME_TIMEOUT)
+# Connections the server cut to protect itself (slow or stalled clients, the connection cap),
+# as opposed to the ordinary ends: the client or a response closed it, or keep-alive expired.
+# The TokenboothSlowClients alert in deploy/prometheus/rules.yml keys on the same set.
+_ORDINARY_CLOSES: Final = (names.CONNECTION_CLOSE_NORMAL, names.CONNECTION_CLOSE_IDLE)
+_GUARD_CLOSES: Final = tuple(r for r in names.CONNECTION_CLOSE_REASONS if r not in _ORDINARY_CLOSES)
 
 # Grafana grid: 24 columns; panels are 8 rows high unless a row says otherwise.
 _GRID_WIDTH: Final = 24
@@ -70,10 +75,18 @@ def _rate(series: str, selector: str = _SERVICE_SELECTOR) -> str:
     return f"rate({series}{{{selector}}}[{_RATE}])"
 
 
-def _quantile(q: float, histogram: str, by: Sequence[str] = ()) -> str:
-    """``histogram_quantile`` over the summed rate of a histogram's ``_bucket`` series."""
+def _quantile(
+    q: float, histogram: str, by: Sequence[str] = (), selector: str = _SERVICE_SELECTOR
+) -> str:
+    """``histogram_quantile`` over the summed rate of a histogram's ``_bucket`` series.
+
+    ``q=1`` gives the upper bound of the highest bucket that received an observation in the
+    window: the largest value seen, rounded up to a bucket boundary.
+    """
     labels = ", ".join((*by, "le"))
-    return f"histogram_quantile({q:g}, sum by ({labels}) ({_rate(histogram + '_bucket')}))"
+    return (
+        f"histogram_quantile({q:g}, sum by ({labels}) ({_rate(histogram + '_bucket', selector)}))"
+    )
 
 
 def _mean(histogram: str) -> str:
@@ -501,15 +514,83 @@ def _gpu() -> list[JSON]:
     ]
 
 
+def _connections() -> list[JSON]:
+    def closes(reasons: Sequence[str]) -> str:
+        selector = f'{_INSTANCE_SELECTOR}, {names.LABEL_REASON}=~"{"|".join(reasons)}"'
+        return (
+            f"sum by ({names.LABEL_REASON}) "
+            f"({_rate(names.TOKENBOOTH_HTTP_CONNECTIONS_CLOSED, selector)})"
+        )
+
+    reason_legend = f"{{{{{names.LABEL_REASON}}}}}"
+    # The connection and loop series carry no model label: select by replica only.
+    lag = [
+        _target(
+            _quantile(q, names.TOKENBOOTH_EVENT_LOOP_LAG, ("instance",), _INSTANCE_SELECTOR),
+            f"{legend} {{{{instance}}}}",
+        )
+        for q, legend in ((0.5, "p50"), (0.99, "p99"), (1.0, "max bucket"))
+    ]
+    return [
+        _timeseries(
+            "Open connections",
+            "HTTP connections open on each replica: idle keep-alive, waiting for a request "
+            "head, or serving one. Capped by TOKENBOOTH_MAX_CONNECTIONS (1024, at most the fd "
+            "limit minus 64); at the cap idle ones are evicted first, then new ones refused.",
+            [
+                _target(
+                    f"sum by (instance) "
+                    f"({names.TOKENBOOTH_HTTP_CONNECTIONS_OPEN}{{{_INSTANCE_SELECTOR}}})",
+                    "{{instance}}",
+                )
+            ],
+            unit="none",
+            width=12,
+        ),
+        _timeseries(
+            "Connections cut by the server",
+            "Closes per second the server forced: header_timeout (head not in within "
+            "TOKENBOOTH_HEADER_TIMEOUT_S: slowloris, silent sockets), header_too_large "
+            "(TOKENBOOTH_MAX_HEADER_BYTES), write_timeout (client stopped reading for "
+            "TOKENBOOTH_WRITE_TIMEOUT_S), evicted (idle, to make room at "
+            "TOKENBOOTH_MAX_CONNECTIONS), over_limit (refused with 503: all at the cap busy). "
+            "Feeds the TokenboothSlowClients alert.",
+            [_target(closes(_GUARD_CLOSES), reason_legend)],
+            unit="ops",
+            width=12,
+            stack=True,
+        ),
+        _timeseries(
+            "Connections closed normally",
+            "Ordinary ends, per second: normal (the client closed, or the server after a "
+            "response) and idle (keep-alive outlived TOKENBOOTH_KEEP_ALIVE_TIMEOUT_S).",
+            [_target(closes(_ORDINARY_CLOSES), reason_legend)],
+            unit="ops",
+            width=12,
+        ),
+        _timeseries(
+            "Event-loop lag",
+            "How late each replica's event loop ran a 50 ms timer: p50, p99 and the highest "
+            "bucket hit (the worst sample, rounded up to a bucket bound). Everything on the "
+            "loop (token delivery to every stream, health probes, new requests) waits this "
+            "long; a healthy loop stays under a few ms. TokenboothEventLoopLag fires on p99.",
+            lag,
+            unit="s",
+            width=12,
+        ),
+    ]
+
+
 def _process() -> list[JSON]:
-    # Names of prometheus_client's ProcessCollector, which the service registers.
+    # prometheus_client's ProcessCollector, which the service registers (process_open_fds has
+    # no constant: nothing but this panel reads it).
     return [
         _timeseries(
             "Process CPU",
             "CPU seconds per second (cores busy) of each replica process.",
             [
                 _target(
-                    f"rate(process_cpu_seconds_total{{{_INSTANCE_SELECTOR}}}[{_RATE}])",
+                    f"rate({names.PROCESS_CPU_SECONDS}{{{_INSTANCE_SELECTOR}}}[{_RATE}])",
                     "{{instance}}",
                 )
             ],
@@ -518,7 +599,7 @@ def _process() -> list[JSON]:
         _timeseries(
             "Process memory",
             "Resident set size of each replica process.",
-            [_target(f"process_resident_memory_bytes{{{_INSTANCE_SELECTOR}}}", "{{instance}}")],
+            [_target(f"{names.PROCESS_RESIDENT_MEMORY}{{{_INSTANCE_SELECTOR}}}", "{{instance}}")],
             unit="bytes",
         ),
         _timeseries(
@@ -553,6 +634,7 @@ _ROWS: Final = (
     ("Queue and batching", _queue_and_batching),
     ("Engine phases", _engine_phases),
     ("GPU", _gpu),
+    ("Connections and event loop", _connections),
     ("Process", _process),
     ("Model and build", _model_and_build),
 )
@@ -685,8 +767,8 @@ def build_dashboard() -> JSON:
             ]
         },
         "description": "tokenbooth inference service: latency (TTFT, TPOT, ITL), throughput, "
-        "outcomes, queueing, batching, GPU and process. Generated by dashboards/generate.py "
-        "from telemetry/names.py; do not edit by hand.",
+        "outcomes, queueing, batching, GPU, connections, event loop and process. Generated by "
+        "dashboards/generate.py from telemetry/names.py; do not edit by hand.",
         "editable": False,
         "fiscalYearStartMonth": 0,
         "graphTooltip": 1,

@@ -39,7 +39,9 @@ from service.routes.ops import live, metrics, models, ready
 from service.settings import ServiceSettings
 from service.state import Phase, ServiceState
 from telemetry.gpu import GpuSampler
+from telemetry.http import ConnectionMetrics
 from telemetry.logging import log_event
+from telemetry.loop import LoopLagMonitor
 from telemetry.metrics import ServiceMetrics, register_process_collectors
 from telemetry.tracing import TRACER_NAME, configure_tracing, exports_spans, shutdown_tracing
 
@@ -224,6 +226,7 @@ def create_app(
         settings=settings,
         registry=registry,
         tracer=provider.get_tracer(TRACER_NAME),
+        connections=ConnectionMetrics(registry),
         tracer_provider=provider,
     )
     state.export_spans = exports_spans(provider)
@@ -231,7 +234,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         sampler = GpuSampler(registry, interval_s=settings.gpu_sample_interval_s)
-        async with sampler:
+        async with sampler, LoopLagMonitor(registry):
             state.gpu_available = sampler.available
             loader = asyncio.create_task(_load(state, engine), name="model-load")
             state.extra["loader"] = loader
@@ -244,6 +247,7 @@ def create_app(
                     await loader
                 if state.batcher is not None:
                     await state.batcher.stop()
+                state.tokenize_pool.shutdown(wait=False, cancel_futures=True)
                 if state.engine is not None:
                     state.engine.close()
                 if owns_provider:

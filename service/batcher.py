@@ -96,6 +96,7 @@ class Batcher:
         self._eos_ids = engine.codec.eos_token_ids
         self._recent_batch_s: deque[float] = deque(maxlen=32)
         self.draining = False
+        self._ended = False  # end_all() ran: jobs submitted later end at once
         metrics.bind_queue_state(
             lambda: self._waiting,
             lambda: len(self._running),
@@ -108,15 +109,24 @@ class Batcher:
         """Bind to the running event loop."""
         self._loop = asyncio.get_running_loop()
 
+    def end_all(self) -> int:
+        """End every queued and running job as ``shutdown`` (a 503 / an error event); count them.
+
+        The end of a drain: each job's reader gets its terminal event now and answers its
+        client, instead of being cancelled mid-response when the server closes.
+        """
+        self._ended = True
+        jobs = [job for bucket in self._buckets.values() for job in bucket]
+        jobs += list(self._running)
+        for job in jobs:
+            self._finish(job, _SHUTDOWN)
+        return len(jobs)
+
     async def stop(self) -> None:
         """Abort whatever is left, wait for running batches, stop the workers."""
-        for bucket in self._buckets.values():
-            for job in list(bucket):
-                self._finish(job, _SHUTDOWN)
+        self.end_all()
         if self._timer is not None:
             self._timer.cancel()
-        for job in list(self._running):
-            self._finish(job, _SHUTDOWN)
         if self._batch_tasks:
             await asyncio.gather(*self._batch_tasks, return_exceptions=True)
         self._executor.shutdown(wait=True)
@@ -164,6 +174,10 @@ class Batcher:
         """Queue an admitted job; call inside ``admission()``."""
         assert self._loop is not None, "batcher not started"
         job.enqueued_at = time.perf_counter()
+        if self._ended:
+            # Admitted before the drain ended, tokenized after: it answers 503 like the rest.
+            job.finish(_SHUTDOWN, job.enqueued_at)
+            return job
         job.decoder = self.engine.codec.new_decoder()
         self._buckets.setdefault(job.options, deque()).append(job)
         self._waiting += 1
@@ -173,11 +187,14 @@ class Batcher:
         self._dispatch()
         return job
 
-    def abort(self, job: Job) -> None:
+    def abort(self, job: Job, reason: ErrorCode = ErrorCode.CLIENT_DISCONNECTED) -> None:
         """The client went away: free its queue slot or batch index; it ends ``aborted``."""
-        self._finish(
-            job, Finished(Outcome.ABORTED, ErrorCode.CLIENT_DISCONNECTED, "client disconnected")
+        detail = (
+            "client stopped reading the response"
+            if reason is ErrorCode.WRITE_TIMEOUT
+            else "client disconnected"
         )
+        self._finish(job, Finished(Outcome.ABORTED, reason, detail))
 
     def _expire(self, job: Job) -> None:
         self._finish(

@@ -8,6 +8,7 @@ disconnects end a request early without holding up the rest of its batch.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -83,6 +84,9 @@ class TextCodec(Protocol):
     """Tokenization, streaming detokenization and chat templating for one model."""
 
     eos_token_ids: frozenset[int]
+    # Characters in the longest token (0: unbounded or unknown). A text of n characters has
+    # at least n / max_token_chars tokens, which rejects a huge prompt without tokenizing it.
+    max_token_chars: int
 
     def encode(self, text: str) -> list[str]:
         """Token strings the engine consumes (BOS included when the model wants it).
@@ -147,6 +151,22 @@ class _TokenizerDecoder:
         return piece or ""
 
 
+def _max_token_chars(tokenizer: Any) -> int:
+    """Characters of text one token can cover at most, for the cheap too-long bound.
+
+    Byte-level BPE spells each byte of a token as one character and a text character is at
+    least one byte, so the longest vocabulary entry is exact. Other tokenizers normalize text
+    first (which may shrink it), so they get twice that.
+    """
+    longest = max((len(t) for t in tokenizer.get_vocab()), default=0)
+    model = json.loads(tokenizer.to_str())
+    byte_level = any(
+        isinstance(part, dict) and "ByteLevel" in json.dumps(part)
+        for part in (model.get("pre_tokenizer"), model.get("decoder"))
+    )
+    return longest if byte_level else 2 * longest
+
+
 class TokenizerCodec:
     """TextCodec backed by a ``tokenizers.Tokenizer`` and a Jinja chat template."""
 
@@ -169,6 +189,7 @@ class TokenizerCodec:
         self._add_bos = add_bos
         ids = [tokenizer.token_to_id(t) for t in self._eos]
         self.eos_token_ids = frozenset(i for i in ids if i is not None)
+        self.max_token_chars = _max_token_chars(tokenizer)
 
     def encode(self, text: str) -> list[str]:
         tokens = self._prompts.tokens(text)

@@ -18,6 +18,7 @@ __all__ = [
     "BODY_TOO_LARGE_MESSAGE",
     "APIError",
     "AuthenticationError",
+    "BodyTimeoutError",
     "DrainingError",
     "EngineError",
     "ErrorCode",
@@ -53,6 +54,12 @@ class ErrorCode(StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     MODEL_NOT_FOUND = "model_not_found"
     INVALID_API_KEY = "invalid_api_key"
+    TOO_MANY_MESSAGES = "too_many_messages"
+    # Connection phases (service.connections and the body read): the client was too slow.
+    HEADER_TIMEOUT = "header_timeout"
+    HEADER_TOO_LARGE = "header_too_large"
+    BODY_TIMEOUT = "body_timeout"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
     # Framework-level HTTP errors outside the generation routes (no metric label).
     BAD_REQUEST = "bad_request"
     NOT_FOUND = "not_found"
@@ -64,6 +71,7 @@ class ErrorCode(StrEnum):
     NOT_READY = "not_ready"
     # How an admitted request can end other than stop/length.
     CLIENT_DISCONNECTED = "client_disconnected"
+    WRITE_TIMEOUT = "write_timeout"  # the client stopped reading its response
     SHUTDOWN = "shutdown"
     REQUEST_TIMEOUT = "request_timeout"
     ENGINE_ERROR = "engine_error"
@@ -205,6 +213,13 @@ class ServerError(APIError):
     status_code = 500
     error_type = "server_error"
     default_code = ErrorCode.ENGINE_ERROR
+
+
+class BodyTimeoutError(APIError):
+    """408: the request body did not arrive within ``body_timeout_s``."""
+
+    status_code = 408
+    default_code = ErrorCode.BODY_TIMEOUT
 
 
 class RequestTimeoutError(APIError):

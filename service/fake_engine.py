@@ -38,6 +38,7 @@ class FakeCodec:
     """Word-level codec: one token per whitespace-prefixed word."""
 
     eos_token_ids: frozenset[int] = frozenset({len(FAKE_VOCAB)})
+    max_token_chars: int = 0  # a word of any length is one token
 
     def encode(self, text: str) -> list[str]:
         return _WORD.findall(text)

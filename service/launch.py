@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import signal
@@ -161,6 +162,8 @@ class Replica:
     base_url: str
     proc: subprocess.Popen[bytes]
     log_path: Path | None = None
+    # Sent on readiness probes when the replica guards its health endpoints with it.
+    probe_api_key: str | None = dataclasses.field(default=None, repr=False)
 
     def exited(self) -> str | None:
         """How the process ended, or None while it runs."""
@@ -207,7 +210,11 @@ def start_replica(
             proc = subprocess.Popen(
                 argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
             )
-    return Replica(f"http://{settings.host}:{settings.port}", proc, log_path)
+    key = settings.effective_api_key
+    probe_key = (
+        key.get_secret_value() if key is not None and settings.protect_health_endpoints else None
+    )
+    return Replica(f"http://{settings.host}:{settings.port}", proc, log_path, probe_key)
 
 
 def _exited_error(replica: Replica) -> ReplicaExitedError:
@@ -241,8 +248,10 @@ def wait_ready(*replicas: Replica, timeout_s: float = 300.0) -> None:
                     raise _exited_error(replica)
             for replica in list(pending):
                 url = replica.base_url + _READY_PATH
+                key = replica.probe_api_key
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
                 try:
-                    r = client.get(url)
+                    r = client.get(url, headers=headers)
                 except httpx.HTTPError as exc:
                     last_error, answered = f"{replica.base_url}: {type(exc).__name__}", False
                     continue

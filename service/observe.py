@@ -216,12 +216,32 @@ class RequestObservation:
             )
         )
 
-    def finish(self, job: Job, status: int) -> None:
-        """The request's job has finished (``job.result`` is set) and its response is out."""
+    def finish(
+        self,
+        job: Job,
+        status: int,
+        *,
+        cut: ErrorCode | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        """The request's job has finished (``job.result`` is set) and its response is out.
+
+        Args:
+            job: The finished job.
+            status: The HTTP status the request is logged with.
+            cut: Why the client did not get the whole response, when it did not: a job that
+                ran to its end then counts as ``aborted`` with this ``error_type``.
+            ended_at: When the response's last byte went out (``perf_counter``); the job's
+                end when omitted.
+        """
         fin = job.result
         assert fin is not None, "finish() before the job finished"
-        duration = (job.finished_at or time.perf_counter()) - job.arrival
-        summary = self._summary(status, fin.outcome, duration, fin.error_type, fin.detail)
+        end = ended_at if ended_at is not None else (job.finished_at or time.perf_counter())
+        outcome, error_type, detail = fin.outcome, fin.error_type, fin.detail
+        if cut is not None and outcome.succeeded:
+            outcome, error_type = Outcome.ABORTED, cut
+            detail = f"response not delivered ({cut.value}) after the job ended {fin.outcome}"
+        summary = self._summary(status, outcome, end - job.arrival, error_type, detail)
         self._record(
             dataclasses.replace(
                 summary,

@@ -1,30 +1,54 @@
-"""Run the app under uvicorn with Kubernetes-style graceful drain on SIGTERM.
+"""Run the app under uvicorn: guarded connections, and one shutdown budget on SIGTERM.
 
 First SIGTERM/SIGINT: readiness turns 503 at once and new requests get 503, while in-flight
-requests run to completion for up to ``drain_timeout_s``; then uvicorn shuts down and the
-process exits 0. A second signal exits at once.
+requests run to completion for up to ``drain_timeout_s``. Whatever is still running then is
+ended with an OpenAI-shaped error (a stream gets an error event and ``[DONE]``, a non-streamed
+request a 503 body), those answers get up to :data:`END_GRACE_S` to reach their clients, and
+uvicorn closes within :data:`CLOSE_GRACE_S`: the process exits 0 at most ``drain_timeout_s +
+SHUTDOWN_OVERHEAD_S`` after the signal. A second signal exits at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Final
 
 import uvicorn
 from litestar import Litestar
 
 from service.app import create_app, get_state
+from service.connections import ConnectionLimits, guarded_protocol
 from service.settings import ServiceSettings
 from service.state import Phase
 from telemetry.logging import configure_logging, log_event
 
-__all__ = ["DrainingServer", "serve"]
+__all__ = [
+    "CLOSE_GRACE_S",
+    "END_GRACE_S",
+    "FD_RESERVE",
+    "SHUTDOWN_OVERHEAD_S",
+    "DrainingServer",
+    "connection_limits",
+    "serve",
+]
 
 logger = logging.getLogger("tokenbooth.service")
+
+END_GRACE_S: Final = 1.0
+"""After the drain: how long the answers of the requests it ended may take to go out."""
+CLOSE_GRACE_S: Final = 1
+"""uvicorn's own graceful shutdown (an int, uvicorn's type): by then no request is left."""
+SHUTDOWN_OVERHEAD_S: Final = 3.0
+"""Signal to exit is at most ``drain_timeout_s`` plus this (the grace periods, engine close)."""
+FD_RESERVE: Final = 64
+"""File descriptors kept free of connections: model files, logs, sockets to Prometheus/OTLP."""
 
 
 class DrainingServer(uvicorn.Server):
@@ -51,27 +75,51 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self, signame: str) -> None:
         state = get_state(self._app)
         state.phase = Phase.DRAINING
-        if state.batcher is not None:
-            state.batcher.draining = True
+        batcher = state.batcher
+        if batcher is not None:
+            batcher.draining = True
         t0 = time.perf_counter()
-        in_flight = state.batcher.in_flight if state.batcher else 0
-        log_event(logger, "drain_start", signal=signame, in_flight=in_flight)
-        deadline = t0 + self._drain_timeout_s
-        while state.batcher is not None and state.batcher.in_flight > 0:
-            if time.perf_counter() >= deadline:
-                break
-            await asyncio.sleep(0.02)
-        left = state.batcher.in_flight if state.batcher else 0
-        self.drained_cleanly = left == 0
-        # Let the last stream bodies flush before uvicorn closes connections.
-        await asyncio.sleep(0.05)
+        log_event(
+            logger, "drain_start", signal=signame, in_flight=batcher.in_flight if batcher else 0
+        )
+        if batcher is not None:
+            await _poll(lambda: batcher.in_flight == 0, self._drain_timeout_s)
+        ended = batcher.end_all() if batcher is not None else 0
+        self.drained_cleanly = ended == 0
+        # Let every response (the last stream bodies, the 503s just decided) reach its client
+        # before uvicorn closes connections; the handlers finish on their own.
+        await _poll(lambda: not self.server_state.tasks, END_GRACE_S)
         log_event(
             logger,
             "drain_done",
             drained_s=round(time.perf_counter() - t0, 3),
-            unfinished=left,
+            unfinished=ended,
+            unanswered=len(self.server_state.tasks),
         )
         self.should_exit = True
+
+
+async def _poll(done: Callable[[], bool], timeout_s: float, every_s: float = 0.01) -> None:
+    """Return once ``done()`` holds or ``timeout_s`` has passed."""
+    deadline = time.perf_counter() + timeout_s
+    while not done():
+        if time.perf_counter() >= deadline:
+            return
+        await asyncio.sleep(every_s)
+
+
+def connection_limits(settings: ServiceSettings) -> ConnectionLimits:
+    """The connection bounds of ``settings``, ``max_connections`` kept below the fd limit."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = settings.max_connections
+    if soft != resource.RLIM_INFINITY:
+        cap = max(1, min(cap, soft - FD_RESERVE))
+    return ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        write_timeout_s=settings.write_timeout_s,
+        max_connections=cap,
+        max_header_bytes=settings.max_header_bytes,
+    )
 
 
 def serve(settings: ServiceSettings) -> int:
@@ -81,13 +129,25 @@ def serve(settings: ServiceSettings) -> int:
     # a busy event loop can hold up a decode step (CPython's default, 5 ms, unless set).
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     app = create_app(settings)
+    limits = connection_limits(settings)
+    if limits.max_connections < settings.max_connections:
+        log_event(
+            logger,
+            "max_connections_capped",
+            level=logging.WARNING,
+            max_connections=limits.max_connections,
+            reason="file descriptor limit (ulimit -n) minus a reserve",
+        )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(limits, get_state(app).connections),
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        # uvicorn's type is int; the idle bound is coarse anyway.
+        timeout_keep_alive=max(1, round(settings.keep_alive_timeout_s)),
+        timeout_graceful_shutdown=CLOSE_GRACE_S,
         lifespan="on",
     )
     server = DrainingServer(config, app, settings.drain_timeout_s)

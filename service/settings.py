@@ -78,7 +78,12 @@ class ServiceSettings(BaseSettings):
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when omitted")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="request body limit")
     request_timeout_s: float = Field(default=300.0, gt=0, description="per-request time limit")
-    drain_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM: in-flight grace")
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="SIGTERM: in-flight grace; what is left then ends with a 503 / error event",
+    )
+    max_messages: int = Field(default=2048, ge=1, description="chat messages per request")
     allow_ignore_eos: bool = Field(
         default=True, description="honour the 'ignore_eos' request field (fixed-length benchmarks)"
     )
@@ -86,6 +91,24 @@ class ServiceSettings(BaseSettings):
     # --- network and auth ---
     host: str = Field(default="127.0.0.1", description="bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="bind port (0: any free port)")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="time for a request's headers to arrive (slowloris bound)"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="time for a request's body to arrive; beyond: 408"
+    )
+    keep_alive_timeout_s: float = Field(
+        default=5.0, gt=0, description="idle keep-alive connections are closed after this"
+    )
+    write_timeout_s: float = Field(
+        default=10.0, gt=0, description="a client that reads nothing this long is disconnected"
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="open connections; capped below the fd limit; idle ones are evicted first",
+    )
+    max_header_bytes: int = Field(default=65_536, ge=1024, description="request head size limit")
     api_key: SecretStr | None = Field(
         default=None,
         description="require 'Bearer <key>' if set; as a flag it shows in ps: prefer the env "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from service.batcher import Batcher
     from service.engine import Engine
     from service.settings import ServiceSettings
+    from telemetry.http import ConnectionMetrics
     from telemetry.metrics import ServiceMetrics
 
 __all__ = ["Phase", "ServiceState"]
@@ -39,10 +41,12 @@ class ServiceState:
         settings: ServiceSettings,
         registry: CollectorRegistry,
         tracer: Tracer,
+        connections: ConnectionMetrics,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
+        self.connections = connections
         self.tracer = tracer
         self.tracer_provider = tracer_provider
         self.phase = Phase.LOADING
@@ -54,3 +58,6 @@ class ServiceState:
         # Child spans are created only when a span processor exports them.
         self.export_spans = True
         self.extra: dict[str, object] = {}
+        # Template rendering and tokenization run here, off the event loop; threads start
+        # lazily and the lifespan shuts the pool down.
+        self.tokenize_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")

@@ -31,8 +31,17 @@ __all__ = [
     "BATCH_FORMATION_DELAY_BUCKETS",
     "BATCH_PREFILL_BUCKETS",
     "BATCH_SIZE_BUCKETS",
+    "CONNECTION_CLOSE_EVICTED",
+    "CONNECTION_CLOSE_HEADER_TIMEOUT",
+    "CONNECTION_CLOSE_HEADER_TOO_LARGE",
+    "CONNECTION_CLOSE_IDLE",
+    "CONNECTION_CLOSE_NORMAL",
+    "CONNECTION_CLOSE_OVER_LIMIT",
+    "CONNECTION_CLOSE_REASONS",
+    "CONNECTION_CLOSE_WRITE_TIMEOUT",
     "ERROR_TYPE_NONE",
     "ERROR_TYPE_OTHER",
+    "EVENT_LOOP_LAG_BUCKETS",
     "EVENT_REQUEST",
     "EXEMPLAR_TRACE_ID",
     "GEN_AI_SERVER_REQUEST_DURATION",
@@ -50,6 +59,7 @@ __all__ = [
     "LABEL_OUTCOME",
     "LABEL_PYTHON_VERSION",
     "LABEL_QUANTIZATION",
+    "LABEL_REASON",
     "LABEL_VERSION",
     "LOG_BATCH_SIZE",
     "LOG_COMPLETION_TOKENS",
@@ -95,6 +105,7 @@ __all__ = [
     "TOKENBOOTH_BATCH_PREFILL",
     "TOKENBOOTH_BATCH_SIZE",
     "TOKENBOOTH_BUILD_INFO",
+    "TOKENBOOTH_EVENT_LOOP_LAG",
     "TOKENBOOTH_GENERATION_TOKENS",
     "TOKENBOOTH_GPU_AVAILABLE",
     "TOKENBOOTH_GPU_MEMORY_TOTAL",
@@ -102,6 +113,8 @@ __all__ = [
     "TOKENBOOTH_GPU_POWER",
     "TOKENBOOTH_GPU_TEMPERATURE",
     "TOKENBOOTH_GPU_UTILIZATION",
+    "TOKENBOOTH_HTTP_CONNECTIONS_CLOSED",
+    "TOKENBOOTH_HTTP_CONNECTIONS_OPEN",
     "TOKENBOOTH_INTER_TOKEN_LATENCY",
     "TOKENBOOTH_MODEL_INFO",
     "TOKENBOOTH_PROMPT_TOKENS",
@@ -165,6 +178,12 @@ TOKENBOOTH_GENERATION_TOKENS: Final = "tokenbooth_generation_tokens_total"
 """Generated (output) tokens of finished requests."""
 TOKENBOOTH_REQUESTS: Final = "tokenbooth_requests_total"
 """Finished or rejected requests by ``outcome`` and ``error_type``."""
+TOKENBOOTH_HTTP_CONNECTIONS_OPEN: Final = "tokenbooth_http_connections_open"
+"""HTTP connections open now (idle, waiting for a request head, or serving one), read live."""
+TOKENBOOTH_HTTP_CONNECTIONS_CLOSED: Final = "tokenbooth_http_connections_closed_total"
+"""Closed HTTP connections by ``reason`` (one of ``CONNECTION_CLOSE_REASONS``)."""
+TOKENBOOTH_EVENT_LOOP_LAG: Final = "tokenbooth_event_loop_lag_seconds"
+"""How late the event loop ran a timer: what every request on this replica waited extra."""
 TOKENBOOTH_MODEL_INFO: Final = "tokenbooth_model_info"
 """Constant 1, labelled with what model is served and how."""
 TOKENBOOTH_BUILD_INFO: Final = "tokenbooth_build_info"
@@ -211,6 +230,10 @@ BATCH_PREFILL_BUCKETS: Final[tuple[float, ...]] = (
 BATCH_DECODE_BUCKETS: Final[tuple[float, ...]] = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0,
 )  # fmt: skip
+# A healthy loop runs its timers within a millisecond; a blocked one shows here first.
+EVENT_LOOP_LAG_BUCKETS: Final[tuple[float, ...]] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
 BATCH_SIZE_BUCKETS: Final[tuple[float, ...]] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BATCH_FILL_RATIO_BUCKETS: Final[tuple[float, ...]] = (
     0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
@@ -231,6 +254,7 @@ LABEL_COMPUTE_TYPE: Final = "compute_type"
 LABEL_VERSION: Final = "version"
 LABEL_PYTHON_VERSION: Final = "python_version"
 LABEL_CTRANSLATE2_VERSION: Final = "ctranslate2_version"
+LABEL_REASON: Final = "reason"
 LABEL_GPU: Final = "gpu"
 LABEL_GPU_UUID: Final = "gpu_uuid"
 
@@ -265,6 +289,34 @@ OUTCOMES: Final[tuple[str, ...]] = (
     OUTCOME_REJECTED,
     OUTCOME_TIMEOUT,
     OUTCOME_ERROR,
+)
+
+# --------------------------------------------------------------------------------------------
+# Why an HTTP connection closed (values of the ``reason`` label).
+# --------------------------------------------------------------------------------------------
+
+CONNECTION_CLOSE_NORMAL: Final = "normal"
+"""The client closed, or the server closed after a response (``Connection: close``)."""
+CONNECTION_CLOSE_IDLE: Final = "idle"
+"""An idle keep-alive connection outlived the keep-alive timeout."""
+CONNECTION_CLOSE_HEADER_TIMEOUT: Final = "header_timeout"
+"""The request head did not arrive within ``header_timeout_s`` (slowloris, silent sockets)."""
+CONNECTION_CLOSE_HEADER_TOO_LARGE: Final = "header_too_large"
+"""The request head grew past ``max_header_bytes``."""
+CONNECTION_CLOSE_WRITE_TIMEOUT: Final = "write_timeout"
+"""The client stopped reading its response for ``write_timeout_s``."""
+CONNECTION_CLOSE_EVICTED: Final = "evicted"
+"""Closed while waiting for a request head, to make room past ``max_connections``."""
+CONNECTION_CLOSE_OVER_LIMIT: Final = "over_limit"
+"""Refused with a 503: ``max_connections`` open, every one serving a request."""
+CONNECTION_CLOSE_REASONS: Final[tuple[str, ...]] = (
+    CONNECTION_CLOSE_NORMAL,
+    CONNECTION_CLOSE_IDLE,
+    CONNECTION_CLOSE_HEADER_TIMEOUT,
+    CONNECTION_CLOSE_HEADER_TOO_LARGE,
+    CONNECTION_CLOSE_WRITE_TIMEOUT,
+    CONNECTION_CLOSE_EVICTED,
+    CONNECTION_CLOSE_OVER_LIMIT,
 )
 
 # --------------------------------------------------------------------------------------------

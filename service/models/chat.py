@@ -88,7 +88,11 @@ class PromptTokenizer:
         spans = text.literal_spans if isinstance(text, ChatPrompt) else ()
         pattern = self.special_tokens.pattern
         if not spans or pattern is None:
-            tokens: list[str] = self._tokenizer.encode(text, add_special_tokens=False).tokens
+            # encode_batch releases the GIL while it works (encode does not): a huge prompt
+            # tokenized on a worker thread then leaves the event loop free.
+            tokens: list[str] = self._tokenizer.encode_batch([text], add_special_tokens=False)[
+                0
+            ].tokens
             return tokens
         # Split only at the template's own special tokens (those outside the spans), the way
         # ``tokenizers`` splits at added tokens before pre-tokenizing each piece on its own;
@@ -107,7 +111,7 @@ class PromptTokenizer:
     def _text_tokens(self, piece: str) -> list[str]:
         if not piece:
             return []
-        tokens: list[str] = self._as_text.encode(piece, add_special_tokens=False).tokens
+        tokens: list[str] = self._as_text.encode_batch([piece], add_special_tokens=False)[0].tokens
         return tokens
 
 

@@ -25,9 +25,11 @@ from litestar.exceptions.http_exceptions import InternalServerException, Request
 
 from service import responses, schemas
 from service.batcher import Batcher
+from service.connections import ConnectionState, connection_state
 from service.engine import Engine, SamplingOptions
 from service.errors import (
     APIError,
+    BodyTimeoutError,
     DrainingError,
     ErrorCode,
     InvalidRequestError,
@@ -100,8 +102,9 @@ async def _handle(
         try:
             engine, batcher = _ready(st)
             _require_json(request)
-            plan = _validate(await _body(request), endpoint.body, engine, st.settings)
-            job = _submit(engine, batcher, obs, endpoint, plan)
+            body = await _body(request, st.settings.body_timeout_s)
+            plan = _validate(body, endpoint.body, engine, st.settings)
+            job = await _submit(st, engine, batcher, obs, endpoint, plan)
         except APIError as exc:
             obs.reject(exc)
             exc.headers = {**exc.headers, **headers}
@@ -140,9 +143,15 @@ class _ClientGone(Exception):
     """The client hung up while its body was still arriving."""
 
 
-async def _body(request: Request[Any, Any, Any]) -> bytes:
+async def _body(request: Request[Any, Any, Any], timeout_s: float) -> bytes:
     try:
-        return await request.body()
+        async with asyncio.timeout(timeout_s):
+            return await request.body()
+    except TimeoutError as exc:
+        # The client may still be sending: close the connection after the answer.
+        raise BodyTimeoutError(
+            f"request body not received within {timeout_s:g} s", headers={"Connection": "close"}
+        ) from exc
     except RequestEntityTooLarge as exc:
         raise PayloadTooLargeError() from exc
     except InternalServerException as exc:
@@ -190,6 +199,13 @@ def _validate(body: bytes, typ: type[_Body], engine: Engine, settings: ServiceSe
     if req.ignore_eos and not settings.allow_ignore_eos:
         raise InvalidRequestError("ignore_eos is disabled on this server", param="ignore_eos")
     if isinstance(req, schemas.ChatCompletionRequest):
+        if len(req.messages) > settings.max_messages:
+            raise InvalidRequestError(
+                f"messages has {len(req.messages)} items; this server accepts at most "
+                f"{settings.max_messages}",
+                param="messages",
+                code=ErrorCode.TOO_MANY_MESSAGES,
+            )
         prompt, messages = "", _chat_messages(req.messages)
     elif req.echo:
         raise InvalidRequestError(
@@ -276,35 +292,27 @@ def _chat_messages(messages: list[schemas.ChatMessage]) -> tuple[dict[str, str],
 
 
 # ------------------------------------------------------------------------------------- submit
-def _submit(
-    engine: Engine, batcher: Batcher, obs: RequestObservation, endpoint: _Endpoint, plan: _Plan
+async def _submit(
+    st: ServiceState,
+    engine: Engine,
+    batcher: Batcher,
+    obs: RequestObservation,
+    endpoint: _Endpoint,
+    plan: _Plan,
 ) -> Job:
-    """Tokenize inside a reserved queue slot, check the context, and queue the job."""
+    """Tokenize inside a reserved queue slot, off the event loop; check the context; queue it."""
     with batcher.admission():
-        codec = engine.codec
-        if plan.messages:
-            try:
-                prompt = codec.render_chat(list(plan.messages))
-            except ModelBuildError as exc:
-                # The model's template rejected these messages (e.g. role order).
-                raise InvalidRequestError(
-                    f"messages do not fit the model's chat template: {exc.detail}",
-                    param="messages",
-                ) from exc
-        else:
-            prompt = plan.prompt
-        tokens = codec.encode(prompt)
+        ctx_len = engine.info.context_length
+        _check_length_bound(engine, plan, ctx_len)
+        loop = asyncio.get_running_loop()
+        # Template rendering and tokenization take ~0.4 s per MiB: on the loop they would stall
+        # every stream and health probe of this replica for that long.
+        prompt, tokens = await loop.run_in_executor(st.tokenize_pool, _tokenize, engine, plan)
         if not tokens:
             raise InvalidRequestError("prompt has no tokens", param=plan.param)
-        ctx_len = engine.info.context_length
         # 0 means the model did not declare its context; CTranslate2 then enforces it.
         if ctx_len > 0 and len(tokens) + plan.max_tokens > ctx_len:
-            raise InvalidRequestError(
-                f"prompt ({len(tokens)} tokens) plus max_tokens ({plan.max_tokens}) exceeds "
-                f"the model context of {ctx_len} tokens",
-                param=plan.param,
-                code=ErrorCode.CONTEXT_LENGTH_EXCEEDED,
-            )
+            raise _too_long(f"prompt ({len(tokens)} tokens)", plan, ctx_len)
         obs.describe(
             operation=endpoint.operation,
             model=plan.model,
@@ -327,6 +335,42 @@ def _submit(
         )
 
 
+def _check_length_bound(engine: Engine, plan: _Plan, ctx_len: int) -> None:
+    """Reject a prompt that cannot fit without tokenizing it (a lower bound on its tokens)."""
+    per_token = engine.codec.max_token_chars
+    if ctx_len <= 0 or per_token <= 0:
+        return
+    chars = len(plan.prompt) + sum(len(m["content"]) for m in plan.messages)
+    at_least = chars // per_token
+    if at_least + plan.max_tokens > ctx_len:
+        raise _too_long(f"prompt ({chars} characters, at least {at_least} tokens)", plan, ctx_len)
+
+
+def _too_long(what: str, plan: _Plan, ctx_len: int) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{what} plus max_tokens ({plan.max_tokens}) exceeds the model context of {ctx_len} tokens",
+        param=plan.param,
+        code=ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+    )
+
+
+def _tokenize(engine: Engine, plan: _Plan) -> tuple[str, list[str]]:
+    """Render the chat template (chat) and tokenize: on a worker thread."""
+    codec = engine.codec
+    if plan.messages:
+        try:
+            prompt = codec.render_chat(list(plan.messages))
+        except ModelBuildError as exc:
+            # The model's template rejected these messages (e.g. role order).
+            raise InvalidRequestError(
+                f"messages do not fit the model's chat template: {exc.detail}",
+                param="messages",
+            ) from exc
+    else:
+        prompt = plan.prompt
+    return prompt, codec.encode(prompt)
+
+
 # ------------------------------------------------------------------------------------ respond
 async def _respond(
     request: Request[Any, Any, Any],
@@ -340,8 +384,9 @@ async def _respond(
     rid = f"{endpoint.id_prefix}{random.getrandbits(128):032x}"
     if plan.stream:
         chunks = responses.StreamChunks(rid, int(time.time()), plan.model, chat=endpoint.chat)
+        connection = connection_state(request.scope)
         return EventStream(
-            _stream(batcher, obs, job, chunks, include_usage=plan.include_usage),
+            _stream(batcher, obs, job, chunks, connection, include_usage=plan.include_usage),
             media_type="text/event-stream",
             headers={**headers, **responses.SSE_HEADERS},
         )
@@ -353,13 +398,20 @@ async def _stream(
     obs: RequestObservation,
     job: Job,
     chunks: responses.StreamChunks,
+    connection: ConnectionState | None,
     *,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """Yield OpenAI SSE chunks; a client disconnect cancels this generator and aborts the job."""
+    """Yield OpenAI SSE chunks; a client disconnect cancels this generator and aborts the job.
+
+    The request is recorded when the stream ends: a success only once its last chunk went
+    out on a live connection, so a stream its client never read to the end is not counted as
+    one (``client_disconnected``, or ``write_timeout`` when the client stopped reading).
+    """
     status = 200
     first = True
     started = False
+    delivered = False
     try:
         if chunks.chat:
             yield chunks.role()
@@ -375,11 +427,20 @@ async def _stream(
                 continue
             status = responses.status_of(ev)
             yield chunks.closing(job, ev, include_usage=include_usage, first=first)
+            # Resumed: the closing write was handed to the transport; a dead connection would
+            # have swallowed it silently.
+            delivered = connection is None or connection.open
     finally:
+        cut = (
+            ErrorCode.WRITE_TIMEOUT
+            if connection is not None and connection.write_timed_out
+            else ErrorCode.CLIENT_DISCONNECTED
+        )
         if job.result is None:
-            batcher.abort(job)
+            batcher.abort(job, cut)
+        if not delivered:
             status = responses.CLIENT_CLOSED_STATUS
-        obs.finish(job, status)
+        obs.finish(job, status, cut=None if delivered else cut, ended_at=time.perf_counter())
 
 
 async def _abort_on_disconnect(request: Request[Any, Any, Any], batcher: Batcher, job: Job) -> None:

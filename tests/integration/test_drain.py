@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from service.launch import Replica, env_name, free_port, wait_ready
+from service.launch import (
+    Replica,
+    env_name,
+    explicit_settings,
+    free_port,
+    start_replica,
+    stop_replicas,
+    wait_ready,
+)
+from service.server import SHUTDOWN_OVERHEAD_S
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +100,64 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> No
             proc.kill()
             proc.wait()
         log_file.close()
+
+
+def test_requests_left_at_the_drain_deadline_get_an_answer_and_the_process_exits_in_budget(
+    tmp_path: Path,
+) -> None:
+    """Drain 1.5 s, requests that need ~8 s: one budget, and every cut request is answered.
+
+    Before the fix the process took about twice the drain timeout (uvicorn waited its own
+    graceful timeout again), cut streams ended with neither an error event nor ``[DONE]``,
+    and cut non-streamed requests got a plain-text 500.
+    """
+    drain_s = 1.5
+    settings = explicit_settings(
+        engine="fake",
+        port=free_port(),
+        fake_ttft_ms=20.0,
+        fake_itl_ms=20.0,
+        drain_timeout_s=drain_s,
+        max_batch_size=4,
+        batch_workers=1,
+    )
+    replica = start_replica(settings, log_path=tmp_path / "serve.log")
+    try:
+        wait_ready(replica, timeout_s=30)
+
+        async def scenario() -> tuple[list[str], list[httpx.Response], float]:
+            async with httpx.AsyncClient(base_url=replica.base_url, timeout=30) as c:
+                body = {"model": "fake-model", "prompt": "hi", "max_tokens": 400}
+
+                async def stream_one() -> str:
+                    async with c.stream(
+                        "POST", "/v1/completions", json=body | {"stream": True}
+                    ) as r:
+                        return (await r.aread()).decode()
+
+                # 4 run, 4 wait in the queue: both kinds must be answered at the deadline.
+                streams = [asyncio.create_task(stream_one()) for _ in range(4)]
+                plain = [
+                    asyncio.create_task(c.post("/v1/completions", json=body)) for _ in range(4)
+                ]
+                await asyncio.sleep(0.4)
+                t0 = time.monotonic()
+                replica.proc.send_signal(signal.SIGTERM)
+                bodies = await asyncio.gather(*streams)
+                responses = await asyncio.gather(*plain)
+                await asyncio.to_thread(replica.proc.wait, 30)
+                return bodies, responses, time.monotonic() - t0
+
+        bodies, responses, shutdown_s = asyncio.run(scenario())
+        assert replica.proc.returncode == 0
+        assert shutdown_s < drain_s + SHUTDOWN_OVERHEAD_S, f"shutdown took {shutdown_s:.2f} s"
+        for text in bodies:
+            events = [e for e in text.split("\n\n") if e.startswith("data: ")]
+            assert events[-1] == "data: [DONE]"
+            error = json.loads(events[-2].removeprefix("data: "))["error"]
+            assert error["code"] == "shutdown"
+        for r in responses:
+            assert r.status_code == 503
+            assert r.json()["error"]["code"] == "shutdown"
+    finally:
+        stop_replicas(replica)

@@ -26,6 +26,8 @@ from prometheus_client.utils import floatToGoString
 
 from telemetry import names
 from telemetry.gpu import GpuSampler
+from telemetry.http import ConnectionMetrics
+from telemetry.loop import LoopLagMonitor
 from telemetry.metrics import ServiceMetrics, register_process_collectors
 
 REPO = Path(__file__).resolve().parents[3]
@@ -73,6 +75,8 @@ def exported_families() -> dict[str, str]:
     registry = CollectorRegistry()
     ServiceMetrics(registry, model="m", revision="r", max_batch_size=4)
     GpuSampler(registry)  # registers its gauges in __init__; NVML is only touched on entry
+    ConnectionMetrics(registry)
+    LoopLagMonitor(registry)  # registers its histogram in __init__; samples only on entry
     register_process_collectors(registry)
     return {family.name: family.type for family in registry.collect()}
 
@@ -286,6 +290,40 @@ def test_dashboard_queries_use_only_known_labels_and_outcomes(dashboard: dict[st
         expr = target["expr"]
         assert promql_label_names(expr) <= labels, expr
         assert promql_label_values(expr, names.LABEL_OUTCOME) <= set(names.OUTCOMES), expr
+        reasons = promql_label_values(expr, names.LABEL_REASON)
+        assert reasons <= set(names.CONNECTION_CLOSE_REASONS), expr
+
+
+def test_unlabelled_replica_series_are_not_selected_by_model(dashboard: dict[str, Any]) -> None:
+    # The connection and event-loop series carry no model label: model=~"$model" on them would
+    # match nothing once a model is picked.
+    unlabelled = {
+        names.TOKENBOOTH_HTTP_CONNECTIONS_OPEN,
+        names.TOKENBOOTH_HTTP_CONNECTIONS_CLOSED,
+        names.TOKENBOOTH_EVENT_LOOP_LAG + "_bucket",
+    }
+    checked = 0
+    for _, target in _targets(dashboard):
+        expr = target["expr"]
+        if promql_metric_names(expr) & unlabelled:
+            assert names.LABEL_MODEL not in promql_label_names(expr), expr
+            assert 'instance=~"$instance"' in expr, expr
+            checked += 1
+    assert checked >= 5
+
+
+def test_connection_close_panels_split_guard_closes_from_ordinary_ones(
+    dashboard: dict[str, Any],
+) -> None:
+    ordinary = {names.CONNECTION_CLOSE_NORMAL, names.CONNECTION_CLOSE_IDLE}
+    by_panel: dict[str, set[str]] = {}
+    for panel, target in _targets(dashboard):
+        if names.TOKENBOOTH_HTTP_CONNECTIONS_CLOSED in promql_metric_names(target["expr"]):
+            by_panel[panel["title"]] = promql_label_values(target["expr"], names.LABEL_REASON)
+    assert sorted(by_panel.values(), key=len) == [
+        ordinary,
+        set(names.CONNECTION_CLOSE_REASONS) - ordinary,
+    ]
 
 
 def test_dashboard_covers_the_required_signals(dashboard: dict[str, Any]) -> None:
@@ -314,8 +352,11 @@ def test_dashboard_covers_the_required_signals(dashboard: dict[str, Any]) -> Non
         names.TOKENBOOTH_GPU_TEMPERATURE,
         names.TOKENBOOTH_MODEL_INFO,
         names.TOKENBOOTH_BUILD_INFO,
-        "process_cpu_seconds_total",
-        "process_resident_memory_bytes",
+        names.TOKENBOOTH_HTTP_CONNECTIONS_OPEN,
+        names.TOKENBOOTH_HTTP_CONNECTIONS_CLOSED,
+        names.TOKENBOOTH_EVENT_LOOP_LAG + "_bucket",
+        names.PROCESS_CPU_SECONDS,
+        names.PROCESS_RESIDENT_MEMORY,
     }
     assert required <= used, sorted(required - used)
 
@@ -468,6 +509,8 @@ def test_rules_use_only_known_labels_and_outcomes() -> None:
         expr = rule["expr"]
         assert promql_label_names(expr) <= labels, expr
         assert promql_label_values(expr, names.LABEL_OUTCOME) <= set(names.OUTCOMES), expr
+        reasons = promql_label_values(expr, names.LABEL_REASON)
+        assert reasons <= set(names.CONNECTION_CLOSE_REASONS), expr
 
 
 def test_rules_cover_the_required_recordings_and_alerts() -> None:
@@ -492,7 +535,24 @@ def test_rules_cover_the_required_recordings_and_alerts() -> None:
         "TokenboothTargetDown",
         "TokenboothModelNotLoaded",
         "TokenboothGpuMissing",
+        "TokenboothSlowClients",
+        "TokenboothEventLoopLag",
     } <= set(alerts)
+    # Slow clients: every close the server forces, and none of the ordinary ones.
+    slow = promql_label_values(alerts["TokenboothSlowClients"]["expr"], names.LABEL_REASON)
+    assert slow == set(names.CONNECTION_CLOSE_REASONS) - {
+        names.CONNECTION_CLOSE_NORMAL,
+        names.CONNECTION_CLOSE_IDLE,
+    }
+    lag = f"instance:{names.TOKENBOOTH_EVENT_LOOP_LAG}:p99_5m"
+    assert f"{names.TOKENBOOTH_EVENT_LOOP_LAG}_bucket" in recorded[lag]
+    assert lag in alerts["TokenboothEventLoopLag"]["expr"]
+    # A client that stops reading ends "aborted" (write_timeout): its own doing, not a failure.
+    failed = recorded["model:tokenbooth_requests_failed:ratio_rate5m"]
+    assert promql_label_values(failed, names.LABEL_OUTCOME) == {
+        names.OUTCOME_ERROR,
+        names.OUTCOME_TIMEOUT,
+    }
     for name, alert in alerts.items():
         assert alert["labels"]["severity"] in ("warning", "critical"), name
         assert alert["annotations"]["summary"] and alert["annotations"]["description"], name

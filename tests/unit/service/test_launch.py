@@ -52,9 +52,16 @@ def _non_default_settings() -> ServiceSettings:
         max_body_bytes=4096,
         request_timeout_s=12.5,
         drain_timeout_s=0.0,
+        max_messages=9,
         allow_ignore_eos=False,
         host="0.0.0.0",
         port=0,
+        header_timeout_s=2.5,
+        body_timeout_s=3.5,
+        keep_alive_timeout_s=1.5,
+        write_timeout_s=4.5,
+        max_connections=33,
+        max_header_bytes=2048,
         api_key=SecretStr("s3cret key=1"),
         protect_ops_endpoints=True,
         protect_health_endpoints=True,
@@ -170,6 +177,24 @@ def test_a_replica_the_service_rejects_fails_fast_with_its_validation_error(
     assert excinfo.value.returncode != 0
     assert "max_batch_size" in excinfo.value.detail
     assert str(log) in excinfo.value.detail
+
+
+def test_wait_ready_sends_the_key_to_a_replica_that_guards_its_health_endpoints(
+    tmp_path: Path,
+) -> None:
+    """Before the fix the readiness probe sent no key and a guarded replica never got ready."""
+    settings = explicit_settings(
+        engine="fake",
+        port=free_port(),
+        api_key=SecretStr("probe-key"),
+        protect_health_endpoints=True,
+    )
+    replica = start_replica(settings, log_path=tmp_path / "replica.log")
+    try:
+        wait_ready(replica, timeout_s=60)
+    finally:
+        stop_replicas(replica)
+    assert "probe-key" not in repr(replica)
 
 
 class _Unready(BaseHTTPRequestHandler):
