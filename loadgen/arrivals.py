@@ -1,8 +1,15 @@
-"""Open-loop arrival schedules and schedule-lag accounting.
+"""Arrival timing: open-loop schedules, and the closed loop's start ramp and think times.
 
-Arrivals are global (one schedule for the whole load generator, split across workers), not
-per-user pacing: a request is due at its scheduled time however slow earlier ones were, and
-the difference between when it was due and when it was actually sent is its schedule lag.
+Open-loop arrivals are global (one schedule for the whole load generator, split across
+workers), not per-user pacing: a request is due at its scheduled time however slow earlier ones
+were, and the difference between when it was due and when it was actually sent is its schedule
+lag.
+
+Closed-loop users are de-synchronised at the start: users that all send at once ride the same
+batch, finish together and send again together, so every batch is full and nobody ever waits a
+batch, and the result depends on the start phase rather than on the server. :func:`ramp_offsets`
+spreads the first sends; :func:`think_times` draws the optional pause between a response and
+the next send, which keeps batch boundaries from lining the users up again.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["arrival_offsets", "split_for_worker"]
+from loadgen.spec import LengthDist
+
+__all__ = ["arrival_offsets", "ramp_offsets", "split_for_worker", "think_times"]
 
 
 def arrival_offsets(
@@ -56,3 +65,36 @@ def split_for_worker(
     if workers <= 1:
         return offsets
     return offsets[worker_index::workers]
+
+
+def ramp_offsets(users: int, ramp_s: float) -> npt.NDArray[np.float64]:
+    """First-send offsets (seconds) of ``users`` closed-loop users spread over ``ramp_s``.
+
+    User ``i`` of ``N`` starts at ``i / N * ramp_s``: evenly spaced, not drawn at random.
+    Random uniform starts leave clumps (the closest two of N are about ``ramp_s / N**2``
+    apart), which is the synchrony the ramp is there to remove; even spacing keeps every pair
+    ``ramp_s / N`` apart and is the same on every run. No random phase: the ramp's origin (the
+    end of the warm-up probe, or the point's start) is arbitrary already. ``ramp_s = 0`` starts
+    everyone at once (lockstep, as before the ramp existed).
+    """
+    if users < 0:
+        raise ValueError("users must be >= 0")
+    if ramp_s < 0:
+        raise ValueError("ramp_s must be >= 0")
+    return np.arange(users, dtype=np.float64) * (ramp_s / users) if users else np.zeros(0)
+
+
+def think_times(
+    dist: LengthDist | None, n: int, rng: np.random.Generator
+) -> npt.NDArray[np.float64]:
+    """``n`` think times (seconds) from ``dist``, clipped to its [min, max]; zeros for ``None``.
+
+    The same shapes as token lengths (:class:`loadgen.spec.LengthDist`) without rounding.
+    """
+    if dist is None:
+        return np.zeros(n)
+    if dist.dist == "fixed":
+        return np.full(n, float(dist.value))
+    if dist.dist == "uniform":
+        return rng.uniform(dist.min, dist.max, size=n)
+    return np.clip(rng.normal(dist.mean, dist.std, size=n), dist.min, dist.max)

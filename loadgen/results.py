@@ -193,6 +193,13 @@ class Point:
     # NaN when no ok row carried usage (nothing to compare).
     USAGE_MISMATCH_RATE: Final = "usage_mismatch_rate"
     RETRIES: Final = "retries"  # sends repeated on a fresh connection, whole point
+    # Closed loop: the first sends' spread (loadgen.arrivals.ramp_offsets), seconds; NaN open
+    # loop. Synchrony of the measured sends (loadgen.summary.synchrony): share of sends within
+    # 2 ms of another, what Poisson sends at the same rate would give, and their ratio.
+    RAMP_S: Final = "ramp_s"
+    SYNC_SHARE: Final = "sync_share"
+    SYNC_SHARE_POISSON: Final = "sync_share_poisson"
+    SYNC_RATIO: Final = "sync_ratio"
 
 
 class TokensSource:

@@ -30,19 +30,20 @@ import locust
 import numpy as np
 import psutil
 import requests
+from locust.clients import HttpSession
 from locust.env import Environment
 
 from loadgen import scrape
-from loadgen.arrivals import arrival_offsets
+from loadgen.arrivals import arrival_offsets, ramp_offsets
 from loadgen.environment import environment_metadata
 from loadgen.results import Col, Env, Point, PointStatus, RunDir
 from loadgen.servers import Adapter, ServerInfo, adapter_for
 from loadgen.servers.detect import detect
 from loadgen.servers.tokenbooth import TOKENBOOTH
 from loadgen.spec import LoadLevel, ServerConfig, SweepSpec
-from loadgen.summary import server_summary, summarize_point
+from loadgen.summary import SYNC_WINDOW_S, server_summary, summarize_point, synchronised
 from loadgen.targets import LocalReplicas, RemoteTarget, TargetError
-from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext
+from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext, new_session
 from loadgen.worker import MSG_DONE, MSG_POINT, MSG_ROWS, point_message
 from loadgen.workload import (
     FAKE_ENGINE_WORDS,
@@ -108,6 +109,7 @@ class SweepRunner:
         self._adapter: Adapter = TOKENBOOTH
         # Where the next point starts in the workload (PointContext.next_index), run-wide.
         self._prompt_cursor = 0
+        self._probe_session: HttpSession | None = None  # sends closed-loop ramp probes
 
     # ------------------------------------------------------------------ orchestration
     def execute(self) -> Path:
@@ -418,8 +420,8 @@ class SweepRunner:
             return done
         pid = self._point_id(key)
         run = self.spec.run
-        t0 = time.time() + 0.2
-        measure_from = t0 + run.warmup_s
+        closed = level.mode != "rate"
+        # The window is set once the start ramp is known (a closed-loop probe may come first).
         ctx = PointContext(
             api=self.spec.workload.api,
             model=target.model,
@@ -428,13 +430,23 @@ class SweepRunner:
             ignore_eos=self.spec.workload.ignore_eos,
             temperature=self.spec.workload.temperature,
             timeout_s=run.request_timeout_s,
-            measure_from=measure_from,
-            stop_at=measure_from + run.duration_s,
+            measure_from=math.inf,
+            stop_at=math.inf,
             max_requests=run.max_requests,
             headers=target.headers,
             next_index=self._prompt_cursor,
+            think_time=self.spec.load.think_time_s if closed else None,
+            seed=run.seed + pid,
         )
-        if level.mode == "rate":
+        ramp = self._ramp_s(ctx, int(level.value), key) if closed else math.nan
+        t0 = time.time() + 0.2
+        # Every user has started before the measured window opens, however long the ramp.
+        measure_from = t0 + max(run.warmup_s, ramp if closed else 0.0)
+        ctx.measure_from = measure_from
+        ctx.stop_at = measure_from + run.duration_s
+        if closed:
+            ctx.user_starts = [t0 + float(o) for o in ramp_offsets(int(level.value), ramp)]
+        else:
             offsets = arrival_offsets(
                 "constant" if level.arrival == "constant" else "poisson",
                 level.value,
@@ -507,6 +519,17 @@ class SweepRunner:
             ctx.rows, level=level, lag_threshold_s=run.lag_threshold_s, min_samples=run.min_samples
         )
         summary |= server_summary(server_rows)
+        summary[Point.RAMP_S] = ramp
+        if closed and synchronised(summary[Point.SYNC_SHARE], summary[Point.SYNC_SHARE_POISSON]):
+            logger.warning(
+                "point %s: closed-loop users stayed synchronised: %.0f%% of sends within %g ms "
+                "of another (independent arrivals at this rate: %.1f%%); its latencies describe "
+                "users riding the same batches (try [load] think_time_s, or open loop)",
+                key,
+                100 * summary[Point.SYNC_SHARE],
+                SYNC_WINDOW_S * 1000,
+                100 * summary[Point.SYNC_SHARE_POISSON],
+            )
         summary[Point.LOADGEN_CPU_PERCENT] = cpu_pct
         summary[Point.LOADGEN_BOTTLENECK] = cpu_pct >= _BOTTLENECK_CPU_PERCENT
         dead = target.alive()
@@ -534,6 +557,33 @@ class SweepRunner:
         if dead:
             raise _ReplicaDied(dead)
         return summary
+
+    def _ramp_s(self, ctx: PointContext, users: int, key: str) -> float:
+        """The closed-loop start ramp: the spec's ``ramp_s``, or one probed request's duration.
+
+        The probe is the point's first warm-up request, sent alone to the idle target: one
+        request's duration without queueing, a lower bound of the duration under load (set
+        ``[load] ramp_s`` for a longer ramp). One user needs no ramp and sends no probe.
+        """
+        explicit = self.spec.load.ramp_s
+        if explicit is not None:
+            return explicit
+        if users <= 1:
+            return 0.0
+        if self._probe_session is None:
+            self._probe_session = new_session(Environment(events=locust.events), pool_size=4)
+        row = ctx.send(self._probe_session, -1, None)
+        duration = float(row[Col.E2E_S])
+        if row[Col.OK] and math.isfinite(duration) and duration > 0:
+            logger.info("point %s: start ramp %.3f s (one probed request)", key, duration)
+            return duration
+        logger.warning(
+            "point %s: the warm-up probe failed (%s): closed-loop users start together, "
+            "without a ramp",
+            key,
+            row[Col.ERROR] or f"HTTP {row[Col.STATUS]}",
+        )
+        return 0.0
 
     def _drive(self, ctx: PointContext, level: LoadLevel, target: _Target) -> None:
         """Run Locust for one point until its window closes and in-flight requests finish."""
@@ -578,6 +628,10 @@ class SweepRunner:
             data["next_index"] = ctx.next_index + k * (len(ctx.items) // n)
             if ctx.schedule is not None:
                 data["schedule"] = ctx.schedule[k::n]
+            if ctx.user_starts is not None:
+                # Interleaved, so each worker's users span the whole ramp.
+                data["user_starts"] = ctx.user_starts[k::n]
+            data["worker"] = k
             master.send_message(MSG_POINT, data, client_id=client_id)
         gevent.sleep(0.2)  # workers set up their context before users spawn
         user_class = OpenLoopUser if level.mode == "rate" else ClosedLoopUser

@@ -14,13 +14,14 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from loadgen.servers.kinds import AUTO, SERVER_KINDS
 from service.errors import TokenboothError
 from service.settings import QUANTIZATIONS
 
 __all__ = [
+    "RAMP_AUTO",
     "LengthDist",
     "LoadLevel",
     "LoadSpec",
@@ -43,12 +44,17 @@ class SpecError(TokenboothError):
 
 @dataclass(frozen=True)
 class LengthDist:
-    """A token-length distribution: fixed, uniform or normal (clipped to [min, max])."""
+    """A length-style distribution: fixed, uniform or normal (clipped to [min, max]).
+
+    Token lengths (``[workload] input_tokens``/``output_tokens``) are whole numbers >= 1; the
+    same shape gives think times in seconds (``[load] think_time_s``), which may be fractions
+    and 0. One type, one parser (``_length``), so both read and fail alike.
+    """
 
     dist: Literal["fixed", "uniform", "normal"] = "fixed"
-    value: int = 64
-    min: int = 1
-    max: int = 1024
+    value: float = 64
+    min: float = 1
+    max: float = 1024
     mean: float = 64.0
     std: float = 0.0
 
@@ -102,9 +108,18 @@ class ServerSpec:
     configs: tuple[dict[str, Any], ...] = ()
 
 
+RAMP_AUTO: Final = "auto"
+"""``[load] ramp_s`` value (and default): one request's duration, measured at the point's start."""
+
+
 @dataclass(frozen=True)
 class LoadSpec:
-    """[load]: closed-loop concurrency, open-loop rates, or auto."""
+    """[load]: closed-loop concurrency, open-loop rates, or auto.
+
+    Closed loop only: ``ramp_s`` spreads the users' first sends evenly over that many seconds
+    (``None``: :data:`RAMP_AUTO`; ``0``: all at once, the old lockstep start), and
+    ``think_time_s`` is a pause drawn after each response before the next send (``None``: none).
+    """
 
     mode: Literal["concurrency", "rate", "auto"] = "concurrency"
     concurrency: tuple[int, ...] = (1, 4, 8)
@@ -112,6 +127,8 @@ class LoadSpec:
     arrival: Literal["poisson", "constant"] = "poisson"
     auto_points: int = 5
     workers: int = 0
+    ramp_s: float | None = None
+    think_time_s: LengthDist | None = None
 
 
 @dataclass(frozen=True)
@@ -322,8 +339,13 @@ def _choice(ctx: _Ctx, section: str, key: str, value: Any, choices: tuple[str, .
     return str(value)
 
 
-def _length(ctx: _Ctx, section: str, key: str, value: Any) -> LengthDist:
-    if isinstance(value, int) and not isinstance(value, bool):
+def _length(ctx: _Ctx, section: str, key: str, value: Any, *, seconds: bool = False) -> LengthDist:
+    """A :class:`LengthDist`: whole tokens >= 1, or with ``seconds`` any time >= 0."""
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (seconds or isinstance(value, int))
+    ):
         value = {"dist": "fixed", "value": value}
     if not isinstance(value, dict):
         raise ctx.error(
@@ -350,21 +372,36 @@ def _length(ctx: _Ctx, section: str, key: str, value: Any) -> LengthDist:
             v = value[k]
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise ctx.error(section, key, f"{k} must be a number, got {_describe(v)}")
-            kwargs[k] = int(v) if k in ("value", "min", "max") else float(v)
+            whole = not seconds and k in ("value", "min", "max")
+            if whole and not float(v).is_integer():
+                raise ctx.error(section, key, f"{k} must be a whole number, got {v!r}")
+            kwargs[k] = int(v) if whole else float(v)
+    low = 0 if seconds else 1
     if dist == "fixed":
-        if "value" not in kwargs or kwargs["value"] < 1:
-            raise ctx.error(section, key, "fixed needs value >= 1")
+        if "value" not in kwargs or kwargs["value"] < low:
+            raise ctx.error(section, key, f"fixed needs value >= {low}")
         kwargs.setdefault("min", kwargs["value"])
         kwargs.setdefault("max", kwargs["value"])
     else:
         for k in ("min", "max") if dist == "uniform" else ("mean", "min", "max"):
             if k not in kwargs:
                 raise ctx.error(section, key, f"{dist} needs {k}")
-        if kwargs["min"] < 1 or kwargs["max"] < kwargs["min"]:
-            raise ctx.error(section, key, "needs 1 <= min <= max")
+        if kwargs["min"] < low or kwargs["max"] < kwargs["min"]:
+            raise ctx.error(section, key, f"needs {low} <= min <= max")
         if dist == "normal" and kwargs.get("std", 0.0) < 0:
             raise ctx.error(section, key, "std must be >= 0")
     return LengthDist(**kwargs)
+
+
+def _ramp(ctx: _Ctx, value: Any) -> float | None:
+    if value == RAMP_AUTO:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ctx.error(
+            "load", "ramp_s", f'expected seconds >= 0 or "{RAMP_AUTO}", got {_describe(value)}'
+        )
+    _positive(ctx, "load", "ramp_s", float(value), allow_zero=True)
+    return float(value)
 
 
 def _urls(ctx: _Ctx, value: Any) -> tuple[str, ...]:
@@ -557,6 +594,8 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
             "arrival": lambda v: _choice(ctx, "load", "arrival", v, ("poisson", "constant")),
             "auto_points": num("load", "auto_points", int),
             "workers": num("load", "workers", int, allow_zero=True),
+            "ramp_s": lambda v: _ramp(ctx, v),
+            "think_time_s": lambda v: _length(ctx, "load", "think_time_s", v, seconds=True),
         },
     )
     workload = _build(

@@ -28,6 +28,9 @@ __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "MOSTLY_ERRORS",
     "SERVER_VIEW_COLUMNS",
+    "SYNC_RATIO_WARN",
+    "SYNC_SHARE_WARN",
+    "SYNC_WINDOW_S",
     "THROUGHPUT_WINDOWS",
     "Stat",
     "bootstrap_quantile_ci",
@@ -35,9 +38,13 @@ __all__ = [
     "finite",
     "gaps",
     "percentile",
+    "poisson_sync_share",
     "server_summary",
     "summarize_point",
     "summarize_requests",
+    "sync_share",
+    "synchronised",
+    "synchrony",
     "usage_mismatch_rate",
     "validity_reasons",
     "window_duration",
@@ -49,6 +56,12 @@ MOSTLY_ERRORS: Final = 0.5
 """A point where more than this fraction failed measures the failure, not the service."""
 THROUGHPUT_WINDOWS: Final = 10
 """Equal time windows behind the batch-means standard error of the achieved rate."""
+SYNC_WINDOW_S: Final = 0.002
+"""Two sends this close count as simultaneous (:func:`sync_share`)."""
+SYNC_RATIO_WARN: Final = 3.0
+SYNC_SHARE_WARN: Final = 0.10
+"""A point is synchronised when its sync share exceeds both this share and
+:data:`SYNC_RATIO_WARN` times what Poisson arrivals at its rate would give."""
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -202,6 +215,63 @@ def _rate_se(finished: FloatArray, duration: float) -> float:
     counts, _ = np.histogram(finished, bins=THROUGHPUT_WINDOWS, range=(t0, t1))
     rates = counts / ((t1 - t0) / THROUGHPUT_WINDOWS)
     return float(np.std(rates, ddof=1) / math.sqrt(THROUGHPUT_WINDOWS))
+
+
+# ------------------------------------------------------------------------------ synchrony
+
+
+def sync_share(sent_at: Sequence[float] | FloatArray, window_s: float = SYNC_WINDOW_S) -> float:
+    """Share of sends with another send within ``window_s`` (before or after); NaN below 2.
+
+    Closed-loop users that ride one batch finish together and send again together: a high
+    share says the point measured a lockstep, not independent clients.
+    """
+    t = np.sort(np.asarray(sent_at, dtype=float))
+    t = t[np.isfinite(t)]
+    if t.size < 2:
+        return math.nan
+    gap = np.diff(t)
+    near = np.zeros(t.size, dtype=bool)
+    near[:-1] |= gap <= window_s  # the next send is close
+    near[1:] |= gap <= window_s  # the previous send is close
+    return float(near.mean())
+
+
+def poisson_sync_share(rate: float, window_s: float = SYNC_WINDOW_S) -> float:
+    """:func:`sync_share` that independent (Poisson) sends at ``rate`` per second would give.
+
+    A send's gaps to its previous and its next send are independent Exp(rate), so it has no
+    neighbour within ``w`` with probability ``exp(-rate w)**2``: the share is
+    ``1 - exp(-2 rate w)`` (ignoring the first and last send, which have one neighbour each).
+    """
+    if not (rate >= 0) or not math.isfinite(rate):
+        return math.nan
+    return -math.expm1(-2.0 * rate * window_s)
+
+
+def synchrony(sent_at: Sequence[float] | FloatArray) -> dict[str, float]:
+    """A point's sync share, its Poisson expectation at the point's send rate, and their ratio.
+
+    The rate is the sends' own: (n - 1) gaps over the span from first to last send. Computed
+    per point only: pooled repeats would count the time between points as a gap.
+
+    Returns:
+        :attr:`Point.SYNC_SHARE`, :attr:`Point.SYNC_SHARE_POISSON` and :attr:`Point.SYNC_RATIO`
+        (NaN with fewer than two sends).
+    """
+    t = np.asarray(sent_at, dtype=float)
+    t = t[np.isfinite(t)]
+    share = sync_share(t)
+    span = float(t.max() - t.min()) if t.size >= 2 else 0.0
+    # Every send at one instant has no rate to compare with: NaN, never judged synchronised.
+    expected = poisson_sync_share((t.size - 1) / span) if span > 0 else math.nan
+    ratio = share / expected if expected > 0 else math.nan
+    return {Point.SYNC_SHARE: share, Point.SYNC_SHARE_POISSON: expected, Point.SYNC_RATIO: ratio}
+
+
+def synchronised(share: float, expected: float) -> bool:
+    """Whether a point's sends came in lockstep (see :data:`SYNC_SHARE_WARN`); False for NaN."""
+    return bool(share > SYNC_SHARE_WARN and share > SYNC_RATIO_WARN * expected)
 
 
 # ------------------------------------------------------------------------------ one point
@@ -420,6 +490,7 @@ def summarize_point(
     """
     frame = pd.DataFrame(list(rows), columns=list(REQUEST_COLUMNS))
     out = summarize_requests(frame, window_duration(frame), n_resamples=0)
+    out |= synchrony(finite(frame[Col.SENT_AT]))
     out[Point.OFFERED_RPS] = level.value if level.mode == "rate" else math.nan
     reasons = validity_reasons(
         n_ok=out[Point.N_OK],

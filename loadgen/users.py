@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import gevent
 import msgspec
+import numpy as np
 from gevent.pool import Pool
 from locust import User, constant, task
 from locust.clients import HttpSession
@@ -35,7 +36,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.response import HTTPResponse
 
+from loadgen.arrivals import think_times
 from loadgen.results import Col
+from loadgen.spec import LengthDist
 from loadgen.sse import StreamTally, error_message
 from loadgen.tokenize import request_tokens
 from loadgen.workload import PromptItem
@@ -382,6 +385,12 @@ class PointContext:
     stop_at: float  # wall clock: no request is sent after this
     max_requests: int  # measured requests, then stop
     schedule: list[float] | None = None  # open loop: absolute wall-clock send times
+    # Closed loop: wall-clock first send of each user (by index; loadgen.arrivals.ramp_offsets),
+    # and the think time drawn after each response (None: send again at once), seeded per user.
+    user_starts: list[float] | None = None
+    think_time: LengthDist | None = None
+    seed: int = 0
+    worker: int = 0  # which distributed worker this context is (0 without workers)
     headers: dict[str, str] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     sent_measured: int = 0
@@ -406,8 +415,20 @@ class PointContext:
             return False
         return True
 
-    def send(self, session: HttpSession, user: int, scheduled_at: float | None) -> None:
-        """Send one request to a balanced replica and keep its row unless it was warm-up."""
+    def start_of(self, user: int) -> float | None:
+        """Wall-clock time of a closed-loop user's first send (``None``: at once).
+
+        Users beyond the list (a distributed worker given more users than starts) wrap round.
+        """
+        starts = self.user_starts
+        return starts[user % len(starts)] if starts else None
+
+    def send(self, session: HttpSession, user: int, scheduled_at: float | None) -> dict[str, Any]:
+        """Send one request to a balanced replica and keep its row unless it was warm-up.
+
+        Returns:
+            The request's row, kept or not (the runner times its warm-up probe by it).
+        """
         item = self.next_item()
         body = item.body(
             self.api, self.model, ignore_eos=self.ignore_eos, temperature=self.temperature
@@ -431,17 +452,23 @@ class PointContext:
         finally:
             self.in_flight -= 1
             self.balancer.release(url)
+        row[Col.USER] = user
         if measured:
-            row[Col.USER] = user
             self.rows.append(row)
             if self.on_row is not None:
                 self.on_row(row)
+        return row
 
 
 class ClosedLoopUser(User):
-    """Closed loop: each user sends its next request as soon as the previous one finished."""
+    """Closed loop: each user sends its next request once the previous one finished.
 
-    wait_time = constant(0)
+    Its first send waits for the user's place on the start ramp
+    (:attr:`PointContext.user_starts`); each later one for a think time drawn from
+    :attr:`PointContext.think_time` (none by default, as in GuideLLM and AIPerf: the ramp alone
+    de-synchronises the start, and ``points.csv``'s sync share says whether the point stayed so).
+    """
+
     host = "http://unused.invalid"
 
     def on_start(self) -> None:
@@ -450,6 +477,14 @@ class ClosedLoopUser(User):
         self.session = new_session(self.environment, pool_size=4)
         self.index: int = getattr(self.environment, "tokenbooth_user_seq", 0)
         self.environment.tokenbooth_user_seq = self.index + 1
+        self.rng = np.random.default_rng([ctx.seed, ctx.worker, self.index])
+        start = ctx.start_of(self.index)
+        if start is not None and start > time.time():
+            gevent.sleep(start - time.time())
+
+    def wait_time(self) -> float:
+        """Locust's pause after each task: the think time (0 without one)."""
+        return float(think_times(self.ctx.think_time, 1, self.rng)[0])
 
     @task
     def request(self) -> None:

@@ -2,9 +2,10 @@
 
 The master (the sweep runner) sends each worker its share of a point in a ``tb_point``
 message: the workload, the replica URLs, the time window and, for open loop, its slice of the
-global arrival schedule. The worker's users send and measure the requests; rows stream back
-in ``tb_rows`` messages and a final ``tb_done`` carries the worker's own CPU use, so the
-master can tell when the load generator itself is the bottleneck.
+global arrival schedule (for closed loop, its users' places on the start ramp). The worker's
+users send and measure the requests; rows stream back in ``tb_rows`` messages and a final
+``tb_done`` carries the worker's own CPU use, so the master can tell when the load generator
+itself is the bottleneck.
 
 Run by the harness as ``python -m loadgen.worker --master-port P``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from typing import Any
 
 import gevent
@@ -20,6 +22,7 @@ import locust
 import psutil
 from locust.env import Environment
 
+from loadgen.spec import LengthDist
 from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext
 from loadgen.workload import PromptItem
 
@@ -32,7 +35,11 @@ _FLUSH_S = 0.5
 
 
 def point_message(ctx: PointContext, urls: list[str], balance: str) -> dict[str, Any]:
-    """Serialize a point's shared context for a worker (schedule/max_requests set per worker)."""
+    """Serialize a point's shared context for a worker.
+
+    The runner sets ``schedule``, ``user_starts``, ``max_requests``, ``next_index`` and
+    ``worker`` per worker.
+    """
     return {
         "api": ctx.api,
         "model": ctx.model,
@@ -56,6 +63,10 @@ def point_message(ctx: PointContext, urls: list[str], balance: str) -> dict[str,
         "schedule": ctx.schedule,
         "headers": ctx.headers,
         "next_index": ctx.next_index,
+        "user_starts": ctx.user_starts,
+        "think_time": None if ctx.think_time is None else asdict(ctx.think_time),
+        "seed": ctx.seed,
+        "worker": ctx.worker,
     }
 
 
@@ -83,6 +94,10 @@ def _context(data: dict[str, Any]) -> PointContext:
         schedule=data["schedule"],
         headers=data["headers"],
         next_index=data["next_index"],
+        user_starts=data["user_starts"],
+        think_time=None if data["think_time"] is None else LengthDist(**data["think_time"]),
+        seed=data["seed"],
+        worker=data["worker"],
     )
 
 

@@ -295,9 +295,9 @@ class PromptItem:
 def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> list[int]:
     """``n`` integer lengths from ``dist``, clipped to [min, max]."""
     if dist.dist == "fixed":
-        return [dist.value] * n
+        return [int(dist.value)] * n
     if dist.dist == "uniform":
-        return [int(x) for x in rng.integers(dist.min, dist.max + 1, size=n)]
+        return [int(x) for x in rng.integers(int(dist.min), int(dist.max) + 1, size=n)]
     values = rng.normal(dist.mean, dist.std, size=n)
     return [int(x) for x in np.clip(np.rint(values), dist.min, dist.max)]
 

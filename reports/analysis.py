@@ -25,6 +25,8 @@ from loadgen.summary import (
     gaps,
     server_summary,
     summarize_requests,
+    synchronised,
+    synchrony,
     validity_reasons,
 )
 from reports.load import Rpt, Run
@@ -37,6 +39,7 @@ __all__ = [
     "Knee",
     "analyze",
     "find_knee",
+    "is_open_loop",
     "point_validity",
     "slo_capacity",
     "slo_check",
@@ -63,7 +66,8 @@ FloatArray = npt.NDArray[np.float64]
 # ------------------------------------------------------------------------------ validity
 
 
-def _is_open_loop(row: pd.Series) -> bool:
+def is_open_loop(row: pd.Series | dict[str, Any]) -> bool:
+    """Whether a point (or level) followed an arrival schedule rather than closed-loop users."""
     return str(row.get(Point.LOAD_MODE, "")) == "rate" or str(row.get(Point.ARRIVAL, "")) in (
         "constant",
         "poisson",
@@ -95,7 +99,7 @@ def point_validity(row: pd.Series, *, lag_threshold_s: float, min_samples: int) 
         n_ok=math.nan if n_ok is None else float(n_ok),
         error_rate=float(row.get(Point.ERROR_RATE, math.nan)),
         lag_p95_s=float(row.get(Point.LAG_P95_S, math.nan)),
-        open_loop=_is_open_loop(row),
+        open_loop=is_open_loop(row),
         lag_threshold_s=lag_threshold_s,
         min_samples=min_samples,
     )
@@ -295,7 +299,7 @@ def slo_capacity(levels: pd.DataFrame, slo: SLOSpec) -> Capacity:
 
 def _crossing(d: pd.DataFrame, slo: SLOSpec, use: dict[str, str]) -> Capacity:
     """The first SLO crossing, reading each metric from ``use.get(metric, metric)``."""
-    closed = not _is_open_loop(d.iloc[0])
+    closed = not is_open_loop(d.iloc[0])
     terms = [(limit, use.get(col, col), label) for limit, col, label in _slo_terms(slo)]
     failed = [
         ", ".join(label for limit, col, label in terms if not (float(row[col]) <= limit))
@@ -391,6 +395,11 @@ class Analysis:
     def slo(self) -> SLOSpec:
         """The run's SLO."""
         return self.run.spec.slo
+
+    @property
+    def has_open_loop(self) -> bool:
+        """Whether any point of the run was open loop (then capacity answers rest on those)."""
+        return bool(len(self.points) and self.points[Rpt.OPEN_LOOP].any())
 
     def label(self, config_key: str) -> str:
         """The display label of a configuration key (the key itself when the run lacks it)."""
@@ -494,6 +503,7 @@ def _point_rows(run: Run, req_by_point: _Requests, n_resamples: int, seed: int) 
                 reqs, float(p[Point.DURATION_S]), n_resamples=n_resamples, seed=seed
             )
             base.update(stats)
+            base.update(synchrony(finite(reqs[Col.SENT_AT])))
         else:
             # No raw rows: the harness's summary stands, without CIs or sample counts.
             for c in (Rpt.N_TTFT, Rpt.N_ITL, Rpt.N_TPOT, Rpt.N_E2E):
@@ -517,6 +527,13 @@ def _judge_points(points: pd.DataFrame, spec: SweepSpec) -> None:
     points[Point.VALID] = [not r for r in reasons]
     points[Rpt.SLO_FAIL] = [slo_check(r, spec.slo) for _, r in points.iterrows()]
     points[Rpt.SLO_PASS] = points[Rpt.SLO_FAIL] == ""
+    points[Rpt.OPEN_LOOP] = [is_open_loop(r) for _, r in points.iterrows()]
+    share = pd.to_numeric(points[Point.SYNC_SHARE], errors="coerce")
+    expected = pd.to_numeric(points[Point.SYNC_SHARE_POISSON], errors="coerce")
+    points[Rpt.SYNCHRONISED] = [
+        not open_loop and synchronised(float(a), float(b))
+        for open_loop, a, b in zip(points[Rpt.OPEN_LOOP], share, expected, strict=True)
+    ]
     points[Rpt.CPU_THREADS] = (
         points[Point.REPLICAS]
         * pd.to_numeric(points[Point.BATCH_WORKERS], errors="coerce").fillna(1)

@@ -52,6 +52,8 @@ class Rpt(Stat):
     N_POINTS: Final = "n_points"  # repeats pooled into one load level
     POINT_IDS: Final = "point_ids"
     CPU_THREADS: Final = "cpu_threads"  # replicas x batch workers x intra threads
+    OPEN_LOOP: Final = "open_loop"  # the point followed an arrival schedule (else closed loop)
+    SYNCHRONISED: Final = "synchronised"  # closed loop whose users sent in lockstep
 
     # Capacity table (one row per configuration, Analysis.capacity_table).
     N_POINTS_TOTAL: Final = "points"

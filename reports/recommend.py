@@ -1,6 +1,7 @@
 """The recommendation: which configuration, how many replicas, for a target load under the SLO.
 
-For each base configuration, replica counts are tried from one upwards. A replica count the
+Measured capacity comes from the open-loop points when the run has any (:func:`basis`). For
+each base configuration, replica counts are tried from one upwards. A replica count the
 sweep measured is judged by its measured SLO capacity (interpolated); one it did not measure (or
 whose measured capacity is only a lower bound below the target) is judged by the capacity
 model's prediction at the target rate. The winner needs the fewest replicas, then the fewest CPU
@@ -20,7 +21,7 @@ from reports.analysis import Analysis
 from reports.capacity import CapacityModel
 from reports.load import Rpt
 
-__all__ = ["Option", "Recommendation", "recommend"]
+__all__ = ["Option", "Recommendation", "basis", "recommend"]
 
 MAX_REPLICAS: Final = 64
 
@@ -68,6 +69,7 @@ class Recommendation:
         options: The best option of every base configuration that can carry it.
         infeasible: Base configurations (by id) that cannot, with the reason.
         base_labels: The label of every base configuration id considered.
+        basis: Which measured points it rests on (:func:`basis`).
     """
 
     target_rps: float | None
@@ -77,6 +79,7 @@ class Recommendation:
     options: list[Option]
     infeasible: dict[str, str]
     base_labels: dict[str, str] = field(default_factory=dict)
+    basis: str = ""
 
     def infeasible_by_label(self) -> list[tuple[str, str]]:
         """(label, reason) of every base configuration that cannot carry the target, by label."""
@@ -117,14 +120,54 @@ def _threads(analysis: Analysis, base: str, replicas: int, model: CapacityModel 
 
 
 def _measured(analysis: Analysis, base: str) -> dict[int, tuple[str, float]]:
-    """Per measured replica count of a base configuration: its capacity status and rate."""
+    """Per measured replica count of a base configuration: its capacity status and rate.
+
+    Where the run has open-loop points, only their curves count (:func:`basis`).
+    """
+    open_only = analysis.has_open_loop
     measured: dict[int, tuple[str, float]] = {}
     for key, cap in analysis.capacity.items():
         rows = analysis.points[analysis.points[Rpt.CONFIG_KEY] == key]
         if rows.empty or rows[Rpt.BASE_CONFIG_ID].iloc[0] != base:
             continue
+        if open_only and not rows[Rpt.OPEN_LOOP].any():
+            continue
         measured[int(rows[Point.REPLICAS].iloc[0])] = (cap.status, cap.rate_rps)
     return measured
+
+
+def basis(analysis: Analysis) -> str:
+    """Which measured points a recommendation rests on, in one sentence.
+
+    Open-loop points when the run has any: their clients arrive independently of the server,
+    as real traffic does, while closed-loop users pace themselves to it (and may ride its
+    batches in lockstep). Closed-loop points only when there is nothing else.
+    """
+    pts = analysis.points
+    n_open = int(pts[Rpt.OPEN_LOOP].sum()) if len(pts) else 0
+    n_closed = len(pts) - n_open
+    if n_open and n_closed:
+        return (
+            f"Measured evidence: the {n_open} open-loop points only; the {n_closed} closed-loop "
+            "points are shown for reference and not used."
+        )
+    if n_open:
+        return f"Measured evidence: {n_open} open-loop points."
+    if not n_closed:
+        return ""
+    text = (
+        f"Measured evidence: {n_closed} closed-loop points (the spec has no open-loop "
+        "points); closed-loop users wait for their own responses, so the rates are what that "
+        "many users sustain, not independent arrivals."
+    )
+    sync = pts[pts[Rpt.SYNCHRONISED] & pts[Point.VALID]]
+    if len(sync):
+        ids = ", ".join(str(int(i)) for i in sorted(sync[Point.POINT_ID]))
+        text += (
+            f" Points {ids} stayed synchronised (see Points): their TTFT likely understates "
+            "what independent clients would see."
+        )
+    return text
 
 
 def _best_for(
@@ -211,4 +254,6 @@ def recommend(
         )
     )
     best = options[0] if options else None
-    return Recommendation(target_rps, target_source, slo, best, options, infeasible, labels)
+    return Recommendation(
+        target_rps, target_source, slo, best, options, infeasible, labels, basis(analysis)
+    )

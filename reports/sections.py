@@ -17,6 +17,7 @@ import math
 import pandas as pd
 
 from loadgen.results import Col, Env, Gpu, Point, Tokenizer, TokensSource
+from loadgen.summary import SYNC_RATIO_WARN, SYNC_SHARE_WARN, SYNC_WINDOW_S
 from reports.analysis import CAPACITY_INTERPOLATION, KNEE_METHOD, Analysis
 from reports.capacity import CapacityModel, Holdout
 from reports.cells import ci, num, pct
@@ -99,6 +100,23 @@ def capacity_section(analysis: Analysis) -> Section:
     return Section("capacity", "Capacity", tables=[table])
 
 
+def _load_cell(r: pd.Series) -> str:
+    """The point's load, saying plainly whether it was closed or open loop."""
+    level = num(r[Point.LOAD_LEVEL])
+    if r[Rpt.OPEN_LOOP]:
+        return f"open loop, {r[Point.ARRIVAL] or 'scheduled'} {level} req/s"
+    return f"closed loop, {level} users"
+
+
+def _sync_cell(r: pd.Series) -> str:
+    """Sync share against the Poisson share at the same rate, flagged when synchronised."""
+    share = num(r[Point.SYNC_SHARE])
+    if share == "–":
+        return share
+    flag = " SYNCHRONISED" if r[Rpt.SYNCHRONISED] else ""
+    return f"{pct(r[Point.SYNC_SHARE])} ({pct(r[Point.SYNC_SHARE_POISSON])}){flag}"
+
+
 def _point_row(r: pd.Series) -> list[str]:
     validity = "valid" if r[Point.VALID] else f"INVALID: {r[Point.INVALID_REASON]}"
     if r[Rpt.SLO_PASS]:
@@ -108,7 +126,7 @@ def _point_row(r: pd.Series) -> list[str]:
     return [
         str(int(r[Point.POINT_ID])),
         str(r[Rpt.CONFIG]),
-        f"{r[Point.LOAD_MODE]} {num(r[Point.LOAD_LEVEL])}",
+        _load_cell(r),
         validity,
         f"{num(r[Point.N_OK], 6)}/{num(r[Point.N_REQUESTS], 6)}",
         pct(r[Point.ERROR_RATE]),
@@ -121,6 +139,7 @@ def _point_row(r: pd.Series) -> list[str]:
         ci(r, Point.TPOT_P95_S, Rpt.TPOT_P95_LO, Rpt.TPOT_P95_HI, Rpt.N_TPOT),
         ci(r, Point.E2E_P95_S, Rpt.E2E_P95_LO, Rpt.E2E_P95_HI, Rpt.N_E2E),
         num(r[Point.LAG_P95_S]),
+        _sync_cell(r),
         slo,
     ]
 
@@ -151,22 +170,61 @@ def points_section(analysis: Analysis) -> Section:
         "TPOT p95 s [95% CI] n",
         "E2E p95 s [95% CI] n",
         "lag p95 s",
+        "sends within 2 ms (Poisson)",
         "SLO",
     ]
     note = (
         "Percentiles are exact over every successful request of the point (numpy linear "
         "interpolation); brackets hold a 95% percentile-bootstrap interval (1000 seeded "
         "resamples) and n the samples behind it. Invalid points stay listed with the reason "
-        "and are left out of every capacity figure."
+        "and are left out of every capacity figure. Sends within 2 ms: the share of the "
+        "point's sends with another send within 2 ms, and in brackets what independent "
+        "(Poisson) sends at the same rate would give."
     )
     rows = [_point_row(r) for _, r in pts.iterrows()]
     table = Table("Every point", headers, rows, note=note, key="points-table")
-    notes = _token_count_notes(pts, analysis.run.requests)
+    notes = [*_loop_notes(pts), *_token_count_notes(pts, analysis.run.requests)]
     unavailable = server_unavailable(analysis)
     if unavailable is not None:
         return Section("points", "Points", paragraphs=[unavailable, *notes], tables=[table])
     tables = [table, server_view_table(analysis, pts)]
     return Section("points", "Points", paragraphs=notes, tables=tables)
+
+
+def _ids(pts: pd.DataFrame) -> str:
+    return ", ".join(str(int(i)) for i in sorted(pts[Point.POINT_ID]))
+
+
+def _loop_notes(pts: pd.DataFrame) -> list[str]:
+    """Which points were closed and which open loop, and a warning for lockstep users."""
+    if pts.empty:
+        return []
+    open_pts, closed_pts = pts[pts[Rpt.OPEN_LOOP]], pts[~pts[Rpt.OPEN_LOOP]]
+    parts = []
+    if len(closed_pts):
+        parts.append(
+            f"closed loop (each user sends again when its response ends): point(s) "
+            f"{_ids(closed_pts)}"
+        )
+    if len(open_pts):
+        parts.append(
+            f"open loop (sends on an arrival schedule, whatever the responses): point(s) "
+            f"{_ids(open_pts)}"
+        )
+    notes = ["Load: " + "; ".join(parts) + "."]
+    sync = pts[pts[Rpt.SYNCHRONISED]]
+    if len(sync):
+        worst = sync.loc[pd.to_numeric(sync[Point.SYNC_SHARE]).idxmax()]
+        notes.append(
+            f"Warning: closed-loop point(s) {_ids(sync)} stayed synchronised: up to "
+            f"{pct(worst[Point.SYNC_SHARE])} of sends came within {SYNC_WINDOW_S * 1000:g} ms "
+            f"of another, where independent arrivals at the same rate would give "
+            f"{pct(worst[Point.SYNC_SHARE_POISSON])}. Users that finish one batch together "
+            "send the next together and ride the same batch, so nobody waits for a batch: "
+            "their TTFT understates what independent clients see. Prefer open-loop points, "
+            "or set [load] think_time_s (a small random pause) and ramp_s."
+        )
+    return notes
 
 
 def _token_count_notes(pts: pd.DataFrame, requests: pd.DataFrame) -> list[str]:
@@ -265,6 +323,8 @@ def recommendation_section(rec: Recommendation, holdout: Holdout | None) -> Sect
     paragraphs = []
     if rec.target_rps is not None:
         paragraphs.append(f"Target load: {rec.target_rps:g} req/s (from {rec.target_source}).")
+    if rec.basis:
+        paragraphs.append(rec.basis)
     evidence = _evidence(rec, holdout)
     if evidence:
         paragraphs.append(evidence)
@@ -577,6 +637,14 @@ def methods_section() -> Section:
             f"Knee: {KNEE_METHOD}",
             f"SLO capacity: {CAPACITY_INTERPOLATION}",
             "Throughput noise: batch-means standard error over ten equal windows of finish times.",
+            "Closed loop: users start spread evenly over [load] ramp_s (default: one "
+            "request's duration, probed alone at the point's start), then each sends again "
+            "when its response ends, after [load] think_time_s if set. Synchrony: the share "
+            f"of sends with another send within {SYNC_WINDOW_S * 1000:g} ms, against "
+            "1 − exp(−2 × rate × window) for independent (Poisson) sends at the point's rate; "
+            f"a closed-loop point is synchronised above {SYNC_SHARE_WARN:.0%} and "
+            f"{SYNC_RATIO_WARN:g}× that. Recommendations rest on open-loop points when the "
+            "run has any.",
             "Client TTFT is measured from the actual send; for open-loop points the "
             "schedule-corrected TTFT p95 is in summary.csv (ttft_sched_p95_s).",
         ],

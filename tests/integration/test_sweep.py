@@ -35,6 +35,7 @@ from loadgen.results import (
     RunDir,
     Srv,
 )
+from loadgen.summary import synchronised
 from service.launch import free_port
 from telemetry import names
 
@@ -58,9 +59,14 @@ def fake_spec(
     itl_ms: float = FAKE_ITL_S * 1000,
     output_tokens: int = 8,
     min_samples: int = 5,
+    batch_workers: str = "[1]",
+    ramp_s: str | None = None,
+    think_time_s: str | None = None,
 ) -> str:
-    """A fake-engine spec with short points."""
+    """A fake-engine spec with short points (``ramp_s``/``think_time_s``: TOML values)."""
     level_key = "concurrency" if mode == "concurrency" else "rate"
+    ramp = f"ramp_s = {ramp_s}" if ramp_s is not None else ""
+    think = f"think_time_s = {think_time_s}" if think_time_s is not None else ""
     return textwrap.dedent(
         f"""
         [run]
@@ -80,12 +86,15 @@ def fake_spec(
         replicas = [1]
         max_batch_size = {max_batch_size}
         max_batch_delay_ms = {max_batch_delay_ms}
+        batch_workers = {batch_workers}
         env = {{ fake_ttft_ms = "{ttft_ms:g}", fake_itl_ms = "{itl_ms:g}" }}
 
         [load]
         mode = "{mode}"
         {level_key} = {levels}
         arrival = "constant"
+        {ramp}
+        {think}
 
         [workload]
         api = "chat"
@@ -404,6 +413,48 @@ def test_no_replica_survives_a_finished_sweep(closed_run: tuple[RunDir, Path, fl
     ports = ports_of_rows(run)
     assert ports  # replicas served the requests on these ports
     assert wait_no_replicas(ports, timeout_s=5) == []
+
+
+@pytest.mark.slow
+def test_closed_loop_ramp_and_think_time_break_the_lockstep(tmp_path: Path) -> None:
+    """4 users on 2 workers: all at once they ride one batch; spread with a think time not."""
+    points = {}
+    for name, ramp, think in (
+        ("lockstep", "0", None),
+        ("spread", '"auto"', '{ dist = "uniform", min = 0.0, max = 0.05 }'),
+    ):
+        spec = tmp_path / f"{name}.toml"
+        spec.write_text(
+            fake_spec(
+                name=name,
+                levels="[4]",
+                duration_s=3.0,
+                warmup_s=1.0,
+                max_batch_delay_ms="[5]",
+                batch_workers="[2]",
+                ramp_s=ramp,
+                think_time_s=think,
+            )
+        )
+        out = tmp_path / f"run-{name}"
+        run_sweep(spec, out, timeout_s=120)
+        points[name] = point(RunDir(out), 0)
+    lock, spread = points["lockstep"], points["spread"]
+    figures = ", ".join(
+        f"{name}: ramp {p[Point.RAMP_S]:.3f} s, sync share {p[Point.SYNC_SHARE]:.2f} "
+        f"(Poisson {p[Point.SYNC_SHARE_POISSON]:.3f}), TTFT p95 {p[Point.TTFT_P95_S] * 1000:.0f} ms"
+        for name, p in points.items()
+    )
+    print(f"closed loop, 4 users, 2 workers x 16: {figures}")
+    assert lock[Point.RAMP_S] == 0.0
+    # The auto ramp is one probed request: TTFT plus 7 token gaps, plus HTTP overhead.
+    one_request = FAKE_TTFT_S + 7 * FAKE_ITL_S
+    assert one_request <= spread[Point.RAMP_S] <= one_request + 0.05, figures
+    # One process sends four requests in a few ms: most, not all, land within 2 ms of another.
+    assert synchronised(lock[Point.SYNC_SHARE], lock[Point.SYNC_SHARE_POISSON]), figures
+    assert lock[Point.SYNC_SHARE] > 0.5, figures
+    assert spread[Point.SYNC_SHARE] < lock[Point.SYNC_SHARE] / 2, figures
+    assert not synchronised(spread[Point.SYNC_SHARE], spread[Point.SYNC_SHARE_POISSON]), figures
 
 
 # ------------------------------------------------------------------------ open loop

@@ -1,4 +1,5 @@
-"""Open-loop arrival schedules: Poisson checked statistically, constant exactly, both seeded."""
+"""Arrival timing: open-loop schedules (Poisson checked statistically, constant exactly, both
+seeded) and the closed loop's start ramp and think times."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from loadgen.arrivals import arrival_offsets, split_for_worker
+from loadgen.arrivals import arrival_offsets, ramp_offsets, split_for_worker, think_times
+from loadgen.spec import LengthDist
 
 RATE = 50.0
 DURATION_S = 200.0
@@ -166,3 +168,36 @@ def test_split_for_one_worker_is_the_whole_schedule() -> None:
     offsets = arrival_offsets("constant", 4.0, 2.0)
     np.testing.assert_array_equal(split_for_worker(offsets, 0, 1), offsets)
     np.testing.assert_array_equal(split_for_worker(offsets, 0, 0), offsets)
+
+
+# ------------------------------------------------------------------------------ closed loop
+
+
+def test_ramp_spreads_users_evenly_from_zero() -> None:
+    offsets = ramp_offsets(8, 0.8)
+    np.testing.assert_allclose(offsets, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    # Every pair ramp/N apart: no two users share a batch by the start alone.
+    assert np.diff(offsets).min() == pytest.approx(0.8 / 8)
+
+
+def test_zero_ramp_is_the_lockstep_start() -> None:
+    np.testing.assert_array_equal(ramp_offsets(4, 0.0), np.zeros(4))
+    assert ramp_offsets(0, 1.0).size == 0
+    with pytest.raises(ValueError, match="ramp_s"):
+        ramp_offsets(4, -1.0)
+
+
+def test_think_times_follow_their_distribution() -> None:
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(think_times(None, 3, rng), np.zeros(3))
+    fixed = LengthDist(dist="fixed", value=0.25, min=0.25, max=0.25)
+    np.testing.assert_array_equal(think_times(fixed, 3, rng), np.full(3, 0.25))
+    uniform = think_times(LengthDist(dist="uniform", min=0.01, max=0.05), 20000, rng)
+    assert uniform.min() >= 0.01 and uniform.max() <= 0.05
+    assert uniform.mean() == pytest.approx(0.03, abs=0.001)
+    # Fractions of a second survive (token lengths are rounded, think times are not).
+    assert len(np.unique(uniform)) > 19000
+    normal = think_times(
+        LengthDist(dist="normal", mean=0.1, std=0.05, min=0.05, max=0.2), 20000, rng
+    )
+    assert normal.min() == 0.05 and normal.max() == 0.2  # clipped to [min, max]

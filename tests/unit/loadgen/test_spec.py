@@ -413,3 +413,72 @@ def test_config_ids_are_exact_so_close_delays_stay_apart() -> None:
     assert cid(5.0) == "r1-b8-d5-w1-t1-int8"
     assert cid(2.5) == "r1-b8-d2.5-w1-t1-int8"
     assert cid(0.1234567) != cid(0.1234568)
+
+
+# ------------------------------------------------------------------------------ closed-loop timing
+
+
+def test_closed_loop_ramp_defaults_to_auto_and_no_think_time() -> None:
+    load = parse_spec("").load
+    assert load.ramp_s is None  # RAMP_AUTO: one probed request's duration
+    assert load.think_time_s is None
+
+
+@pytest.mark.parametrize(("value", "ramp"), [('"auto"', None), ("0", 0.0), ("1.5", 1.5)])
+def test_ramp_parses(value: str, ramp: float | None) -> None:
+    assert parse_spec(f"[load]\nramp_s = {value}\n").load.ramp_s == ramp
+
+
+def test_think_time_is_a_length_style_distribution_in_seconds() -> None:
+    spec = parse_spec(
+        textwrap.dedent(
+            """
+            [load]
+            think_time_s = { dist = "uniform", min = 0.0, max = 0.05 }
+            """
+        )
+    )
+    assert spec.load.think_time_s == LengthDist(dist="uniform", min=0.0, max=0.05)
+    fixed = parse_spec("[load]\nthink_time_s = 0.25\n").load.think_time_s
+    assert fixed == LengthDist(dist="fixed", value=0.25, min=0.25, max=0.25)
+    normal = parse_spec(
+        '[load]\nthink_time_s = { dist = "normal", mean = 0.1, std = 0.02, min = 0, max = 1 }\n'
+    ).load.think_time_s
+    assert normal == LengthDist(dist="normal", mean=0.1, std=0.02, min=0.0, max=1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("[load]\nramp_s = -1\n", "[load] ramp_s", "must be >= 0"),
+        ('[load]\nramp_s = "soon"\n', "[load] ramp_s", '"auto"'),
+        ("[load]\nramp_s = true\n", "[load] ramp_s", "bool"),
+        ("[load]\nthink_time_s = -0.1\n", "[load] think_time_s", "value >= 0"),
+        ('[load]\nthink_time_s = "1"\n', "[load] think_time_s", "expected a table"),
+        (
+            '[load]\nthink_time_s = { dist = "uniform", min = 0.2, max = 0.1 }\n',
+            "[load] think_time_s",
+            "0 <= min <= max",
+        ),
+        (
+            '[load]\nthink_time_s = { dist = "fixed", value = 0.1, max = 1 }\n',
+            "[load] think_time_s",
+            "unknown field",
+        ),
+    ],
+)
+def test_bad_ramp_or_think_time_names_key_and_line(
+    tmp_path: Path, text: str, key: str, fragment: str
+) -> None:
+    msg = spec_error(tmp_path, text)
+    assert "spec.toml:2: " in msg
+    assert key in msg
+    assert fragment in msg
+
+
+def test_token_lengths_stay_whole_numbers(tmp_path: Path) -> None:
+    msg = spec_error(tmp_path, '[workload]\ninput_tokens = { dist = "fixed", value = 2.5 }\n')
+    assert "spec.toml:2: [workload] input_tokens: value must be a whole number" in msg
+    # A number for a token length must be an integer (a float is no shorthand for tokens).
+    msg = spec_error(tmp_path, "[workload]\ninput_tokens = 5.0\n")
+    assert "spec.toml:2: [workload] input_tokens: expected a table" in msg

@@ -16,11 +16,16 @@ import pytest
 from loadgen.results import Col, Point
 from loadgen.spec import LoadLevel
 from loadgen.summary import (
+    SYNC_WINDOW_S,
     bootstrap_quantile_ci,
     bootstrap_quantile_draws,
     percentile,
+    poisson_sync_share,
     summarize_point,
     summarize_requests,
+    sync_share,
+    synchronised,
+    synchrony,
     validity_reasons,
     window_duration,
 )
@@ -228,3 +233,69 @@ def test_bootstrap_is_seeded_and_handles_degenerate_input() -> None:
     assert all(math.isnan(v) for v in bootstrap_quantile_ci([], 0.95))
     assert bootstrap_quantile_ci([2.5], 0.95) == (2.5, 2.5)
     assert math.isnan(percentile([math.nan], 0.5))
+
+
+# ------------------------------------------------------------------------------ synchrony
+
+
+def lockstep_sends(users: int, cycles: int, cycle_s: float, spread_s: float) -> np.ndarray:
+    """``users`` closed-loop users re-sending together every ``cycle_s``, ``spread_s`` apart."""
+    starts = np.arange(cycles) * cycle_s
+    return (starts[:, None] + np.arange(users)[None, :] * spread_s).ravel()
+
+
+def test_lockstep_sends_are_all_synchronised() -> None:
+    # The issue's case: 8 users re-sending within 1 ms of each other after every batch.
+    sent = lockstep_sends(8, 200, 0.7, 0.0005)
+    sync = synchrony(sent)
+    assert sync[Point.SYNC_SHARE] == 1.0
+    rate = (sent.size - 1) / (sent.max() - sent.min())
+    assert sync[Point.SYNC_SHARE_POISSON] == pytest.approx(1 - math.exp(-2 * rate * 0.002))
+    assert sync[Point.SYNC_RATIO] > 20
+    assert synchronised(sync[Point.SYNC_SHARE], sync[Point.SYNC_SHARE_POISSON])
+
+
+def test_evenly_spread_sends_share_nothing() -> None:
+    sent = lockstep_sends(8, 200, 0.8, 0.1)  # one user every 100 ms, the ramp's spacing
+    sync = synchrony(sent)
+    assert sync[Point.SYNC_SHARE] == 0.0
+    assert not synchronised(sync[Point.SYNC_SHARE], sync[Point.SYNC_SHARE_POISSON])
+
+
+@pytest.mark.parametrize("rate", [10.0, 50.0, 200.0])
+def test_poisson_sends_give_the_poisson_share(rate: float) -> None:
+    rng = np.random.default_rng(int(rate))
+    n = 40000
+    sent = np.cumsum(rng.exponential(1 / rate, size=n))
+    expected = 1 - math.exp(-2 * rate * SYNC_WINDOW_S)
+    assert poisson_sync_share(rate) == pytest.approx(expected)
+    # Binomial-like spread of a share over n sends (neighbours correlate: a generous 6 sigma).
+    tol = 6 * math.sqrt(expected * (1 - expected) / n) + 1e-3
+    sync = synchrony(sent)
+    assert sync[Point.SYNC_SHARE] == pytest.approx(expected, abs=tol)
+    assert sync[Point.SYNC_RATIO] == pytest.approx(1.0, abs=tol / expected)
+    assert not synchronised(sync[Point.SYNC_SHARE], sync[Point.SYNC_SHARE_POISSON])
+
+
+def test_pairs_within_the_window_count_both_sends() -> None:
+    # 0 and 0.001 are within 2 ms of each other; 0.5 and 1.0 have no close neighbour.
+    assert sync_share([0.0, 0.001, 0.5, 1.0]) == pytest.approx(0.5)
+    assert sync_share([1.0, np.nan, 0.0, 0.0015]) == pytest.approx(2 / 3)  # unsorted, NaN dropped
+    assert math.isnan(sync_share([1.0]))
+    empty = synchrony([])
+    assert all(math.isnan(v) for v in empty.values())
+    assert not synchronised(math.nan, math.nan)
+
+
+def test_a_synchronised_point_needs_a_real_share_and_a_large_ratio() -> None:
+    assert not synchronised(0.08, 0.01)  # 8x Poisson but under 10% of sends
+    assert not synchronised(0.5, 0.2)  # half the sends, but only 2.5x Poisson at a high rate
+    assert synchronised(0.5, 0.1)
+
+
+def test_the_point_summary_carries_the_synchrony(summaries: list[dict[str, Any]]) -> None:
+    s = summaries[0]  # CLOSED_ROWS: one send every 100 ms
+    assert s[Point.SYNC_SHARE] == 0.0
+    assert s[Point.SYNC_SHARE_POISSON] == pytest.approx(1 - math.exp(-2 * 10 * 0.002))
+    assert s[Point.SYNC_RATIO] == 0.0
+    assert math.isnan(summaries[5][Point.SYNC_SHARE])  # no rows

@@ -82,6 +82,8 @@ class SynthPoint:
     valid: bool = True
     invalid_reason: str = ""
     spread: float = 0.2  # relative spread of TTFT samples around their p95
+    # Closed loop only: users send in bursts, 0.3 ms apart, one burst per cycle (lockstep).
+    lockstep: bool = False
     # server side
     batch_size: float = 1.0
     server_ttft_mean_s: float | None = None
@@ -112,9 +114,15 @@ def _request_rows(
     finished = start + WARMUP_S + gap * (np.arange(n_ok) + 0.5 + rng.uniform(-0.2, 0.2, n_ok))
     open_loop = p.load_mode == "rate"
     rows: list[dict[str, Any]] = []
+    users = max(1, int(p.load_level))
+    cycle_s = DURATION_S / max(1, math.ceil(n_ok / users))
     for i in range(n_ok):
         e2e = float(ttft[i] + (p.tokens - 1) * itl[i])
         sent = float(finished[i] - e2e)
+        if p.lockstep and not open_loop:
+            burst, user = divmod(i, users)
+            sent = start + WARMUP_S + burst * cycle_s + user * 0.0003
+            finished[i] = sent + e2e
         lag = p.lag_s if open_loop else 0.0
         rows.append(
             {
