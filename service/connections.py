@@ -57,6 +57,7 @@ class ConnectionLimits:
     write_timeout_s: float = 10.0
     max_connections: int = 1024
     max_header_bytes: int = 65_536
+    send_buffer_bytes: int = 0  # SO_SNDBUF; 0 leaves the kernel's autotuning
 
 
 class ConnectionObserver(Protocol):
@@ -167,6 +168,15 @@ class GuardedProtocol(HttpToolsProtocol):
     # --------------------------------------------------------------- connection life
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.limits.send_buffer_bytes:
+            # Up to tcp_wmem's maximum (4 MiB) of a stream can sit in the kernel unread before
+            # the write timeout can see a stalled client; a smaller buffer bounds that.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer_bytes
+                    )
         if self.observer is not None:
             self.observer.opened()
         if len(self.connections) > self.limits.max_connections and not self._evict_one():

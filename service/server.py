@@ -119,6 +119,7 @@ def connection_limits(settings: ServiceSettings) -> ConnectionLimits:
         write_timeout_s=settings.write_timeout_s,
         max_connections=cap,
         max_header_bytes=settings.max_header_bytes,
+        send_buffer_bytes=settings.send_buffer_bytes,
     )
 
 

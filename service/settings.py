@@ -109,6 +109,12 @@ class ServiceSettings(BaseSettings):
         description="open connections; capped below the fd limit; idle ones are evicted first",
     )
     max_header_bytes: int = Field(default=65_536, ge=1024, description="request head size limit")
+    send_buffer_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="kernel send buffer per connection (SO_SNDBUF, like nginx's sndbuf); "
+        "0: the kernel's autotuning. Smaller: a client that stops reading is noticed sooner",
+    )
     api_key: SecretStr | None = Field(
         default=None,
         description="require 'Bearer <key>' if set; as a flag it shows in ps: prefer the env "

@@ -62,6 +62,7 @@ def _non_default_settings() -> ServiceSettings:
         write_timeout_s=4.5,
         max_connections=33,
         max_header_bytes=2048,
+        send_buffer_bytes=32768,
         api_key=SecretStr("s3cret key=1"),
         protect_ops_endpoints=True,
         protect_health_endpoints=True,
