@@ -148,10 +148,15 @@ class Batcher:
 
     # ----------------------------------------------------------------- admission
     @contextlib.contextmanager
-    def admission(self) -> Iterator[None]:
-        """Reserve a queue slot before any tokenization; raise 429/503 when there is none."""
-        if self.draining:
-            raise DrainingError()
+    def admission(self, *, in_flight_at_drain: bool = False) -> Iterator[None]:
+        """Reserve a queue slot before any tokenization; raise 429/503 when there is none.
+
+        Args:
+            in_flight_at_drain: the request arrived before the drain began (only its body
+                was still coming): it is admitted while draining, as in-flight work.
+        """
+        if self.draining and not in_flight_at_drain:
+            raise DrainingError(headers={"Connection": "close"})
         if self._admitted + self._waiting >= self.config.max_queue_size:
             raise QueueFullError(
                 f"request queue is full ({self.config.max_queue_size} waiting); retry later",

@@ -152,19 +152,20 @@ class _TokenizerDecoder:
 
 
 def _max_token_chars(tokenizer: Any) -> int:
-    """Characters of text one token can cover at most, for the cheap too-long bound.
+    """Characters of text one token can cover at most, for the cheap too-long bound; 0: none.
 
     Byte-level BPE spells each byte of a token as one character and a text character is at
-    least one byte, so the longest vocabulary entry is exact. Other tokenizers normalize text
-    first (which may shrink it), so they get twice that.
+    least one byte, so the longest vocabulary entry bounds it exactly, provided no normalizer
+    rewrites the text first (NFC, for one, can shrink it). Otherwise there is no safe bound.
     """
-    longest = max((len(t) for t in tokenizer.get_vocab()), default=0)
     model = json.loads(tokenizer.to_str())
     byte_level = any(
         isinstance(part, dict) and "ByteLevel" in json.dumps(part)
         for part in (model.get("pre_tokenizer"), model.get("decoder"))
     )
-    return longest if byte_level else 2 * longest
+    if not byte_level or model.get("normalizer") is not None:
+        return 0
+    return max((len(t) for t in tokenizer.get_vocab()), default=0)
 
 
 class TokenizerCodec:

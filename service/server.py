@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -74,7 +76,9 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self, signame: str) -> None:
         state = get_state(self._app)
+        state.drain_started_at = time.perf_counter()
         state.phase = Phase.DRAINING
+        _start_watchdog(self._drain_timeout_s + SHUTDOWN_OVERHEAD_S)
         batcher = state.batcher
         if batcher is not None:
             batcher.draining = True
@@ -83,7 +87,12 @@ class DrainingServer(uvicorn.Server):
             logger, "drain_start", signal=signame, in_flight=batcher.in_flight if batcher else 0
         )
         if batcher is not None:
-            await _poll(lambda: batcher.in_flight == 0, self._drain_timeout_s)
+            # In flight: admitted jobs, and every request task (one whose body is still
+            # arriving has no job yet; a finished job's stream may still be going out).
+            await _poll(
+                lambda: batcher.in_flight == 0 and not self.server_state.tasks,
+                self._drain_timeout_s,
+            )
         ended = batcher.end_all() if batcher is not None else 0
         self.drained_cleanly = ended == 0
         # Let every response (the last stream bodies, the 503s just decided) reach its client
@@ -97,6 +106,26 @@ class DrainingServer(uvicorn.Server):
             unanswered=len(self.server_state.tasks),
         )
         self.should_exit = True
+
+
+def _start_watchdog(budget_s: float) -> None:
+    """Exit the process ``budget_s`` from now if the orderly shutdown has not finished.
+
+    Every request has been answered by then (the drain ended them); what can still hold the
+    process is the engine (a CPU prefill of thousands of tokens sees no stop signal until its
+    first token) and the orchestrator's SIGKILL must not be what ends it.
+    """
+
+    def expire() -> None:
+        log_event(logger, "shutdown_forced", level=logging.WARNING, budget_s=budget_s)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(0)
+
+    # Half a second inside the budget, so the exit is never the orchestrator's to force.
+    timer = threading.Timer(max(0.0, budget_s - 0.5), expire)
+    timer.daemon = True
+    timer.start()
 
 
 async def _poll(done: Callable[[], bool], timeout_s: float, every_s: float = 0.01) -> None:
@@ -129,6 +158,9 @@ def serve(settings: ServiceSettings) -> int:
     # Engine threads need the GIL for every token callback: the switch interval bounds how long
     # a busy event loop can hold up a decode step (CPython's default, 5 ms, unless set).
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+    # One prompt per encode call: no Rust thread pool of one thread per core (the tokenize
+    # pool's own threads are the parallelism).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app = create_app(settings)
     limits = connection_limits(settings)
     if limits.max_connections < settings.max_connections:
@@ -144,6 +176,8 @@ def serve(settings: ServiceSettings) -> int:
         host=settings.host,
         port=settings.port,
         http=guarded_protocol(limits, get_state(app).connections),
+        # No WebSocket routes: an upgrade would leave the guarded protocol (and its counts).
+        ws="none",
         log_config=None,
         access_log=False,
         # uvicorn's type is int; the idle bound is coarse anyway.

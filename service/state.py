@@ -50,6 +50,7 @@ class ServiceState:
         self.tracer = tracer
         self.tracer_provider = tracer_provider
         self.phase = Phase.LOADING
+        self.drain_started_at: float | None = None  # perf_counter when the drain began
         self.failure: str | None = None
         self.engine: Engine | None = None
         self.batcher: Batcher | None = None

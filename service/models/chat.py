@@ -88,8 +88,9 @@ class PromptTokenizer:
         spans = text.literal_spans if isinstance(text, ChatPrompt) else ()
         pattern = self.special_tokens.pattern
         if not spans or pattern is None:
-            # encode_batch releases the GIL while it works (encode does not): a huge prompt
-            # tokenized on a worker thread then leaves the event loop free.
+            # encode_batch releases the GIL while it works (tokenizers 0.23's encode mostly
+            # does too; building the token list does not): tokenized on a worker thread, a
+            # huge prompt leaves the event loop free.
             tokens: list[str] = self._tokenizer.encode_batch([text], add_special_tokens=False)[
                 0
             ].tokens

@@ -100,7 +100,7 @@ async def _handle(
     headers = {"X-Request-ID": obs.request_id}
     with obs.bound():
         try:
-            engine, batcher = _ready(st)
+            engine, batcher = _ready(st, obs.arrival)
             _require_json(request)
             body = await _body(request, st.settings.body_timeout_s)
             plan = _validate(body, endpoint.body, engine, st.settings)
@@ -122,9 +122,14 @@ async def _handle(
 
 
 # ----------------------------------------------------------------------------------- validate
-def _ready(st: ServiceState) -> tuple[Engine, Batcher]:
+def _ready(st: ServiceState, arrival: float) -> tuple[Engine, Batcher]:
     if st.phase is Phase.DRAINING:
-        raise DrainingError()
+        # A request already arriving when the drain began (its body still coming) is in
+        # flight, and runs; a new one goes elsewhere.
+        started = st.drain_started_at
+        if started is None or arrival >= started or st.batcher is None or st.engine is None:
+            raise DrainingError(headers={"Connection": "close"})
+        return st.engine, st.batcher
     if st.phase is not Phase.READY or st.batcher is None or st.engine is None:
         raise DrainingError(f"model is not ready ({st.phase.value})", code=ErrorCode.NOT_READY)
     return st.engine, st.batcher
@@ -301,7 +306,7 @@ async def _submit(
     plan: _Plan,
 ) -> Job:
     """Tokenize inside a reserved queue slot, off the event loop; check the context; queue it."""
-    with batcher.admission():
+    with batcher.admission(in_flight_at_drain=obs.arrival < (st.drain_started_at or obs.arrival)):
         ctx_len = engine.info.context_length
         _check_length_bound(engine, plan, ctx_len)
         loop = asyncio.get_running_loop()
@@ -354,9 +359,32 @@ def _too_long(what: str, plan: _Plan, ctx_len: int) -> InvalidRequestError:
     )
 
 
+_PREFIX_CHARS_PER_TOKEN: Final = 16
+"""A completion prompt longer than this many characters per context token is first checked
+by tokenizing only that much of it: ordinary text runs 3-6 characters per token."""
+_PREFIX_SLACK_TOKENS: Final = 16
+"""Tokens the cut at the prefix's end may account for (the last word, split differently)."""
+
+
 def _tokenize(engine: Engine, plan: _Plan) -> tuple[str, list[str]]:
-    """Render the chat template (chat) and tokenize: on a worker thread."""
+    """Render the chat template (chat) and tokenize: on a worker thread.
+
+    A huge completion prompt is refused from a prefix when that alone cannot fit, so an
+    abusive client costs one context's worth of tokenization, not its whole body's.
+    """
     codec = engine.codec
+    ctx_len = engine.info.context_length
+    head_chars = _PREFIX_CHARS_PER_TOKEN * (ctx_len + 1)
+    if not plan.messages and ctx_len > 0 and len(plan.prompt) > head_chars:
+        cut = plan.prompt.rfind(" ", 0, head_chars)
+        head = codec.encode(plan.prompt[: cut if cut > 0 else head_chars])
+        at_least = len(head) - _PREFIX_SLACK_TOKENS
+        if at_least + plan.max_tokens > ctx_len:
+            raise _too_long(
+                f"prompt ({len(plan.prompt)} characters, at least {at_least} tokens)",
+                plan,
+                ctx_len,
+            )
     if plan.messages:
         try:
             prompt = codec.render_chat(list(plan.messages))
@@ -427,9 +455,10 @@ async def _stream(
                 continue
             status = responses.status_of(ev)
             yield chunks.closing(job, ev, include_usage=include_usage, first=first)
-            # Resumed: the closing write was handed to the transport; a dead connection would
-            # have swallowed it silently.
-            delivered = connection is None or connection.open
+            # Resumed: the closing write was handed to the transport (a dead connection would
+            # have swallowed it silently); delivered once the transport handed it to the
+            # kernel, which a client that stopped reading prevents until the write timeout.
+            delivered = connection is None or await connection.drained()
     finally:
         cut = (
             ErrorCode.WRITE_TIMEOUT

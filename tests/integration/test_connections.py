@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -74,6 +75,14 @@ def _metric(rep: Replica, name: str, **labels: str) -> float:
     return total
 
 
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.1)
+
+
 def _read_all(sock: socket.socket, timeout_s: float) -> bytes:
     """Everything the server sends until it closes (or ``timeout_s`` passes)."""
     sock.settimeout(timeout_s)
@@ -122,6 +131,9 @@ def test_connections_that_never_finish_their_request_are_closed_and_counted(
         assert a.startswith(b"HTTP/1.1 408 "), a[:80]
         error = json.loads(a.split(b"\r\n\r\n", 1)[1])["error"]
         assert error["code"] in ("header_timeout", "body_timeout")
+    for s in silent + partial_head + partial_body:
+        s.close()  # answered connections linger until the client closes (or LINGER_S)
+    _wait_for(lambda: _metric(replica, names.TOKENBOOTH_HTTP_CONNECTIONS_OPEN) <= 1)
     assert _metric(
         replica,
         names.TOKENBOOTH_HTTP_CONNECTIONS_CLOSED,
@@ -132,8 +144,6 @@ def test_connections_that_never_finish_their_request_are_closed_and_counted(
     ) == pytest.approx(10)
     assert _metric(replica, names.TOKENBOOTH_HTTP_CONNECTIONS_OPEN) <= 1  # the scrape's own
     assert _fds(replica) <= baseline_fds + 1
-    for s in silent + partial_head + partial_body:
-        s.close()
 
 
 @pytest.mark.parametrize(
@@ -209,3 +219,97 @@ def test_a_client_that_stops_reading_is_cut_and_not_counted_a_success(replica: R
     ) == pytest.approx(2)
     for s in socks:
         s.close()
+
+
+def test_a_head_pipelined_behind_a_running_stream_is_bounded(replica: Replica) -> None:
+    """Review finding: header lines sent without end during a stream grew memory by 1 GB."""
+    body = json.dumps(
+        {"model": "fake-model", "prompt": "hi", "max_tokens": 20_000, "stream": True}
+    ).encode()
+    s = socket.create_connection(("127.0.0.1", _port(replica)))
+    s.sendall(HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    s.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\n")
+    sent = 0
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
+        s.settimeout(5)
+        while sent < 20 << 20:  # 20 MiB of header lines, far past max_header_bytes
+            s.sendall(b"X-Pad: " + b"p" * 1000 + b"\r\n")
+            sent += 1009
+    s.close()
+    assert sent < 2 << 20, f"the server accepted {sent} bytes of a pipelined head"
+    _wait_for(
+        lambda: (
+            _metric(
+                replica,
+                names.TOKENBOOTH_HTTP_CONNECTIONS_CLOSED,
+                reason=names.CONNECTION_CLOSE_HEADER_TOO_LARGE,
+            )
+            == 1
+        )
+    )
+
+
+def test_an_early_error_then_the_rest_of_the_body_is_not_a_head(replica: Replica) -> None:
+    """Review finding: the body after an early 415 was counted as a head (stray 431/408)."""
+    s = socket.create_connection(("127.0.0.1", _port(replica)))
+    body = b"x" * 300_000
+    s.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    s.sendall(body[:1000])
+    time.sleep(0.2)
+    s.sendall(body[1000:])
+    # The same connection serves the next request: the 415's body was read and dropped.
+    s.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+    s.settimeout(3)
+    answer = b""
+    with contextlib.suppress(TimeoutError):
+        while answer.count(b"HTTP/1.1 ") < 2 and (chunk := s.recv(65536)):
+            answer += chunk
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 415 "), answer[:80]
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert statuses == [b"415", b"200"], answer[:400]
+    for reason in (names.CONNECTION_CLOSE_HEADER_TOO_LARGE, names.CONNECTION_CLOSE_HEADER_TIMEOUT):
+        assert _metric(replica, names.TOKENBOOTH_HTTP_CONNECTIONS_CLOSED, reason=reason) == 0
+
+
+@pytest.mark.parametrize(
+    "replica", [{"send_buffer_bytes": 4096, "max_connections": 8}], indirect=True
+)
+def test_a_stalled_client_below_the_high_water_mark_is_cut_too(replica: Replica) -> None:
+    """Review finding: with a small send buffer, streams under 64 KiB pinned their slots."""
+    body = json.dumps(
+        {"model": "fake-model", "prompt": "hi", "max_tokens": 300, "stream": True}
+    ).encode()
+    socks = []
+    for _ in range(5):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", _port(replica)))
+        s.sendall(HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        socks.append(s)  # never read
+    _wait_for(
+        lambda: _metric(replica, names.TOKENBOOTH_REQUESTS, error_type="write_timeout") == 5,
+        timeout_s=10,
+    )
+    assert _metric(replica, names.TOKENBOOTH_REQUESTS, outcome="length") == 0
+    assert _metric(replica, names.TOKENBOOTH_HTTP_CONNECTIONS_OPEN) <= 1
+    for s in socks:
+        s.close()
+
+
+def test_websocket_upgrades_do_not_leave_the_guarded_protocol(replica: Replica) -> None:
+    """Review finding: each upgrade left the open-connections gauge one higher for good."""
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", _port(replica)))
+        s.sendall(
+            b"GET /v1/models HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        s.settimeout(2)
+        with contextlib.suppress(TimeoutError):
+            s.recv(4096)
+        s.close()
+    _wait_for(lambda: _metric(replica, names.TOKENBOOTH_HTTP_CONNECTIONS_OPEN) <= 1)

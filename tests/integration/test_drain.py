@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,5 +160,42 @@ def test_requests_left_at_the_drain_deadline_get_an_answer_and_the_process_exits
         for r in responses:
             assert r.status_code == 503
             assert r.json()["error"]["code"] == "shutdown"
+    finally:
+        stop_replicas(replica)
+
+
+def test_a_request_whose_body_is_still_arriving_at_sigterm_is_served(tmp_path: Path) -> None:
+    """Review finding: headers before the signal, body after it: that request is in flight.
+
+    It was refused with 503 ``draining`` although the drain had time for it; new requests
+    during the drain still get 503, with ``Connection: close`` so clients leave the replica.
+    """
+    settings = explicit_settings(engine="fake", port=free_port(), drain_timeout_s=5.0)
+    replica = start_replica(settings, log_path=tmp_path / "serve.log")
+    try:
+        wait_ready(replica, timeout_s=30)
+        port = int(replica.base_url.rsplit(":", 1)[1])
+        body = json.dumps({"model": "fake-model", "prompt": "hi", "max_tokens": 5}).encode()
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[:5]
+        )
+        time.sleep(0.3)
+        replica.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        late = httpx.post(
+            replica.base_url + "/v1/completions",
+            json={"model": "fake-model", "prompt": "x"},
+            timeout=5,
+        )
+        s.sendall(body[5:])
+        s.settimeout(5)
+        answer = s.recv(65536)
+        s.close()
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        assert late.status_code == 503
+        assert late.headers["connection"] == "close"
+        assert replica.proc.wait(timeout=15) == 0
     finally:
         stop_replicas(replica)
