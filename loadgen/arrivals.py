@@ -1,4 +1,4 @@
-"""Arrival timing: open-loop schedules, and the closed loop's start ramp and think times.
+"""Arrival timing: open-loop schedules (constant, Poisson, gamma), closed-loop ramp and think.
 
 Open-loop arrivals are global (one schedule for the whole load generator, split across
 workers), not per-user pacing: a request is due at its scheduled time however slow earlier ones
@@ -21,37 +21,71 @@ import numpy.typing as npt
 
 from loadgen.spec import LengthDist
 
-__all__ = ["arrival_offsets", "ramp_offsets", "split_for_worker", "think_times"]
+__all__ = [
+    "ArrivalKind",
+    "arrival_offsets",
+    "ramp_offsets",
+    "split_for_worker",
+    "think_times",
+    "unit_arrivals",
+]
+
+
+ArrivalKind = Literal["poisson", "constant", "gamma"]
+
+
+def unit_arrivals(
+    kind: ArrivalKind, horizon: float, *, burstiness: float = 1.0, seed: int = 0
+) -> npt.NDArray[np.float64]:
+    """Arrival times of a rate-1 process below ``horizon``, the first at 0.
+
+    ``constant``: 0, 1, 2, ... ``poisson``: Exp(1) gaps. ``gamma``: Gamma(shape = burstiness,
+    scale = 1 / burstiness) gaps (vLLM's ``--burstiness``): mean 1, coefficient of variation
+    ``1 / sqrt(burstiness)``; 1 is Poisson, below 1 burstier, above 1 more regular. Scaled by
+    ``1 / rate`` this is a fixed-rate schedule; through a time change it follows a profile.
+    """
+    if not burstiness > 0 or not np.isfinite(burstiness):
+        raise ValueError("burstiness must be a finite number > 0")
+    if horizon <= 0:
+        return np.zeros(0)
+    if kind == "constant":
+        return np.arange(int(np.ceil(horizon)), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    # Enough gaps to pass the horizon with overwhelming probability (the gaps' variance is
+    # 1/burstiness), then trim.
+    n = int(horizon + 10 * np.sqrt(horizon / burstiness) + 20)
+    if kind == "poisson":
+        gaps = rng.exponential(1.0, size=n)
+    elif kind == "gamma":
+        gaps = rng.gamma(burstiness, 1.0 / burstiness, size=n)
+    else:
+        raise ValueError(f"unknown arrival kind {kind!r}")
+    times = np.cumsum(gaps) - gaps[0]  # first request at t=0, like the constant schedule
+    out: npt.NDArray[np.float64] = times[times < horizon]
+    return out
 
 
 def arrival_offsets(
-    kind: Literal["poisson", "constant"],
+    kind: ArrivalKind,
     rate: float,
     duration_s: float,
     *,
     max_requests: int | None = None,
     seed: int = 0,
+    burstiness: float = 1.0,
 ) -> npt.NDArray[np.float64]:
     """Send times (seconds from the start) of every request within ``duration_s``.
 
     ``constant``: evenly spaced, ``1/rate`` apart, the first at 0. ``poisson``: exponential
-    inter-arrival gaps with mean ``1/rate`` (a Poisson process), seeded and reproducible.
+    inter-arrival gaps with mean ``1/rate`` (a Poisson process). ``gamma``: Gamma gaps with mean
+    ``1/rate`` and shape ``burstiness`` (see :func:`unit_arrivals`). Seeded and reproducible.
     """
     if rate <= 0:
         raise ValueError("rate must be > 0")
     if duration_s <= 0:
         return np.zeros(0)
-    expected = rate * duration_s
-    if kind == "constant":
-        times = np.arange(int(np.ceil(expected)), dtype=np.float64) / rate
-    elif kind == "poisson":
-        rng = np.random.default_rng(seed)
-        # Draw enough gaps to pass duration_s with overwhelming probability, then trim.
-        n = int(expected + 10 * np.sqrt(expected) + 20)
-        gaps = rng.exponential(1.0 / rate, size=n)
-        times = np.cumsum(gaps) - gaps[0]  # first request at t=0, like the constant schedule
-    else:
-        raise ValueError(f"unknown arrival kind {kind!r}")
+    unit = unit_arrivals(kind, rate * duration_s, burstiness=burstiness, seed=seed)
+    times = unit / rate
     times = times[times < duration_s]
     if max_requests is not None:
         times = times[:max_requests]

@@ -9,6 +9,8 @@ service for::
       points.csv             one row per sweep point (POINT_COLUMNS)
       requests/NNNN.parquet  raw per-request rows of point NNNN (REQUEST_COLUMNS)
       server/NNNN.parquet    server /metrics deltas of point NNNN, per replica (SERVER_COLUMNS)
+      timeslices.parquet     client and server figures per interval of a point (TIMESLICE_COLUMNS)
+      search.json            [load] mode = "slo_search": the probes and bracket per configuration
       state.json             completed point ids, for resume
       sweep.log              the harness's log
 
@@ -36,10 +38,13 @@ __all__ = [
     "POINT_COLUMNS",
     "REQUESTS_DIR",
     "REQUEST_COLUMNS",
+    "SEARCH_FILE",
     "SERVER_COLUMNS",
     "SERVER_DIR",
     "SPEC_FILE",
     "STATE_FILE",
+    "TIMESLICES_FILE",
+    "TIMESLICE_COLUMNS",
     "Col",
     "Env",
     "Gpu",
@@ -51,6 +56,7 @@ __all__ = [
     "Srv",
     "Tokenizer",
     "TokensSource",
+    "Ts",
 ]
 
 SPEC_FILE: Final = "spec.toml"
@@ -60,6 +66,8 @@ REQUESTS_DIR: Final = "requests"
 SERVER_DIR: Final = "server"
 STATE_FILE: Final = "state.json"
 LOG_FILE: Final = "sweep.log"
+TIMESLICES_FILE: Final = "timeslices.parquet"
+SEARCH_FILE: Final = "search.json"
 
 
 class Col:
@@ -94,6 +102,10 @@ class Col:
     # Sends repeated on a fresh connection (a pooled keep-alive one the server had closed): 0 or
     # 1, never an error; latency columns time the repeat, the failed send is open-loop lag.
     RETRIES: Final = "retries"
+    # Multi-turn sessions ([workload] kind = "sessions", loadgen.sessions): the session's id
+    # (unique within the run) and the 1-based turn; -1 and 0 for requests outside a session.
+    SESSION: Final = "session"
+    TURN: Final = "turn"
 
 
 REQUEST_COLUMNS: Final[dict[str, str]] = {
@@ -124,6 +136,8 @@ REQUEST_COLUMNS: Final[dict[str, str]] = {
     Col.ERROR: "string",
     Col.FINISH_REASON: "string",
     Col.RETRIES: "int64",
+    Col.SESSION: "int64",
+    Col.TURN: "int64",
 }
 
 
@@ -200,6 +214,17 @@ class Point:
     SYNC_SHARE: Final = "sync_share"
     SYNC_SHARE_POISSON: Final = "sync_share_poisson"
     SYNC_RATIO: Final = "sync_ratio"
+    # Gamma arrivals' shape ([load] burstiness); NaN for other arrivals.
+    BURSTINESS: Final = "burstiness"
+    # A stage of a [load] stages profile (loadgen.stages): its index (NaN outside a profile), and
+    # its level (users, or offered requests/s) at its start and end; LOAD_LEVEL is the mean, so a
+    # ramp from 1 to 8 req/s plots at 4.5 with STAGE_LEVEL_FROM 1 and STAGE_LEVEL_TO 8.
+    STAGE: Final = "stage"
+    STAGE_LEVEL_FROM: Final = "stage_level_from"
+    STAGE_LEVEL_TO: Final = "stage_level_to"
+    # Requests/s that met every per-request [slo] latency term (ttft, tpot, e2e limits applied
+    # to each request) and succeeded, over the measured window: DistServe's goodput.
+    GOODPUT_RPS: Final = "goodput_rps"
 
 
 class TokensSource:
@@ -219,6 +244,9 @@ class PointStatus:
     REPLICA_NOT_READY: Final = "replica_not_ready"  # it answered, never ready in time
     REPLICA_DIED: Final = "replica_died"  # a local replica process exited
     HOOK_FAILED: Final = "hook_failed"  # a remote target's scale hook failed or timed out
+    # Open loop: in-flight requests (or the send backlog) grew for [run] saturation_s, so the
+    # point was ended early; its rows are kept, the point is invalid.
+    SATURATED: Final = "saturated"
 
 
 POINT_COLUMNS: Final[tuple[str, ...]] = tuple(
@@ -243,6 +271,46 @@ class Srv:
 SERVER_COLUMNS: Final[tuple[str, ...]] = tuple(
     v for k, v in vars(Srv).items() if k.isupper() and isinstance(v, str)
 )
+
+
+class Ts:
+    """Timeslice columns (``timeslices.parquet``): one row per point and fixed interval.
+
+    Client figures bin the point's measured rows by when each request finished (throughput) or
+    saw its first token (TTFT); server figures are the ``/metrics`` gauges scraped in the slice,
+    summed over replicas and averaged over the slice's scrapes (NaN when none was read).
+    """
+
+    POINT_ID: Final = "point_id"
+    SLICE: Final = "slice"  # 0, 1, ... from the start of the measured window
+    START_S: Final = "start_s"  # slice start, seconds after the measured window opened
+    DURATION_S: Final = "duration_s"  # [run] timeslice_s (the last slice may be shorter)
+    REQUESTS_PER_S: Final = "requests_per_s"  # successful requests finished in the slice
+    OUTPUT_TOKENS_PER_S: Final = "output_tokens_per_s"
+    ERRORS: Final = "errors"  # failed requests finished in the slice
+    TTFT_P50_S: Final = "ttft_p50_s"  # requests whose first token came in the slice
+    TTFT_P95_S: Final = "ttft_p95_s"
+    IN_FLIGHT: Final = "in_flight"  # measured requests sent and not finished at the slice end
+    QUEUE_DEPTH: Final = "queue_depth"  # server: requests waiting (canonical gauge)
+    RUNNING: Final = "running"  # server: requests running (canonical gauge)
+    SCRAPES: Final = "scrapes"  # /metrics reads that fell in the slice (all replicas)
+
+
+TIMESLICE_COLUMNS: Final[dict[str, str]] = {
+    Ts.POINT_ID: "int64",
+    Ts.SLICE: "int64",
+    Ts.START_S: "float64",
+    Ts.DURATION_S: "float64",
+    Ts.REQUESTS_PER_S: "float64",
+    Ts.OUTPUT_TOKENS_PER_S: "float64",
+    Ts.ERRORS: "int64",
+    Ts.TTFT_P50_S: "float64",
+    Ts.TTFT_P95_S: "float64",
+    Ts.IN_FLIGHT: "int64",
+    Ts.QUEUE_DEPTH: "float64",
+    Ts.RUNNING: "float64",
+    Ts.SCRAPES: "int64",
+}
 
 
 # ---------------------------------------------------------------------------- run directory
@@ -384,6 +452,25 @@ class RunDir:
         frame.to_csv(tmp, index=False)
         os.replace(tmp, path)
 
+    def write_timeslices(self, point_id: int, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Add or replace one point's timeslices in ``timeslices.parquet``."""
+        import pandas as pd
+
+        frame = pd.DataFrame(list(rows), columns=list(TIMESLICE_COLUMNS))
+        old = self.timeslices()
+        old = old[old[Ts.POINT_ID] != point_id]
+        if len(old):
+            frame = pd.concat([old, frame], ignore_index=True) if len(frame) else old
+        frame = frame.astype(TIMESLICE_COLUMNS).sort_values([Ts.POINT_ID, Ts.SLICE])
+        path = self.path / TIMESLICES_FILE
+        tmp = path.with_suffix(".tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+
+    def write_search(self, search: Mapping[str, Any]) -> None:
+        """Store the SLO-edge search: per configuration id, its probes and bracket."""
+        _atomic_write(self.path / SEARCH_FILE, json.dumps(search, indent=2))
+
     def write_state(self, state: Mapping[str, Any]) -> None:
         """Store resume state: ``done`` point keys, ``point_ids`` by key, ``auto`` findings."""
         _atomic_write(self.path / STATE_FILE, json.dumps(state, indent=2))
@@ -432,6 +519,23 @@ class RunDir:
         if not files:
             return pd.DataFrame(columns=list(REQUEST_COLUMNS))
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def timeslices(self) -> pd.DataFrame:
+        """Every point's timeslices (empty, with the columns, when the run has none)."""
+        import pandas as pd
+
+        path = self.path / TIMESLICES_FILE
+        if not path.exists():
+            return pd.DataFrame(columns=list(TIMESLICE_COLUMNS)).astype(TIMESLICE_COLUMNS)
+        return pd.read_parquet(path)
+
+    def search(self) -> dict[str, Any]:
+        """search.json (see :meth:`write_search`), or {} when the run did not search."""
+        path = self.path / SEARCH_FILE
+        if not path.exists():
+            return {}
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
 
     def server(self) -> pd.DataFrame:
         """All server metric deltas of the run."""

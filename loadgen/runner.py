@@ -13,6 +13,7 @@ imports it.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,19 @@ from locust.env import Environment
 from loadgen import scrape
 from loadgen.arrivals import arrival_offsets, ramp_offsets
 from loadgen.environment import environment_metadata
-from loadgen.results import Col, Env, Point, PointStatus, RunDir
+from loadgen.profile import run_profile
+from loadgen.results import REQUEST_COLUMNS, Col, Env, Point, PointStatus, RunDir
+from loadgen.saturation import SaturationDetector
+from loadgen.search import Bounds, Probe, bracket, judge, next_rate
 from loadgen.servers import Adapter, ServerInfo, adapter_for
 from loadgen.servers.detect import detect
 from loadgen.servers.tokenbooth import TOKENBOOTH
+from loadgen.sessions import SessionPlan, build_sessions, sessions_needed
 from loadgen.spec import LoadLevel, ServerConfig, SweepSpec
 from loadgen.summary import SYNC_WINDOW_S, server_summary, summarize_point, synchronised
 from loadgen.targets import LocalReplicas, RemoteTarget, TargetError
+from loadgen.timeslices import ScrapeLog, bin_timeslices
+from loadgen.traces import TraceReplay, plan_replay, read_trace, trace_prompts
 from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext, new_session
 from loadgen.worker import MSG_DONE, MSG_POINT, MSG_ROWS, point_message
 from loadgen.workload import (
@@ -110,6 +117,14 @@ class SweepRunner:
         # Where the next point starts in the workload (PointContext.next_index), run-wide.
         self._prompt_cursor = 0
         self._probe_session: HttpSession | None = None  # sends closed-loop ramp probes
+        # [workload] kind = "sessions": the session plans, built per configuration (its counter).
+        self._sessions: list[SessionPlan] | None = None
+        # [workload] kind = "trace": the one replay each configuration runs (read up front, so
+        # a bad trace fails before any replica starts).
+        self._trace: TraceReplay | None = None
+        if spec.workload.kind == "trace":
+            requests = read_trace(Path(spec.workload.path), spec.workload.format)
+            self._trace = plan_replay(requests, spec.workload, spec.run)
 
     # ------------------------------------------------------------------ orchestration
     def execute(self) -> Path:
@@ -283,7 +298,7 @@ class SweepRunner:
             yield _Target(urls, model, local.counter, {}, replicas.dead)
 
     def _run_config(self, config: ServerConfig) -> None:
-        levels = self.spec.levels()
+        levels = [self._trace.level()] if self._trace is not None else self.spec.levels()
         keys = [
             f"{config.config_id}|{lv.key}|{r}"
             for lv in levels
@@ -294,18 +309,42 @@ class SweepRunner:
         auto_state = self._state.get("auto", {}).get(config.config_id, {})
         if self.spec.load.mode == "auto" and auto_state.get("complete"):
             return  # resumed: this configuration's auto search already finished
+        search_state = self._state.get("search", {}).get(config.config_id, {})
+        if self.spec.load.mode == "slo_search" and search_state.get("complete"):
+            return  # resumed: this configuration's SLO-edge search already finished
         attempts = 0
         while True:
             try:
                 with self._target(config) as target:
-                    items = build_workload(
-                        self.spec.workload,
-                        target.counter,
-                        max(64, min(self.spec.run.max_requests, 4096)),
-                        seed=self.spec.run.seed,
+                    # A trace's prompts are built per point (_run_point), in trace order.
+                    items = (
+                        []
+                        if self._trace is not None
+                        else build_workload(
+                            self.spec.workload,
+                            target.counter,
+                            max(64, min(self.spec.run.max_requests, 4096)),
+                            seed=self.spec.run.seed,
+                        )
                     )
+                    if self.spec.workload.kind == "sessions":
+                        self._sessions = build_sessions(
+                            self.spec.workload,
+                            target.counter,
+                            sessions_needed(
+                                self.spec.workload, max(64, min(self.spec.run.max_requests, 4096))
+                            ),
+                            seed=self.spec.run.seed,
+                        )
                     if self.spec.load.mode == "auto":
                         self._run_auto(config, target, items)
+                    elif self.spec.load.mode == "slo_search":
+                        self._run_search(config, target, items)
+                    elif self.spec.load.mode == "stages":
+                        for rep in range(self.spec.run.repeats):
+                            died = run_profile(self, config, rep, target, items)
+                            if died:
+                                raise _ReplicaDied(died)
                     else:
                         for level in levels:
                             for rep in range(self.spec.run.repeats):
@@ -363,6 +402,8 @@ class SweepRunner:
             Point.ARRIVAL: level.arrival,
             Point.LOAD_LEVEL: level.value,
             Point.STARTED_AT: time.time(),
+            Point.BURSTINESS: self.spec.load.burstiness if level.arrival == "gamma" else math.nan,
+            Point.STAGE: math.nan if level.stage is None else level.stage,
         }
 
     # ------------------------------------------------------------------ auto
@@ -404,6 +445,48 @@ class SweepRunner:
         auto["complete"] = True
         self._save_state()
 
+    # ------------------------------------------------------------------ slo_search
+    def _run_search(self, config: ServerConfig, target: _Target, items: list[PromptItem]) -> None:
+        """Open-loop points at the rates :mod:`loadgen.search` picks, until the SLO edge is
+        bracketed; the probes and the bracket go to ``search.json``."""
+        state = self._state.setdefault("search", {}).setdefault(config.config_id, {})
+        bounds = Bounds.of(self.spec.load)
+        probes = [Probe(**p) for p in state.get("probes", [])]
+        while (rate := next_rate(probes, bounds)) is not None:
+            level = LoadLevel("rate", round(rate, 4), self.spec.load.arrival)
+            summary = self._run_point(config, level, 0, target, items)
+            if Point.TTFT_P95_S not in summary:  # resumed: the state holds no percentiles
+                summary = self._point_row(f"{config.config_id}|{level.key}|0")
+            probe = replace(judge(summary, self.spec.slo), rate=level.value)
+            probes.append(probe)
+            state["probes"] = [asdict(p) for p in probes]
+            self._save_state()
+            logger.info(
+                "slo_search: %g req/s %s%s",
+                level.value,
+                "meets the SLO" if probe.passed else "fails",
+                "" if probe.passed else f" ({probe.reason})",
+            )
+        found = bracket(probes, bounds)
+        logger.info("slo_search %s: %s", config.config_id, found.describe())
+        search = self.run.search()
+        search[config.config_id] = {
+            "slo": self.spec.slo.describe(),
+            "bounds": asdict(bounds),
+            "bracket": found.to_json(),
+            "describe": found.describe(),
+            "probes": state["probes"],
+        }
+        self.run.write_search(search)
+        state["complete"] = True
+        self._save_state()
+
+    def _point_row(self, key: str) -> dict[str, Any]:
+        """A finished point's ``points.csv`` row (empty when it has none)."""
+        pts = self.run.points()
+        hit = pts[pts[Point.POINT_ID] == self._point_id(key)]
+        return {} if hit.empty else dict(hit.iloc[0])
+
     # ------------------------------------------------------------------ one point
     def _run_point(
         self,
@@ -421,6 +504,9 @@ class SweepRunner:
         pid = self._point_id(key)
         run = self.spec.run
         closed = level.mode != "rate"
+        if self._trace is not None:
+            # Seeded per point: a replay never meets the prefix cache its predecessor filled.
+            items = trace_prompts(self._trace.requests, target.counter, seed=run.seed + pid)
         # The window is set once the start ramp is known (a closed-loop probe may come first).
         ctx = PointContext(
             api=self.spec.workload.api,
@@ -437,6 +523,8 @@ class SweepRunner:
             next_index=self._prompt_cursor,
             think_time=self.spec.load.think_time_s if closed else None,
             seed=run.seed + pid,
+            sessions=self._sessions,
+            turn_think_time=self.spec.workload.turn_think_time_s,
         )
         ramp = self._ramp_s(ctx, int(level.value), key) if closed else math.nan
         t0 = time.time() + 0.2
@@ -446,12 +534,20 @@ class SweepRunner:
         ctx.stop_at = measure_from + run.duration_s
         if closed:
             ctx.user_starts = [t0 + float(o) for o in ramp_offsets(int(level.value), ramp)]
+        elif self._trace is not None:
+            ctx.schedule = [t0 + o for o in self._trace.offsets_s]
+            ctx.schedule_items = list(range(len(items)))
         else:
             offsets = arrival_offsets(
-                "constant" if level.arrival == "constant" else "poisson",
+                "constant"
+                if level.arrival == "constant"
+                else "gamma"
+                if level.arrival == "gamma"
+                else "poisson",
                 level.value,
                 run.warmup_s + run.duration_s,
                 seed=run.seed + pid,
+                burstiness=self.spec.load.burstiness,
             )
             ctx.schedule = [t0 + float(o) for o in offsets]
         self.progress(
@@ -481,9 +577,11 @@ class SweepRunner:
         # snapshot fires that much early and the server window swallows warm-up requests.
         gevent.get_hub().loop.update_now()
         snapper = gevent.spawn_later(max(0.0, measure_from - time.time()), snapshot_before)
+        slices = self._scrape_slices(target, measure_from)
         proc = psutil.Process()
         cpu0 = proc.cpu_times()
         wall0 = time.monotonic()
+        saturated = ""  # distributed points are not watched: the workers hold the in-flight counts
         if self._master is not None:
             worker_cpu = self._drive_distributed(ctx, level, target)
             # Workers advance their own stretches; move past the longest of them, with room
@@ -492,7 +590,10 @@ class SweepRunner:
             self._prompt_cursor += 2 * (len(ctx.rows) // n + 1) + 64
         else:
             worker_cpu = None
-            self._drive(ctx, level, target)
+            watch = None
+            if level.mode == "rate" and run.saturation_s > 0:
+                watch = SaturationDetector(level.value, run.saturation_s, run.lag_threshold_s)
+            saturated = self._drive(ctx, level, target, watch)
             self._prompt_cursor = ctx.next_index
         cpu1 = proc.cpu_times()
         wall = max(time.monotonic() - wall0, 1e-9)
@@ -501,6 +602,8 @@ class SweepRunner:
             # The busiest load-generator process is what limits the offered load.
             cpu_pct = max(cpu_pct, worker_cpu)
         snapper.join(timeout=30)
+        if slices is not None:
+            slices[1].kill()
         if not before:
             snapshot_before()  # the point ended before its window opened (e.g. target died)
         after = {
@@ -514,9 +617,15 @@ class SweepRunner:
             row[Col.POINT_ID] = pid
         self.run.write_requests(pid, ctx.rows)
         self.run.write_server(pid, server_rows)
+        if slices is not None:
+            self._write_slices(pid, ctx.rows, slices[0], measure_from)
         summary = self._base_row(pid, config, level, rep) | {Point.STARTED_AT: measure_from}
         summary |= summarize_point(
-            ctx.rows, level=level, lag_threshold_s=run.lag_threshold_s, min_samples=run.min_samples
+            ctx.rows,
+            level=level,
+            lag_threshold_s=run.lag_threshold_s,
+            min_samples=run.min_samples,
+            slo=self.spec.slo,
         )
         summary |= server_summary(server_rows)
         summary[Point.RAMP_S] = ramp
@@ -535,6 +644,13 @@ class SweepRunner:
         dead = target.alive()
         summary[Point.STATUS] = PointStatus.REPLICA_DIED if dead else PointStatus.OK
         summary[Point.STATUS_DETAIL] = dead or ""
+        if saturated and not dead:
+            summary[Point.STATUS] = PointStatus.SATURATED
+            summary[Point.STATUS_DETAIL] = saturated
+            summary[Point.VALID] = False
+            summary[Point.INVALID_REASON] = "; ".join(
+                x for x in (summary.get(Point.INVALID_REASON, ""), f"saturated: {saturated}") if x
+            )
         if dead:
             summary[Point.VALID] = False
             summary[Point.INVALID_REASON] = "; ".join(
@@ -585,8 +701,55 @@ class SweepRunner:
         )
         return 0.0
 
-    def _drive(self, ctx: PointContext, level: LoadLevel, target: _Target) -> None:
-        """Run Locust for one point until its window closes and in-flight requests finish."""
+    def _scrape_slices(
+        self, target: _Target, measure_from: float
+    ) -> tuple[ScrapeLog, gevent.Greenlet] | None:
+        """Read every target's ``/metrics`` once per ``[run] timeslice_s``, mid-slice, from
+        the window's opening; ``None`` when timeslices are off."""
+        interval = self.spec.run.timeslice_s
+        if interval <= 0:
+            return None
+        log = ScrapeLog()
+
+        def loop() -> None:
+            k = 0
+            while True:
+                gevent.sleep(max(0.0, measure_from + (k + 0.5) * interval - time.time()))
+                log.fetch(target.urls, target.headers, timeout_s=min(interval, 5.0))
+                k += 1
+
+        return log, gevent.spawn(loop)
+
+    def _write_slices(
+        self, pid: int, rows: list[dict[str, Any]], log: ScrapeLog, measure_from: float
+    ) -> None:
+        import pandas as pd
+
+        frame = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS))
+        ends = pd.to_numeric(frame[Col.FINISHED_AT], errors="coerce")
+        end = float(ends.max()) if ends.notna().any() else time.time()
+        slices = bin_timeslices(
+            pid,
+            frame,
+            log.gauges(self._adapter),
+            start=measure_from,
+            end=end,
+            interval_s=self.spec.run.timeslice_s,
+        )
+        self.run.write_timeslices(pid, slices.to_dict("records"))
+
+    def _drive(
+        self,
+        ctx: PointContext,
+        level: LoadLevel,
+        target: _Target,
+        watch: SaturationDetector | None = None,
+    ) -> str:
+        """Run Locust for one point until its window closes and in-flight requests finish.
+
+        Returns:
+            Why ``watch`` ended the point early as saturated, ``""`` when it did not.
+        """
         user_class = OpenLoopUser if level.mode == "rate" else ClosedLoopUser
         env = Environment(user_classes=[user_class], events=locust.events)
         env.tokenbooth = ctx  # type: ignore[attr-defined]
@@ -594,12 +757,19 @@ class SweepRunner:
         users = 1 if level.mode == "rate" else int(level.value)
         runner.start(users, spawn_rate=max(users, 1) * 100.0, wait=False)
         hard_stop = ctx.stop_at + ctx.timeout_s + 5.0
-        last_progress = 0.0
+        last_progress = last_watch = 0.0
+        saturated = ""
         while time.time() < hard_stop:
             gevent.sleep(0.05)
             if target.alive() is not None:
                 ctx.stopped = True
                 break
+            now = time.time()
+            watching = watch is not None and not ctx.stopped
+            if watching and ctx.measure_from <= now < ctx.stop_at and now - last_watch >= 0.25:
+                last_watch = now  # a few samples a second are plenty for a trend
+                assert watch is not None
+                saturated = self._watch(ctx, watch, level, now)
             if ctx.stopped or time.time() >= ctx.stop_at:
                 ctx.stopped = True
                 if ctx.in_flight == 0:
@@ -612,6 +782,19 @@ class SweepRunner:
                 )
         runner.quit()
         runner.greenlet.join(timeout=10)
+        return saturated
+
+    @staticmethod
+    def _watch(ctx: PointContext, watch: SaturationDetector, level: LoadLevel, now: float) -> str:
+        """Feed the detector one sample; stop the point's sends when it says saturated."""
+        schedule = ctx.schedule or []
+        due = bisect.bisect_right(schedule, now) - bisect.bisect_left(schedule, ctx.measure_from)
+        behind_s = max(0, due - ctx.sent_measured) / level.value
+        reason = watch.observe(now, ctx.in_flight, behind_s) or ""
+        if reason:
+            ctx.stopped = True
+            logger.warning("point %s saturated, ended early: %s", level.key, reason)
+        return reason
 
     def _drive_distributed(self, ctx: PointContext, level: LoadLevel, target: _Target) -> float:
         """One point on Locust workers; returns the busiest worker's CPU percent."""
@@ -628,6 +811,8 @@ class SweepRunner:
             data["next_index"] = ctx.next_index + k * (len(ctx.items) // n)
             if ctx.schedule is not None:
                 data["schedule"] = ctx.schedule[k::n]
+            if ctx.schedule_items is not None:
+                data["schedule_items"] = ctx.schedule_items[k::n]
             if ctx.user_starts is not None:
                 # Interleaved, so each worker's users span the whole ramp.
                 data["user_starts"] = ctx.user_starts[k::n]

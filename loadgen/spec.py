@@ -10,9 +10,10 @@ next to its line-numbered error, hence its length.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -30,6 +31,7 @@ __all__ = [
     "ServerConfig",
     "ServerSpec",
     "SpecError",
+    "Stage",
     "SweepSpec",
     "TargetSpec",
     "WorkloadSpec",
@@ -72,6 +74,11 @@ class RunSpec:
     lag_threshold_s: float = 0.05
     min_samples: int = 20
     request_timeout_s: float = 120.0
+    # Client and server figures per interval of every point (timeslices.parquet); 0: none.
+    timeslice_s: float = 2.0
+    # Open loop: a point whose in-flight requests (or send backlog) grow this long ends early,
+    # status "saturated"; 0: never.
+    saturation_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -113,40 +120,85 @@ RAMP_AUTO: Final = "auto"
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One stage of a ``[load] stages`` profile: a level held, or ramped linearly, for a time.
+
+    ``start`` and ``end`` are the level (requests/s, or users) at the stage's start and end;
+    equal for a steady stage. Steps and spikes are sequences of steady stages.
+    """
+
+    duration_s: float
+    mode: Literal["rate", "concurrency"]
+    start: float
+    end: float
+
+    @property
+    def is_ramp(self) -> bool:
+        """Whether the level changes over the stage."""
+        return self.start != self.end
+
+    @property
+    def mean(self) -> float:
+        """The stage's time-averaged level: what the report plots it at."""
+        return (self.start + self.end) / 2
+
+
+@dataclass(frozen=True)
 class LoadSpec:
-    """[load]: closed-loop concurrency, open-loop rates, or auto.
+    """[load]: closed-loop concurrency, open-loop rates, auto, or a profile of stages.
 
     Closed loop only: ``ramp_s`` spreads the users' first sends evenly over that many seconds
     (``None``: :data:`RAMP_AUTO`; ``0``: all at once, the old lockstep start), and
     ``think_time_s`` is a pause drawn after each response before the next send (``None``: none).
     """
 
-    mode: Literal["concurrency", "rate", "auto"] = "concurrency"
+    mode: Literal["concurrency", "rate", "auto", "slo_search", "stages"] = "concurrency"
     concurrency: tuple[int, ...] = (1, 4, 8)
     rate: tuple[float, ...] = (1.0, 2.0, 4.0)
-    arrival: Literal["poisson", "constant"] = "poisson"
+    arrival: Literal["poisson", "constant", "gamma"] = "poisson"
     auto_points: int = 5
     workers: int = 0
     ramp_s: float | None = None
     think_time_s: LengthDist | None = None
+    # Gamma arrivals' shape (vLLM's --burstiness): 1 Poisson, < 1 burstier, > 1 more regular.
+    burstiness: float = 1.0
+    # mode = "stages": one continuous run through these, each stage its own point.
+    stages: tuple[Stage, ...] = ()
+    # slo_search: the highest open-loop rate meeting [slo], bracketed between these rates to
+    # within search_tolerance (relative width) in at most search_max_points points.
+    search_min_rate: float = 1.0
+    search_max_rate: float = 64.0
+    search_tolerance: float = 0.05
+    search_max_points: int = 6
 
 
 @dataclass(frozen=True)
 class WorkloadSpec:
     """[workload]: what each request asks for."""
 
-    kind: Literal["synthetic", "file"] = "synthetic"
+    kind: Literal["synthetic", "file", "sessions", "trace"] = "synthetic"
     api: Literal["chat", "completions"] = "chat"
     input_tokens: LengthDist = LengthDist(dist="fixed", value=64)
     output_tokens: LengthDist = LengthDist(dist="fixed", value=32)
     ignore_eos: bool = True
     temperature: float = 0.0
     path: str = ""
-    format: Literal["jsonl", "sharegpt"] = "jsonl"
+    # file: "jsonl" | "sharegpt"; trace (loadgen.traces): "mooncake" (the default) | "burstgpt"
+    format: Literal["jsonl", "sharegpt", "mooncake", "burstgpt"] = "jsonl"
+    # trace: replay speed; 2 sends twice as fast as the trace's timestamps, 0.5 half as fast.
+    time_scale: float = 1.0
     # How synthetic prompts are measured in tokens: "" (the server's /tokenize when it has one,
     # else the built-in model's tokenizer, with a warning), "server", or a tokenizer.json file
     # or Hugging Face model directory (loaded offline).
     tokenizer: str = ""
+    # kind = "sessions" (loadgen.sessions): turns per session, and the pause (seconds) between a
+    # reply and the session's next user message; input_tokens/output_tokens are per turn.
+    turns: LengthDist = LengthDist(dist="fixed", value=4, min=4, max=4)
+    turn_think_time_s: LengthDist | None = None
+    # Shared prefixes (synthetic and sessions): each request starts with one of prefix_groups
+    # system prompts of prefix_tokens tokens, its group drawn at random with the seed.
+    prefix_groups: int = 0
+    prefix_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,16 +252,21 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class LoadLevel:
-    """One load level: a concurrency (closed loop) or an offered rate (open loop)."""
+    """One load level: a concurrency (closed loop) or an offered rate (open loop).
+
+    A stage of a profile has its index in ``stage`` and its mean level as ``value``.
+    """
 
     mode: Literal["concurrency", "rate"]
     value: float
-    arrival: Literal["closed", "poisson", "constant"]
+    arrival: Literal["closed", "poisson", "constant", "gamma", "trace"]
+    stage: int | None = None
 
     @property
     def key(self) -> str:
         """Stable id within a configuration."""
-        return f"{self.mode}={self.value:g}/{self.arrival}"
+        base = f"{self.mode}={self.value:g}/{self.arrival}"
+        return base if self.stage is None else f"{base}@stage{self.stage}"
 
 
 @dataclass(frozen=True)
@@ -254,11 +311,23 @@ class SweepSpec:
         ]
 
     def levels(self) -> list[LoadLevel]:
-        """Explicit load levels (empty for ``auto``, which the runner discovers)."""
+        """Explicit load levels (none for ``auto``, ``slo_search``, traces: found by the runner)."""
+        if self.workload.kind == "trace":
+            return []  # one replay per configuration, at the trace's own rate (loadgen.traces)
         if self.load.mode == "concurrency":
             return [LoadLevel("concurrency", float(c), "closed") for c in self.load.concurrency]
         if self.load.mode == "rate":
             return [LoadLevel("rate", float(r), self.load.arrival) for r in self.load.rate]
+        if self.load.mode == "stages":
+            return [
+                LoadLevel(
+                    st.mode,
+                    st.mean,
+                    "closed" if st.mode == "concurrency" else self.load.arrival,
+                    stage=i,
+                )
+                for i, st in enumerate(self.load.stages)
+            ]
         return []
 
 
@@ -404,6 +473,87 @@ def _ramp(ctx: _Ctx, value: Any) -> float | None:
     return float(value)
 
 
+def _burstiness(ctx: _Ctx, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ctx.error("load", "burstiness", f"expected a number > 0, got {_describe(value)}")
+    if not (0 < value < math.inf):
+        raise ctx.error("load", "burstiness", f"must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+_STAGE_LEVELS: Final[dict[str, tuple[Literal["rate", "concurrency"], type]]] = {
+    "rate": ("rate", float),
+    "rate_from": ("rate", float),
+    "rate_to": ("rate", float),
+    "concurrency": ("concurrency", int),
+    "concurrency_from": ("concurrency", int),
+    "concurrency_to": ("concurrency", int),
+}
+
+
+def _stage(ctx: _Ctx, i: int, entry: Any) -> Stage:
+    """One ``stages`` entry: ``duration_s`` and a level (``rate``/``concurrency``) or a ramp."""
+
+    def bad(message: str) -> SpecError:
+        return ctx.error("load", "stages", f"stage {i}: {message}")
+
+    if not isinstance(entry, dict):
+        raise bad(f"expected a table like {{duration_s = 30, rate = 2}}, got {_describe(entry)}")
+    unknown = set(entry) - set(_STAGE_LEVELS) - {"duration_s"}
+    if unknown:
+        raise bad(f"unknown key(s) {sorted(unknown)}; known: duration_s, {sorted(_STAGE_LEVELS)}")
+    duration = entry.get("duration_s")
+    if isinstance(duration, bool) or not isinstance(duration, int | float) or not duration > 0:
+        raise bad(f"duration_s must be a number > 0, got {duration!r}")
+    given = [k for k in _STAGE_LEVELS if k in entry]
+    modes = {_STAGE_LEVELS[k][0] for k in given}
+    if len(modes) != 1:
+        raise bad("give a rate (rate, or rate_from and rate_to) or a concurrency, not both")
+    mode = modes.pop()
+    steady, ramp = mode in entry, {f"{mode}_from", f"{mode}_to"} & set(entry)
+    if steady == bool(ramp) or (ramp and len(ramp) != 2):
+        raise bad(f"give {mode} = N for a steady stage, or {mode}_from and {mode}_to for a ramp")
+    typ = _STAGE_LEVELS[given[0]][1]
+    levels = []
+    for k in given if steady else (f"{mode}_from", f"{mode}_to"):
+        v = entry[k]
+        whole = isinstance(v, int) or (isinstance(v, float) and typ is float)
+        if isinstance(v, bool) or not whole or not (0 <= v < math.inf):
+            raise bad(f"{k} must be a {'number' if typ is float else 'whole number'} >= 0")
+        levels.append(float(v))
+    start, end = (levels[0], levels[0]) if steady else (levels[0], levels[1])
+    # A rate ramp may start or end at zero (its mean is not); a held level of zero measures
+    # nothing, and a closed-loop stage needs a user.
+    if (mode == "concurrency" and min(start, end) < 1) or max(start, end) <= 0:
+        floor = "concurrency must be >= 1" if mode == "concurrency" else "rate must be > 0"
+        raise bad(f"{floor} (a rate ramp may start or end at 0)")
+    return Stage(float(duration), mode, start, end)
+
+
+def _stages(ctx: _Ctx, value: Any) -> tuple[Stage, ...]:
+    if not isinstance(value, list) or not value:
+        raise ctx.error(
+            "load", "stages", f"expected a non-empty list of tables, got {_describe(value)}"
+        )
+    stages = tuple(_stage(ctx, i, e) for i, e in enumerate(value))
+    if len({st.mode for st in stages}) > 1:
+        raise ctx.error(
+            "load", "stages", "all stages are rate stages (open loop) or all concurrency stages"
+        )
+    return stages
+
+
+def _check_stages(ctx: _Ctx, load: LoadSpec, table: dict[str, Any]) -> LoadSpec:
+    """``stages`` implies ``mode = "stages"``; that mode needs them."""
+    if load.stages and "mode" not in table:
+        return replace(load, mode="stages")
+    if load.stages and load.mode != "stages":
+        raise ctx.error("load", "mode", f'stages need mode = "stages", got {load.mode!r}')
+    if load.mode == "stages" and not load.stages:
+        raise ctx.error("load", "mode", 'mode = "stages" needs [load] stages = [...]')
+    return load
+
+
 def _urls(ctx: _Ctx, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(
         isinstance(u, str) and u.startswith(("http://", "https://")) for u in value
@@ -487,6 +637,88 @@ def _build(ctx: _Ctx, cls: type, section: str, table: dict[str, Any], conv: dict
     return cls(**kwargs)
 
 
+def _check_sessions_and_prefixes(
+    ctx: _Ctx, workload: WorkloadSpec, table: dict[str, Any], load: LoadSpec
+) -> None:
+    """Keys that only mean something together: sessions need chat, prefixes need both counts."""
+    if workload.kind != "sessions":
+        for key in ("turns", "turn_think_time_s"):
+            if key in table:
+                raise ctx.error("workload", key, 'only applies to kind = "sessions"')
+    else:
+        if workload.api != "chat":
+            raise ctx.error(
+                "workload",
+                "api" if "api" in table else "kind",
+                'sessions send the conversation history as chat messages: needs api = "chat"',
+            )
+        if load.mode in ("auto", "slo_search"):
+            raise ctx.error(
+                "load",
+                "mode",
+                f"{load.mode!r} searches request rates, while a sessions workload offers "
+                'sessions/s: use "concurrency" or "rate" with kind = "sessions"',
+            )
+    if (workload.prefix_groups > 0) != (workload.prefix_tokens > 0):
+        given, missing = ("prefix_groups", "prefix_tokens")[:: 1 if workload.prefix_groups else -1]
+        raise ctx.error(
+            "workload",
+            given,
+            f"needs {missing} > 0 too (prefix_groups and prefix_tokens go together, or both 0)",
+        )
+    if workload.prefix_groups > 0 and workload.kind not in ("synthetic", "sessions"):
+        raise ctx.error(
+            "workload", "prefix_groups", 'shared prefixes apply to kind = "synthetic" or "sessions"'
+        )
+
+
+_TRACE_FORMATS: Final = ("mooncake", "burstgpt")
+# [load] keys a trace replay keeps: the trace sets every send time, so levels do not apply.
+_TRACE_LOAD_KEYS: Final = frozenset({"workers"})
+
+
+def _check_trace(
+    ctx: _Ctx, workload: WorkloadSpec, table: dict[str, Any], load_table: Any
+) -> WorkloadSpec:
+    """A trace workload: a trace format (default mooncake), lengths and timing from the trace.
+
+    Keys a trace overrides are errors rather than silently ignored: [load] levels (the trace
+    is one open-loop point at its own rate) and [workload] length distributions.
+    """
+    if workload.kind != "trace":
+        if "time_scale" in table:
+            raise ctx.error("workload", "time_scale", 'only applies to kind = "trace"')
+        if workload.format in _TRACE_FORMATS:
+            raise ctx.error(
+                "workload", "format", f'{workload.format!r} is a trace format: use kind = "trace"'
+            )
+        return workload
+    for key in ("input_tokens", "output_tokens", "prefix_groups", "prefix_tokens"):
+        if key in table:
+            raise ctx.error(
+                "workload", key, "a trace workload takes its lengths and prefixes from the trace"
+            )
+    if isinstance(load_table, dict):
+        for key in load_table:
+            if key not in _TRACE_LOAD_KEYS:
+                raise ctx.error(
+                    "load",
+                    key,
+                    "a trace workload replays the trace's own send times as one open-loop "
+                    f"point; [load] levels do not apply (only {sorted(_TRACE_LOAD_KEYS)} may "
+                    "be set)",
+                )
+    if "format" not in table:
+        return replace(workload, format="mooncake")
+    if workload.format not in _TRACE_FORMATS:
+        raise ctx.error(
+            "workload",
+            "format",
+            f"a trace workload needs one of {list(_TRACE_FORMATS)}, got {workload.format!r}",
+        )
+    return workload
+
+
 def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> SweepSpec:
     """Parse and validate spec text; raise :class:`SpecError` naming the key and line.
 
@@ -530,6 +762,8 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
             "lag_threshold_s": num("run", "lag_threshold_s"),
             "min_samples": num("run", "min_samples", int, allow_zero=True),
             "request_timeout_s": num("run", "request_timeout_s"),
+            "timeslice_s": num("run", "timeslice_s", allow_zero=True),
+            "saturation_s": num("run", "saturation_s", allow_zero=True),
         },
     )
     target = _build(
@@ -588,36 +822,79 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
         "load",
         _section(ctx, data, "load"),
         {
-            "mode": lambda v: _choice(ctx, "load", "mode", v, ("concurrency", "rate", "auto")),
+            "mode": lambda v: _choice(
+                ctx, "load", "mode", v, ("concurrency", "rate", "auto", "slo_search", "stages")
+            ),
             "concurrency": lambda v: _list(ctx, "load", "concurrency", v, int),
             "rate": lambda v: _list(ctx, "load", "rate", v, float),
-            "arrival": lambda v: _choice(ctx, "load", "arrival", v, ("poisson", "constant")),
+            "arrival": lambda v: _choice(
+                ctx, "load", "arrival", v, ("poisson", "constant", "gamma")
+            ),
             "auto_points": num("load", "auto_points", int),
             "workers": num("load", "workers", int, allow_zero=True),
             "ramp_s": lambda v: _ramp(ctx, v),
             "think_time_s": lambda v: _length(ctx, "load", "think_time_s", v, seconds=True),
+            "burstiness": lambda v: _burstiness(ctx, v),
+            "stages": lambda v: _stages(ctx, v),
+            "search_min_rate": num("load", "search_min_rate"),
+            "search_max_rate": num("load", "search_max_rate"),
+            "search_tolerance": num("load", "search_tolerance"),
+            "search_max_points": num("load", "search_max_points", int),
         },
     )
+    load = _check_stages(ctx, load, _section(ctx, data, "load"))
+    if load.search_max_rate <= load.search_min_rate:
+        raise ctx.error(
+            "load",
+            "search_max_rate",
+            f"must be above search_min_rate ({load.search_min_rate:g}), "
+            f"got {load.search_max_rate:g}",
+        )
+    if load.search_tolerance >= 1:
+        raise ctx.error(
+            "load",
+            "search_tolerance",
+            f"must be < 1 (a relative width), got {load.search_tolerance!r}",
+        )
+    if load.search_max_points < 2:
+        raise ctx.error(
+            "load",
+            "search_max_points",
+            f"must be >= 2 (a bracket needs two points), got {load.search_max_points}",
+        )
     workload = _build(
         ctx,
         WorkloadSpec,
         "workload",
         _section(ctx, data, "workload"),
         {
-            "kind": lambda v: _choice(ctx, "workload", "kind", v, ("synthetic", "file")),
+            "kind": lambda v: _choice(
+                ctx, "workload", "kind", v, ("synthetic", "file", "sessions", "trace")
+            ),
             "api": lambda v: _choice(ctx, "workload", "api", v, ("chat", "completions")),
             "input_tokens": lambda v: _length(ctx, "workload", "input_tokens", v),
             "output_tokens": lambda v: _length(ctx, "workload", "output_tokens", v),
             "ignore_eos": lambda v: _scalar(ctx, "workload", "ignore_eos", v, bool, None),
             "temperature": num("workload", "temperature", allow_zero=True),
             "path": lambda v: _scalar(ctx, "workload", "path", v, str, None),
-            "format": lambda v: _choice(ctx, "workload", "format", v, ("jsonl", "sharegpt")),
+            "format": lambda v: _choice(
+                ctx, "workload", "format", v, ("jsonl", "sharegpt", *_TRACE_FORMATS)
+            ),
+            "time_scale": num("workload", "time_scale"),
             "tokenizer": lambda v: _scalar(ctx, "workload", "tokenizer", v, str, None),
+            "turns": lambda v: _length(ctx, "workload", "turns", v),
+            "turn_think_time_s": lambda v: _length(
+                ctx, "workload", "turn_think_time_s", v, seconds=True
+            ),
+            "prefix_groups": num("workload", "prefix_groups", int, allow_zero=True),
+            "prefix_tokens": num("workload", "prefix_tokens", int, allow_zero=True),
         },
     )
-    if workload.kind == "file":
+    _check_sessions_and_prefixes(ctx, workload, _section(ctx, data, "workload"), load)
+    workload = _check_trace(ctx, workload, _section(ctx, data, "workload"), data.get("load", {}))
+    if workload.kind in ("file", "trace"):
         if not workload.path:
-            raise ctx.error("workload", "path", "a file workload needs a path")
+            raise ctx.error("workload", "path", f"a {workload.kind} workload needs a path")
         p = Path(workload.path)
         if not p.is_absolute():
             p = Path(path).parent / p if path != "<spec>" else p

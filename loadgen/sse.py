@@ -224,7 +224,8 @@ class StreamTally:
     time per chunk that carried generated tokens of any kind (content, reasoning text, tool
     calls), ``first_content_at`` the time of the first that carried content (completion text
     for the completions API). The last ``usage`` with a count wins (servers that report usage
-    on every chunk send the running total), and so does the last ``finish_reason``.
+    on every chunk send the running total), and so does the last ``finish_reason``. With
+    ``keep_text`` it also keeps the content text (a session's next turn sends the reply back).
     """
 
     chat: bool
@@ -233,7 +234,14 @@ class StreamTally:
     usage: Usage | None = None
     finish_reason: str = ""
     error: str = ""
+    keep_text: bool = False
     _parser: SSEParser = field(default_factory=SSEParser, repr=False)
+    _text: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def text(self) -> str:
+        """The content text streamed so far (empty unless ``keep_text``)."""
+        return "".join(self._text)
 
     def feed(self, data: bytes, now: float) -> None:
         """Account for the bytes ``data``, read at ``now`` (``time.perf_counter``)."""
@@ -263,10 +271,14 @@ class StreamTally:
                 if delta is not None:
                     if delta.content:
                         self._content(now)
+                        if self.keep_text:
+                            self._text.append(delta.content)
                     elif delta.generates():
                         self.token_times.append(now)
             elif choice.text:
                 self._content(now)
+                if self.keep_text:
+                    self._text.append(choice.text)
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
         usage = chunk.usage

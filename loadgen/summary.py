@@ -21,7 +21,7 @@ import pandas as pd
 
 from loadgen.results import REQUEST_COLUMNS, Col, Point, Srv, TokensSource
 from loadgen.servers.canonical import KV_CACHE_USAGE, PREEMPTIONS
-from loadgen.spec import LoadLevel
+from loadgen.spec import LoadLevel, SLOSpec
 from telemetry import names
 
 __all__ = [
@@ -37,14 +37,19 @@ __all__ = [
     "bootstrap_quantile_draws",
     "finite",
     "gaps",
+    "goodput",
     "percentile",
     "poisson_sync_share",
     "server_summary",
+    "slo_check",
+    "slo_met",
+    "slo_terms",
     "summarize_point",
     "summarize_requests",
     "sync_share",
     "synchronised",
     "synchrony",
+    "turn_summary",
     "usage_mismatch_rate",
     "validity_reasons",
     "window_duration",
@@ -368,12 +373,85 @@ def usage_mismatch_rate(ok: pd.DataFrame) -> float:
     return float(ok[Col.USAGE_MISMATCH].eq(True).mean())  # NaN (not recorded) is no mismatch
 
 
+def slo_met(requests: pd.DataFrame, slo: SLOSpec) -> npt.NDArray[np.bool_]:
+    """Per request: it succeeded and met every per-request latency term of ``slo``.
+
+    Each ``[slo]`` latency limit (TTFT, TPOT, E2E) applies to every request, as vLLM's
+    ``bench serve --goodput`` does; a missing measurement fails, except TPOT of a request with
+    fewer than two output tokens, which has no inter-token time (vLLM counts it as 0).
+    """
+    met: npt.NDArray[np.bool_] = requests[Col.OK].fillna(False).astype(bool).to_numpy()
+
+    def col(name: str) -> FloatArray:
+        return np.asarray(pd.to_numeric(requests[name], errors="coerce"), dtype=float)
+
+    if slo.ttft_p95_s is not None:
+        met = met & (col(Col.TTFT_S) <= slo.ttft_p95_s)
+    if slo.tpot_p95_s is not None:
+        tpot = col(Col.TPOT_S)
+        one_token = ~np.isfinite(tpot) & (np.nan_to_num(col(Col.COMPLETION_TOKENS)) < 2)
+        met = met & ((tpot <= slo.tpot_p95_s) | one_token)
+    if slo.e2e_p95_s is not None:
+        met = met & (col(Col.E2E_S) <= slo.e2e_p95_s)
+    return met
+
+
+def goodput(requests: pd.DataFrame, slo: SLOSpec, duration_s: float) -> float:
+    """Requests/s that succeeded and met every per-request SLO term (DistServe's goodput).
+
+    Args:
+        requests: Rows of one point (or pooled repeats), :class:`loadgen.results.Col` columns.
+        slo: The objective; its latency limits judge each request (:func:`slo_met`).
+        duration_s: The measured window (the denominator of every rate of the point).
+
+    Returns:
+        Requests/s; NaN without a positive window.
+    """
+    if not duration_s > 0:
+        return math.nan
+    return float(slo_met(requests, slo).sum()) / duration_s
+
+
+def slo_terms(slo: SLOSpec) -> list[tuple[float, str, str]]:
+    """The checked SLO terms as ``(limit, Point column, label)``, in :meth:`SLOSpec.describe`
+    order: the one list behind every SLO verdict (points, levels, the harness's search)."""
+    terms: list[tuple[float, str, str]] = []
+    if slo.ttft_p95_s is not None:
+        terms.append((slo.ttft_p95_s, Point.TTFT_P95_S, "TTFT p95"))
+    if slo.tpot_p95_s is not None:
+        terms.append((slo.tpot_p95_s, Point.TPOT_P95_S, "TPOT p95"))
+    if slo.e2e_p95_s is not None:
+        terms.append((slo.e2e_p95_s, Point.E2E_P95_S, "E2E p95"))
+    if slo.max_error_rate is not None:
+        terms.append((slo.max_error_rate, Point.ERROR_RATE, "error rate"))
+    return terms
+
+
+def slo_check(row: pd.Series | Mapping[str, Any], slo: SLOSpec) -> str:
+    """Which SLO terms a point or load level violates; ``""`` when it meets the SLO.
+
+    Args:
+        row: Statistics with the :class:`loadgen.results.Point` percentile columns.
+        slo: The objective.
+
+    Returns:
+        The violated terms, ``", "``-joined (a missing measurement counts as a violation).
+    """
+    failed = []
+    for limit, col, label in slo_terms(slo):
+        v = float(row.get(col, math.nan))
+        if not (v <= limit):
+            failed.append(label)
+    return ", ".join(failed)
+
+
 def summarize_requests(
     requests: pd.DataFrame,
     duration_s: float,
     *,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
+    slo: SLOSpec | None = None,
 ) -> dict[str, Any]:
     """Exact latency percentiles, bootstrap CIs, counts and throughput of some request rows.
 
@@ -384,6 +462,7 @@ def summarize_requests(
             uses the span of their finish times.
         n_resamples: Bootstrap resamples per confidence interval (0: no intervals, NaN bounds).
         seed: Bootstrap seed.
+        slo: When given, :attr:`Point.GOODPUT_RPS` is added (:func:`goodput`).
 
     Returns:
         Values keyed by :class:`loadgen.results.Point` and :class:`Stat` columns.
@@ -425,6 +504,8 @@ def summarize_requests(
         ),
     }
     out[Stat.IN_FLIGHT_MEAN] = out[Point.ACHIEVED_RPS] * out[Stat.E2E_MEAN_S]
+    if slo is not None:
+        out[Point.GOODPUT_RPS] = goodput(requests, slo, dur)
     out.update(_p95_cis(samples, n_resamples, seed))
     return out
 
@@ -475,6 +556,7 @@ def summarize_point(
     level: LoadLevel,
     lag_threshold_s: float,
     min_samples: int,
+    slo: SLOSpec | None = None,
 ) -> dict[str, Any]:
     """The harness's ``points.csv`` statistics of one point, from its raw request rows.
 
@@ -483,13 +565,14 @@ def summarize_point(
         level: The point's load level.
         lag_threshold_s: See :func:`validity_reasons`.
         min_samples: See :func:`validity_reasons`.
+        slo: The spec's objective, for :attr:`Point.GOODPUT_RPS` (``None``: not computed).
 
     Returns:
         :class:`loadgen.results.Point` statistics with :attr:`Point.VALID` and
         :attr:`Point.INVALID_REASON` (plus :class:`Stat` values, which ``points.csv`` drops).
     """
     frame = pd.DataFrame(list(rows), columns=list(REQUEST_COLUMNS))
-    out = summarize_requests(frame, window_duration(frame), n_resamples=0)
+    out = summarize_requests(frame, window_duration(frame), n_resamples=0, slo=slo)
     out |= synchrony(finite(frame[Col.SENT_AT]))
     out[Point.OFFERED_RPS] = level.value if level.mode == "rate" else math.nan
     reasons = validity_reasons(
@@ -582,3 +665,30 @@ def server_summary(
             pd.to_numeric(mem[Srv.AFTER], errors="coerce").max()
         )
     return out
+
+
+def turn_summary(requests: pd.DataFrame) -> pd.DataFrame:
+    """TTFT by session turn, per point: ok rows, TTFT p50/p95 and mean prompt tokens per turn.
+
+    Rows outside sessions (turn 0) and runs recorded before the ``turn`` column give an empty
+    frame. Columns: point id, turn, :attr:`Stat.N_TTFT`, TTFT p50/p95, mean prompt tokens.
+    """
+    columns = [Col.POINT_ID, Col.TURN, Stat.N_TTFT, Point.TTFT_P50_S, Point.TTFT_P95_S]
+    columns.append(Col.PROMPT_TOKENS)
+    if Col.TURN not in requests.columns or requests.empty:
+        return pd.DataFrame(columns=columns)
+    ok = requests[requests[Col.OK].eq(True) & (pd.to_numeric(requests[Col.TURN]) > 0)]
+    rows = []
+    for (pid, turn), g in ok.groupby([Col.POINT_ID, Col.TURN], sort=True):
+        ttft = finite(g[Col.TTFT_S])
+        rows.append(
+            {
+                Col.POINT_ID: int(pid),
+                Col.TURN: int(turn),
+                Stat.N_TTFT: int(ttft.size),
+                Point.TTFT_P50_S: percentile(ttft, 0.50),
+                Point.TTFT_P95_S: percentile(ttft, 0.95),
+                Col.PROMPT_TOKENS: float(pd.to_numeric(g[Col.PROMPT_TOKENS]).mean()),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)

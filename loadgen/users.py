@@ -38,6 +38,7 @@ from urllib3.response import HTTPResponse
 
 from loadgen.arrivals import think_times
 from loadgen.results import Col
+from loadgen.sessions import NO_SESSION, NO_TURN, SessionPlan, SessionState, session_id
 from loadgen.spec import LengthDist
 from loadgen.sse import StreamTally, error_message
 from loadgen.tokenize import request_tokens
@@ -207,11 +208,12 @@ def measure_request(
     scheduled_at: float | None = None,
     headers: dict[str, str] | None = None,
     prompt_tokens: int = 0,
+    tally: StreamTally | None = None,
 ) -> dict[str, Any]:
     """Send one streaming request and return its result row (``loadgen.results.Col`` keys).
 
     ``prompt_tokens`` is the workload's count of the prompt, recorded when the server sends no
-    usage.
+    usage. ``tally``, when given, is fed the stream (a session reads the reply's text from it).
     """
     chat = api == "chat"
     path = "/v1/chat/completions" if chat else "/v1/completions"
@@ -224,7 +226,7 @@ def measure_request(
         "Content-Type": "application/json",
         **(headers or {}),
     }
-    tally = StreamTally(chat=chat)
+    tally = StreamTally(chat=chat) if tally is None else tally
     payload = _body_encoder.encode(body)
     wall_call = time.time()
     t_call = time.perf_counter()
@@ -385,6 +387,8 @@ class PointContext:
     stop_at: float  # wall clock: no request is sent after this
     max_requests: int  # measured requests, then stop
     schedule: list[float] | None = None  # open loop: absolute wall-clock send times
+    # Trace replay: the index into items each scheduled send carries (None: the next item).
+    schedule_items: list[int] | None = None
     # Closed loop: wall-clock first send of each user (by index; loadgen.arrivals.ramp_offsets),
     # and the think time drawn after each response (None: send again at once), seeded per user.
     user_starts: list[float] | None = None
@@ -401,12 +405,21 @@ class PointContext:
     # each distributed worker on its own stretch): a server with a prefix cache (vLLM, SGLang,
     # llama.cpp) must not see the same prompts again, which would flatter its TTFT.
     next_index: int = 0
+    # [workload] kind = "sessions": the session plans (taken in turn from next_index like the
+    # items, which then only serve the warm-up probe) and the pause between a reply and the
+    # session's next turn (None: none).
+    sessions: list[SessionPlan] | None = None
+    turn_think_time: LengthDist | None = None
 
     def next_item(self) -> PromptItem:
         """The workload's next prompt, round robin from :attr:`next_index`."""
         item = self.items[self.next_index % len(self.items)]
         self.next_index += 1
         return item
+
+    def scheduled_item(self, k: int) -> PromptItem | None:
+        """The item of the ``k``-th scheduled send: a trace's own request, else ``None`` (next)."""
+        return None if self.schedule_items is None else self.items[self.schedule_items[k]]
 
     def may_send(self) -> bool:
         """False once the window closed or the measured-request budget is spent."""
@@ -423,13 +436,25 @@ class PointContext:
         starts = self.user_starts
         return starts[user % len(starts)] if starts else None
 
-    def send(self, session: HttpSession, user: int, scheduled_at: float | None) -> dict[str, Any]:
+    def send(
+        self,
+        session: HttpSession,
+        user: int,
+        scheduled_at: float | None,
+        item: PromptItem | None = None,
+        *,
+        tally: StreamTally | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Send one request to a balanced replica and keep its row unless it was warm-up.
+
+        ``item`` defaults to the workload's next; ``tally`` reads the stream (see
+        :func:`measure_request`); ``extra`` columns are set on the row before it is kept.
 
         Returns:
             The request's row, kept or not (the runner times its warm-up probe by it).
         """
-        item = self.next_item()
+        item = self.next_item() if item is None else item
         body = item.body(
             self.api, self.model, ignore_eos=self.ignore_eos, temperature=self.temperature
         )
@@ -448,16 +473,65 @@ class PointContext:
                 scheduled_at=scheduled_at,
                 headers=self.headers,
                 prompt_tokens=item.input_tokens,
+                tally=tally,
             )
         finally:
             self.in_flight -= 1
             self.balancer.release(url)
         row[Col.USER] = user
+        row[Col.SESSION] = NO_SESSION
+        row[Col.TURN] = NO_TURN
+        if extra:
+            row.update(extra)
         if measured:
             self.rows.append(row)
             if self.on_row is not None:
                 self.on_row(row)
         return row
+
+    def next_session(self) -> tuple[int, SessionPlan]:
+        """The next session plan and its index, round robin from :attr:`next_index`."""
+        sessions = self.sessions or []
+        if not sessions:
+            raise ValueError("this point's workload has no sessions")
+        index = self.next_index
+        self.next_index += 1
+        return index, sessions[index % len(sessions)]
+
+    def run_session(self, session: HttpSession, user: int, scheduled_at: float | None) -> None:
+        """Send one session's turns in order, each after the previous reply and a think time.
+
+        Closed loop (``scheduled_at`` None) a user runs one session after another. Open loop
+        each arrival starts a session at ``scheduled_at``, and each later turn is due a think
+        time after the previous reply ended: its schedule lag is measured against that. The
+        session ends early when the window closes or a turn fails (no reply to send back).
+        """
+        index, plan = self.next_session()
+        state = SessionState(plan, session_id(index, self.worker))
+        rng = np.random.default_rng([self.seed, self.worker, index])
+        due = scheduled_at
+        while not state.done:
+            if state.turns_done:
+                pause = float(think_times(self.turn_think_time, 1, rng)[0])
+                if scheduled_at is not None:
+                    due = time.time() + pause
+                if pause > 0:
+                    gevent.sleep(pause)
+            if not self.may_send():
+                return
+            tally = StreamTally(chat=self.api == "chat", keep_text=True)
+            row = self.send(
+                session,
+                user,
+                due,
+                state.next_item(),
+                tally=tally,
+                extra={Col.SESSION: state.session_id, Col.TURN: state.turn},
+            )
+            if not row[Col.OK]:
+                state.abandon()
+                return
+            state.record_reply(tally.text, int(row[Col.COMPLETION_TOKENS]))
 
 
 class ClosedLoopUser(User):
@@ -467,6 +541,8 @@ class ClosedLoopUser(User):
     (:attr:`PointContext.user_starts`); each later one for a think time drawn from
     :attr:`PointContext.think_time` (none by default, as in GuideLLM and AIPerf: the ramp alone
     de-synchronises the start, and ``points.csv``'s sync share says whether the point stayed so).
+    With a sessions workload each task is a whole session, and the think time falls between
+    sessions (``[workload] turn_think_time_s`` between its turns).
     """
 
     host = "http://unused.invalid"
@@ -490,14 +566,18 @@ class ClosedLoopUser(User):
     def request(self) -> None:
         if not self.ctx.may_send():
             raise StopUser()
-        self.ctx.send(self.session, self.index, None)
+        if self.ctx.sessions:
+            self.ctx.run_session(self.session, self.index, None)
+        else:
+            self.ctx.send(self.session, self.index, None)
 
 
 class OpenLoopUser(User):
     """Open loop: one dispatcher per load-generator process sends at the scheduled times.
 
     Each request runs in its own greenlet, so a slow response never delays the next send:
-    only the load generator's own overload shows up, as schedule lag.
+    only the load generator's own overload shows up, as schedule lag. With a sessions workload
+    each arrival starts a new session, whose later turns follow their own think times.
     """
 
     wait_time = constant(0)
@@ -508,13 +588,16 @@ class OpenLoopUser(User):
         ctx: PointContext = self.environment.tokenbooth
         session = new_session(self.environment)
         pool = Pool()
-        for due in ctx.schedule or []:
+        for k, due in enumerate(ctx.schedule or []):
             delay = due - time.time()
             if delay > 0:
                 gevent.sleep(delay)
             if not ctx.may_send():
                 break
-            pool.spawn(ctx.send, session, -1, due)
+            if ctx.sessions:
+                pool.spawn(ctx.run_session, session, -1, due)
+            else:
+                pool.spawn(ctx.send, session, -1, due, ctx.scheduled_item(k))
         pool.join(timeout=ctx.timeout_s)
         ctx.stopped = True
         raise StopUser()

@@ -22,6 +22,7 @@ import locust
 import psutil
 from locust.env import Environment
 
+from loadgen.sessions import SessionPlan
 from loadgen.spec import LengthDist
 from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext
 from loadgen.workload import PromptItem
@@ -37,8 +38,8 @@ _FLUSH_S = 0.5
 def point_message(ctx: PointContext, urls: list[str], balance: str) -> dict[str, Any]:
     """Serialize a point's shared context for a worker.
 
-    The runner sets ``schedule``, ``user_starts``, ``max_requests``, ``next_index`` and
-    ``worker`` per worker.
+    The runner sets ``schedule`` (and a trace's ``schedule_items``), ``user_starts``,
+    ``max_requests``, ``next_index`` and ``worker`` per worker.
     """
     return {
         "api": ctx.api,
@@ -61,11 +62,14 @@ def point_message(ctx: PointContext, urls: list[str], balance: str) -> dict[str,
         "stop_at": ctx.stop_at,
         "max_requests": ctx.max_requests,
         "schedule": ctx.schedule,
+        "schedule_items": ctx.schedule_items,
         "headers": ctx.headers,
         "next_index": ctx.next_index,
         "user_starts": ctx.user_starts,
         "think_time": None if ctx.think_time is None else asdict(ctx.think_time),
         "seed": ctx.seed,
+        "sessions": None if ctx.sessions is None else [s.to_dict() for s in ctx.sessions],
+        "turn_think_time": None if ctx.turn_think_time is None else asdict(ctx.turn_think_time),
         "worker": ctx.worker,
     }
 
@@ -92,11 +96,20 @@ def _context(data: dict[str, Any]) -> PointContext:
         stop_at=data["stop_at"],
         max_requests=data["max_requests"],
         schedule=data["schedule"],
+        schedule_items=data.get("schedule_items"),
         headers=data["headers"],
         next_index=data["next_index"],
         user_starts=data["user_starts"],
         think_time=None if data["think_time"] is None else LengthDist(**data["think_time"]),
         seed=data["seed"],
+        sessions=(
+            None
+            if data.get("sessions") is None
+            else [SessionPlan.from_dict(d) for d in data["sessions"]]
+        ),
+        turn_think_time=(
+            None if data.get("turn_think_time") is None else LengthDist(**data["turn_think_time"])
+        ),
         worker=data["worker"],
     )
 

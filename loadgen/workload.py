@@ -17,7 +17,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
@@ -43,7 +43,11 @@ __all__ = [
     "choose_tokenizer",
     "load_tokenizer",
     "load_tokenizer_file",
+    "prefix_group_draws",
+    "prefix_texts",
     "sample_lengths",
+    "synthetic_text",
+    "with_prefix",
 ]
 
 logger = logging.getLogger("tokenbooth.loadgen")
@@ -311,6 +315,64 @@ def _synthetic_text(n_tokens: int, counter: TokenCounter, rng: np.random.Generat
     return counter.truncate(text, n_tokens)
 
 
+def synthetic_text(n_tokens: int, counter: TokenCounter, rng: np.random.Generator) -> str:
+    """Random common words cut to ``n_tokens`` tokens of ``counter`` (sessions' turns too)."""
+    return _synthetic_text(n_tokens, counter, rng)
+
+
+# Seed streams of their own, so that adding prefixes leaves a spec's other draws unchanged.
+_PREFIX_TEXT_STREAM: Final = 0x9F1
+_PREFIX_GROUP_STREAM: Final = 0x9F2
+_EXACT_TRIES: Final = 16
+
+
+def prefix_texts(spec: WorkloadSpec, counter: TokenCounter, *, seed: int) -> list[str]:
+    """The ``prefix_groups`` shared system prompts of ``prefix_tokens`` tokens each, seeded.
+
+    A cut can land inside a word that then counts differently on its own; such a draw is
+    replaced (up to a few times), so a group's prefix is exactly ``prefix_tokens`` when it can be.
+    """
+    rng = np.random.default_rng([seed, _PREFIX_TEXT_STREAM])
+    out = []
+    for _ in range(spec.prefix_groups):
+        text = _synthetic_text(spec.prefix_tokens, counter, rng)
+        for _ in range(_EXACT_TRIES):
+            if counter.count(text) == spec.prefix_tokens:
+                break
+            text = _synthetic_text(spec.prefix_tokens, counter, rng)
+        out.append(text)
+    return out
+
+
+def prefix_group_draws(n: int, groups: int, *, seed: int) -> list[int]:
+    """Each of ``n`` requests' (or sessions') prefix group, drawn uniformly with the seed.
+
+    At random, not round robin: cycling through the groups in order is an LRU cache's worst
+    case (every group evicted just before its turn comes back when fewer than ``groups`` fit),
+    which would measure the access order rather than the cache.
+    """
+    rng = np.random.default_rng([seed, _PREFIX_GROUP_STREAM])
+    return [int(g) for g in rng.integers(0, groups, size=n)]
+
+
+def with_prefix(item: PromptItem, prefix: str, api: str, counter: TokenCounter) -> PromptItem:
+    """``item`` behind a shared prefix: a system message (chat), or prefix + newline + prompt.
+
+    The newline keeps the prefix's tokens intact in the completions prompt: byte-level BPE
+    pre-tokenizers split at it, so the prompt's first tokens are the prefix's own.
+    """
+    user = item.prompt or ""
+    if api == "chat":
+        return replace(
+            item,
+            prompt=None,
+            messages=({"role": "system", "content": prefix}, {"role": "user", "content": user}),
+            input_tokens=counter.count(prefix) + item.input_tokens,
+        )
+    prompt = f"{prefix}\n{user}"
+    return replace(item, prompt=prompt, input_tokens=counter.count(prompt))
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     items = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
@@ -352,9 +414,13 @@ def build_workload(
     spec: WorkloadSpec, counter: TokenCounter, n: int, *, seed: int, max_tokens_cap: int = 1024
 ) -> list[PromptItem]:
     """``n`` request items, reproducible from ``seed``."""
+    if spec.kind == "trace":
+        # A trace fixes each request's lengths and send time; its prompts are built per point.
+        raise WorkloadError("a trace workload's prompts come from loadgen.traces.trace_prompts")
     rng = np.random.default_rng(seed)
     outs = sample_lengths(spec.output_tokens, n, rng)
-    if spec.kind == "synthetic":
+    if spec.kind in ("synthetic", "sessions"):
+        # For sessions these are first turns: what the runner's warm-up probe sends.
         ins = sample_lengths(spec.input_tokens, n, rng)
         prompts = [_synthetic_text(i, counter, rng) for i in ins]
         # Counted again, not assumed: a server tokenizer's cut can miss by a token (cached).
@@ -367,10 +433,18 @@ def build_workload(
                 missed,
                 n,
             )
-        return [
+        items = [
             PromptItem(max_tokens=min(o, max_tokens_cap), prompt=p, input_tokens=c)
             for p, c, o in zip(prompts, counts, outs, strict=True)
         ]
+        if spec.prefix_groups > 0:
+            prefixes = prefix_texts(spec, counter, seed=seed)
+            groups = prefix_group_draws(n, spec.prefix_groups, seed=seed)
+            items = [
+                with_prefix(it, prefixes[g], spec.api, counter)
+                for it, g in zip(items, groups, strict=True)
+            ]
+        return items
     path = Path(spec.path)
     if not path.exists():
         raise WorkloadError(f"workload file not found: {path}")

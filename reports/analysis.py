@@ -24,6 +24,8 @@ from loadgen.summary import (
     finite,
     gaps,
     server_summary,
+    slo_check,
+    slo_terms,
     summarize_requests,
     synchronised,
     synchrony,
@@ -114,37 +116,6 @@ def point_validity(row: pd.Series, *, lag_threshold_s: float, min_samples: int) 
     if harness_invalid and not reasons:
         reasons.append(f"harness: {harness_reason or 'marked invalid'}")
     return "; ".join(reasons)
-
-
-def slo_check(row: pd.Series | dict[str, Any], slo: SLOSpec) -> str:
-    """Which SLO terms a point or load level violates; ``""`` when it meets the SLO.
-
-    Args:
-        row: Statistics with the :class:`loadgen.results.Point` percentile columns.
-        slo: The objective.
-
-    Returns:
-        The violated terms, ``", "``-joined (a missing measurement counts as a violation).
-    """
-    failed = []
-    for limit, col, label in _slo_terms(slo):
-        v = float(row.get(col, math.nan))
-        if not (v <= limit):
-            failed.append(label)
-    return ", ".join(failed)
-
-
-def _slo_terms(slo: SLOSpec) -> list[tuple[float, str, str]]:
-    terms: list[tuple[float, str, str]] = []
-    if slo.ttft_p95_s is not None:
-        terms.append((slo.ttft_p95_s, Point.TTFT_P95_S, "TTFT p95"))
-    if slo.tpot_p95_s is not None:
-        terms.append((slo.tpot_p95_s, Point.TPOT_P95_S, "TPOT p95"))
-    if slo.e2e_p95_s is not None:
-        terms.append((slo.e2e_p95_s, Point.E2E_P95_S, "E2E p95"))
-    if slo.max_error_rate is not None:
-        terms.append((slo.max_error_rate, Point.ERROR_RATE, "error rate"))
-    return terms
 
 
 # ------------------------------------------------------------------------------ knee / capacity
@@ -300,7 +271,7 @@ def slo_capacity(levels: pd.DataFrame, slo: SLOSpec) -> Capacity:
 def _crossing(d: pd.DataFrame, slo: SLOSpec, use: dict[str, str]) -> Capacity:
     """The first SLO crossing, reading each metric from ``use.get(metric, metric)``."""
     closed = not is_open_loop(d.iloc[0])
-    terms = [(limit, use.get(col, col), label) for limit, col, label in _slo_terms(slo)]
+    terms = [(limit, use.get(col, col), label) for limit, col, label in slo_terms(slo)]
     failed = [
         ", ".join(label for limit, col, label in terms if not (float(row[col]) <= limit))
         for _, row in d.iterrows()
@@ -500,7 +471,11 @@ def _point_rows(run: Run, req_by_point: _Requests, n_resamples: int, seed: int) 
         base = p.to_dict()
         if len(reqs):
             stats = summarize_requests(
-                reqs, float(p[Point.DURATION_S]), n_resamples=n_resamples, seed=seed
+                reqs,
+                float(p[Point.DURATION_S]),
+                n_resamples=n_resamples,
+                seed=seed,
+                slo=run.spec.slo,
             )
             base.update(stats)
             base.update(synchrony(finite(reqs[Col.SENT_AT])))
@@ -557,6 +532,7 @@ def _level_row(
                 duration,
                 n_resamples=n_resamples,
                 seed=seed,
+                slo=run.spec.slo,
             )
         )
     else:

@@ -14,6 +14,8 @@ from reports.analysis import Analysis
 from reports.capacity import CapacityModel, Holdout, prediction_frame, scaling_frame
 from reports.document import FigureSpec, figure
 from reports.recommend import Recommendation
+from reports.search import search_spans
+from reports.timeslices import timeslice_figure, timeslice_frames
 
 __all__ = [
     "MAX_MODEL_CONFIGS",
@@ -34,21 +36,47 @@ MODEL_RATE_STEPS: Final = 6
 def _latency_figures(analysis: Analysis) -> list[FigureSpec]:
     lv, slo = analysis.levels, analysis.slo
     invalid = analysis.points[~analysis.points[Point.VALID]]
+    spans = search_spans(analysis)
+    searched = (
+        " Shaded: the bracket the SLO-edge search found (passing to failing offered rate)."
+        if spans
+        else ""
+    )
     return [
         figure(
             "latency_vs_rps",
             "Latency vs requests/s",
             "TTFT p50/p95/p99, ITL p95 and end-to-end p95 against achieved requests/s, one "
             "curve per configuration; dashed lines are the SLO limits, bars the 95% bootstrap "
-            "intervals, grey crosses invalid points (excluded).",
-            plots.latency_vs_throughput(lv, slo, x=Point.ACHIEVED_RPS, invalid=invalid),
+            "intervals, grey crosses invalid points (excluded). Goodput: requests/s that met "
+            "every per-request SLO term, beside the achieved throughput (dotted)." + searched,
+            plots.latency_vs_throughput(
+                lv, slo, x=Point.ACHIEVED_RPS, invalid=invalid, brackets=spans
+            ),
         ),
         figure(
             "latency_vs_tokens",
             "Latency vs output tokens/s",
-            "The same percentiles against output tokens/s.",
+            "The same percentiles and goodput against output tokens/s.",
             plots.latency_vs_throughput(lv, slo, x=Point.OUTPUT_TOKENS_PER_S, invalid=invalid),
         ),
+    ]
+
+
+def _timeslice_figures(analysis: Analysis) -> list[FigureSpec]:
+    frames = timeslice_frames(analysis.run, analysis.points)
+    return [
+        figure(
+            f"timeslices_{i}",
+            f"Timeslices: {label}",
+            f"Every {analysis.run.spec.run.timeslice_s:g} s of each point's measured window: "
+            "output tokens/s, TTFT p95 (requests whose first token came in the slice), "
+            "measured requests in flight, and the server's requests waiting (summed over "
+            "replicas); one line per load level. A line still rising or falling at the end "
+            "drifted; one that starts off its level was not yet warm.",
+            timeslice_figure(frame, label),
+        )
+        for i, (label, frame) in enumerate(frames.items())
     ]
 
 
@@ -111,8 +139,9 @@ def _server_figures(analysis: Analysis) -> list[FigureSpec]:
 
 
 def measured_figures(analysis: Analysis, model: CapacityModel | None) -> list[FigureSpec]:
-    """Latency against throughput, throughput against load, Pareto frontier, replica scaling,
-    batching, TTFT decomposition and, when the run varies it, quantization.
+    """Latency and goodput against throughput, throughput against load, Pareto frontier,
+    replica scaling, batching, TTFT decomposition, quantization (when the run varies it) and
+    timeslices per configuration (when the run has them).
 
     Args:
         analysis: The run's analysis.
@@ -126,6 +155,7 @@ def measured_figures(analysis: Analysis, model: CapacityModel | None) -> list[Fi
         *_latency_figures(analysis),
         *_throughput_figures(analysis, model),
         *_server_figures(analysis),
+        *_timeslice_figures(analysis),
     ]
 
 

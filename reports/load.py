@@ -8,7 +8,7 @@ derives itself are named once here, in :class:`Rpt`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -116,6 +116,9 @@ class Run:
         points: ``points.csv`` plus the configuration keys and labels (:func:`prepare_points`).
         requests: Raw request rows of every point.
         server: Server metric deltas of every point.
+        timeslices: Per-interval figures of every point (``timeslices.parquet``; empty when
+            the run has none).
+        search: ``search.json`` of an SLO-edge search, per configuration id (empty: none).
     """
 
     path: Path
@@ -124,6 +127,8 @@ class Run:
     points: pd.DataFrame
     requests: pd.DataFrame
     server: pd.DataFrame
+    timeslices: pd.DataFrame = field(default_factory=pd.DataFrame)
+    search: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -234,6 +239,8 @@ def load_run(path: Path | str) -> Run:
         points=prepare_points(rd.points()),
         requests=rd.requests(),
         server=rd.server(),
+        timeslices=rd.timeslices(),
+        search=rd.search(),
     )
 
 

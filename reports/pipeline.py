@@ -104,7 +104,8 @@ def build_report(
     comparison = compare(analysis_a, analysis, seed=seed) if run_b is not None else None
     model, model_error = _fit(analysis, seed)
     rec = _recommend(analysis, model, target_rps)
-    sections = report_sections(analysis, model, model_error, rec, comparison)
+    baseline = analysis_a if run_b is not None else None
+    sections = report_sections(analysis, model, model_error, rec, comparison, baseline)
     return _write(_output_dir(output, run_a, run_b), sections, analysis, rec, comparison)
 
 

@@ -8,7 +8,7 @@ position in the sorted list of labels, so one configuration keeps its colour in 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from loadgen.results import Point
+from loadgen.results import Col, Point
 from loadgen.spec import SLOSpec
 from reports.load import Rpt
 
@@ -31,6 +31,7 @@ __all__ = [
     "quantization_comparison",
     "scaling_efficiency",
     "throughput_vs_load",
+    "ttft_by_turn",
     "ttft_decomposition",
 ]
 
@@ -93,8 +94,9 @@ def latency_vs_throughput(
     *,
     x: str = Point.ACHIEVED_RPS,
     invalid: pd.DataFrame | None = None,
+    brackets: Mapping[str, tuple[float, float]] | None = None,
 ) -> Figure:
-    """Latency percentiles against throughput, one curve per configuration, SLO lines drawn.
+    """Latency percentiles and goodput against throughput, one curve per configuration.
 
     Args:
         levels: Valid load levels (analysis ``levels``).
@@ -102,9 +104,12 @@ def latency_vs_throughput(
             on the ITL panel as a reference.
         x: :attr:`Point.ACHIEVED_RPS` or :attr:`Point.OUTPUT_TOKENS_PER_S`.
         invalid: Invalid points, drawn as grey crosses (excluded from the curves).
+        brackets: SLO-edge search brackets ``(passing, failing)`` offered req/s per
+            configuration label, shaded on every panel when ``x`` is requests/s.
 
     Returns:
-        A 2 x 3 figure: TTFT p50/p95/p99, ITL p95, E2E p95 (bars: 95% bootstrap CI).
+        A 2 x 3 figure: TTFT p50/p95/p99, ITL p95, E2E p95 (bars: 95% bootstrap CI), and
+        goodput beside achieved throughput.
     """
     fig, axes = _figure(2, 3)
     colors = config_colors(list(levels[Rpt.CONFIG]) if len(levels) else [])
@@ -135,17 +140,52 @@ def latency_vs_throughput(
         ax.set_xlabel(xlabel)
         ax.set_ylabel("seconds")
         ax.grid(alpha=0.3)
+    _goodput_panel(axes[5], levels, x, xlabel, colors)
+    if brackets and x == Point.ACHIEVED_RPS:
+        for config, (low, high) in sorted(brackets.items()):
+            for i, ax in enumerate(axes):
+                ax.axvspan(
+                    low,
+                    high,
+                    color=colors.get(config, _SLO),
+                    alpha=0.18,
+                    label=f"SLO edge (search): {config}" if i == 1 else None,
+                )
     handles, labels = axes[1].get_legend_handles_labels()
-    for ax in axes[:5]:
+    for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    axes[5].axis("off")
     if handles:
-        axes[5].legend(handles, labels, loc="center", fontsize=9, title="configuration")
+        fig.legend(
+            handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8
+        )
     fig.suptitle(f"Latency vs {xlabel}")
     return fig
+
+
+def _goodput_panel(
+    ax: Axes, levels: pd.DataFrame, x: str, xlabel: str, colors: Mapping[str, str]
+) -> None:
+    """Goodput (requests/s meeting every per-request SLO term) beside achieved requests/s."""
+    drawn = False
+    for config, g in levels.groupby(Rpt.CONFIG, sort=True) if len(levels) else []:
+        if Point.GOODPUT_RPS not in g or not g[Point.GOODPUT_RPS].notna().any():
+            continue
+        g = _sorted(g, Point.LOAD_LEVEL)
+        c = colors[config]
+        ax.plot(g[x], g[Point.ACHIEVED_RPS], ls=":", color=c, label="throughput (achieved)")
+        ax.plot(g[x], g[Point.GOODPUT_RPS], marker="s", ms=4, color=c, label="goodput")
+        drawn = True
+    if not drawn:
+        _empty(ax, "no goodput (no per-request SLO term)")
+    else:
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("requests/s")
+        ax.grid(alpha=0.3)
+    ax.set_title("Goodput (dotted: throughput)")
 
 
 def _slo_line(ax: Axes, limit: float, label: str) -> str:
@@ -580,4 +620,36 @@ def model_predictions(predictions: pd.DataFrame, measured: pd.DataFrame, slo: SL
         ax.grid(alpha=0.3)
     _legend(ax_r)
     fig.suptitle("Capacity model: predicted TTFT p95 and throughput per replica count")
+    return fig
+
+
+def ttft_by_turn(turns: pd.DataFrame, labels: dict[int, str]) -> Figure:
+    """TTFT p50/p95 and mean prompt tokens against the session turn, one curve per point.
+
+    Args:
+        turns: :func:`loadgen.summary.turn_summary` rows.
+        labels: Legend label per point id.
+
+    Returns:
+        The figure.
+    """
+    fig, (ax_ttft, ax_tokens) = _figure(1, 2)
+    if turns.empty:
+        _empty(ax_ttft, "no session turns")
+        _empty(ax_tokens, "no session turns")
+        return fig
+    for i, (pid, g) in enumerate(turns.groupby(Col.POINT_ID, sort=True)):
+        g = _sorted(g, Col.TURN)
+        color = _PALETTE[i % len(_PALETTE)]
+        label = labels.get(int(pid), f"point {int(pid)}")
+        ax_ttft.plot(g[Col.TURN], g[Point.TTFT_P50_S], "o-", color=color, label=f"{label} p50")
+        ax_ttft.plot(g[Col.TURN], g[Point.TTFT_P95_S], "s--", color=color, label=f"{label} p95")
+        ax_tokens.plot(g[Col.TURN], g[Col.PROMPT_TOKENS], "o-", color=color, label=label)
+    ax_ttft.set(xlabel="turn", ylabel="TTFT (s)", title="TTFT by turn")
+    ax_tokens.set(xlabel="turn", ylabel="prompt tokens (mean)", title="Prompt length by turn")
+    for ax in (ax_ttft, ax_tokens):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        _legend(ax)
     return fig

@@ -26,7 +26,9 @@ from reports.document import Section, Table
 from reports.figures import MAX_MODEL_CONFIGS, MAX_MODEL_REPLICAS, measured_figures, model_figures
 from reports.load import Rpt
 from reports.recommend import Recommendation
+from reports.search import saturation_notes, search_paragraphs
 from reports.server_view import server_rows, server_unavailable, server_view_table
+from reports.sessions import sessions_section
 
 __all__ = [
     "capacity_section",
@@ -97,7 +99,7 @@ def capacity_section(analysis: Analysis) -> Section:
         f"Capacity: {CAPACITY_INTERPOLATION} Invalid points are excluded."
     )
     table = Table("Capacity per configuration", headers, rows, note=note, key="capacity-table")
-    return Section("capacity", "Capacity", tables=[table])
+    return Section("capacity", "Capacity", paragraphs=search_paragraphs(analysis), tables=[table])
 
 
 def _load_cell(r: pd.Series) -> str:
@@ -131,6 +133,7 @@ def _point_row(r: pd.Series) -> list[str]:
         f"{num(r[Point.N_OK], 6)}/{num(r[Point.N_REQUESTS], 6)}",
         pct(r[Point.ERROR_RATE]),
         num(r[Point.ACHIEVED_RPS]),
+        num(r[Point.GOODPUT_RPS]),
         num(r[Point.OUTPUT_TOKENS_PER_S]),
         num(r[Point.TTFT_P50_S]),
         ci(r, Point.TTFT_P95_S, Rpt.TTFT_P95_LO, Rpt.TTFT_P95_HI, Rpt.N_TTFT),
@@ -162,6 +165,7 @@ def points_section(analysis: Analysis) -> Section:
         "ok/requests",
         "errors",
         "req/s",
+        "goodput req/s",
         "out tok/s",
         "TTFT p50 s",
         "TTFT p95 s [95% CI] n",
@@ -179,11 +183,16 @@ def points_section(analysis: Analysis) -> Section:
         "resamples) and n the samples behind it. Invalid points stay listed with the reason "
         "and are left out of every capacity figure. Sends within 2 ms: the share of the "
         "point's sends with another send within 2 ms, and in brackets what independent "
-        "(Poisson) sends at the same rate would give."
+        "(Poisson) sends at the same rate would give. Goodput: successful requests/s that "
+        "met every per-request SLO latency term (each limit applied to each request)."
     )
     rows = [_point_row(r) for _, r in pts.iterrows()]
     table = Table("Every point", headers, rows, note=note, key="points-table")
-    notes = [*_loop_notes(pts), *_token_count_notes(pts, analysis.run.requests)]
+    notes = [
+        *_loop_notes(pts),
+        *_token_count_notes(pts, analysis.run.requests),
+        *saturation_notes(pts),
+    ]
     unavailable = server_unavailable(analysis)
     if unavailable is not None:
         return Section("points", "Points", paragraphs=[unavailable, *notes], tables=[table])
@@ -678,6 +687,7 @@ def report_sections(
     model_error: str,
     rec: Recommendation,
     comparison: Comparison | None,
+    baseline: Analysis | None = None,
 ) -> list[Section]:
     """Every section, in reading order: the answer first, then the evidence, then provenance.
 
@@ -687,6 +697,7 @@ def report_sections(
         model_error: Why there is no model.
         rec: The recommendation.
         comparison: The comparison against a baseline run, if any.
+        baseline: That baseline run's analysis (the sessions section compares prefixes to it).
 
     Returns:
         The sections.
@@ -699,6 +710,11 @@ def report_sections(
         capacity_section(analysis),
         figures_section(analysis, model),
         points_section(analysis),
+    ]
+    sessions = sessions_section(analysis, baseline)
+    if sessions is not None:
+        sections.append(sessions)
+    sections += [
         model_section(analysis, model, holdout, rec, model_error),
         environment_section(analysis),
         methods_section(),
