@@ -26,6 +26,7 @@ from bench.abuse_common import (
     HealthProbe,
     Metrics,
     ScenarioResult,
+    Served,
     bench_settings,
     fmt_s,
     metrics_client,
@@ -151,24 +152,24 @@ class _Timeline:
 
 async def _abuse(
     result: ScenarioResult,
-    host: str,
-    port: int,
-    pid: int,
-    model: str,
-    base_url: str,
+    srv: Served,
     per_kind: int,
     timeline: _Timeline,
 ) -> None:
-    async with metrics_client(base_url) as mc:
+    async with metrics_client(srv.base_url) as mc:
         m0 = await Metrics.read(mc)
-        fds_start = server_fds(pid)
-        probe = HealthProbe(base_url)
-        good = _GoodClient(host, port, model)
+        fds_start = server_fds(srv.pid)
+        probe = HealthProbe(srv.base_url)
+        good = _GoodClient(srv.host, srv.port, srv.model)
         probe.start()
         good_task = asyncio.ensure_future(good.run())
         t_open = time.perf_counter()
         socks = await asyncio.gather(
-            *[_open(kind, host, port, model) for kind in KINDS for _ in range(per_kind)],
+            *[
+                _open(kind, srv.host, srv.port, srv.model)
+                for kind in KINDS
+                for _ in range(per_kind)
+            ],
             return_exceptions=True,
         )
         conns: list[_Conn] = []
@@ -179,7 +180,7 @@ async def _abuse(
             else:
                 open_errors += 1
         t0 = time.perf_counter()
-        fds_peak = server_fds(pid)
+        fds_peak = server_fds(srv.pid)
         at_header: dict[str, int] | None = None
         at_body: dict[str, int] | None = None
         m_header: Metrics | None = None
@@ -198,7 +199,7 @@ async def _abuse(
                             pass
                         except OSError:
                             c.closed_at = now
-            fds_peak = max(fds_peak, server_fds(pid))
+            fds_peak = max(fds_peak, server_fds(srv.pid))
             if at_header is None and now >= timeline.header_s:
                 at_header = _open_counts(conns)
                 m_header = await Metrics.read(mc)
@@ -206,7 +207,7 @@ async def _abuse(
                 at_body = _open_counts(conns)
             await asyncio.sleep(_POLL_S)
         at_end = _open_counts(conns)
-        fds_end = server_fds(pid)
+        fds_end = server_fds(srv.pid)
         m_end = await Metrics.read(mc)
         good_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -215,7 +216,7 @@ async def _abuse(
         for c in conns:
             c.sock.close()
         await asyncio.sleep(1.0)
-        fds_after = server_fds(pid)
+        fds_after = server_fds(srv.pid)
         m_after = await Metrics.read(mc)
     at_header = at_header if at_header is not None else at_end
     at_body = at_body if at_body is not None else at_end
@@ -336,9 +337,7 @@ def run_slowloris(settings: ServiceSettings, *, connections: int = 300) -> Scena
     )
     result.row("bench RLIMIT_NOFILE soft / hard", f"{soft} / {hard}")
     with served(settings) as srv:
-        asyncio.run(
-            _abuse(result, srv.host, srv.port, srv.pid, srv.model, srv.base_url, per_kind, timeline)
-        )
+        asyncio.run(_abuse(result, srv, per_kind, timeline))
         result.row("server errors logged", str(srv.errors_logged()))
     result.figures.update(header_timeout_s=header_s, body_timeout_s=body_s, per_kind=per_kind)
     return result

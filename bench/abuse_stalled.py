@@ -24,6 +24,7 @@ from bench.abuse_common import (
     BENCH_TIMEOUTS,
     Metrics,
     ScenarioResult,
+    Served,
     bench_settings,
     counter_delta,
     fmt_s,
@@ -112,11 +113,7 @@ async def _stall_one(host: str, port: int, body: bytes, rcvbuf: int, read_bytes:
 
 async def _measure(
     result: ScenarioResult,
-    host: str,
-    port: int,
-    pid: int,
-    model: str,
-    base_url: str,
+    srv: Served,
     streams: int,
     max_tokens: int,
     rcvbuf: int,
@@ -125,7 +122,7 @@ async def _measure(
 ) -> None:
     body = json.dumps(
         {
-            "model": model,
+            "model": srv.model,
             "prompt": "hello",
             "max_tokens": max_tokens,
             "ignore_eos": True,
@@ -135,14 +132,14 @@ async def _measure(
     ).encode()
     requests = names.TOKENBOOTH_REQUESTS
     keys = (names.LABEL_OUTCOME, names.LABEL_ERROR_TYPE)
-    async with metrics_client(base_url) as mc:
+    async with metrics_client(srv.base_url) as mc:
         m0 = await Metrics.read(mc)
-        fds_start = server_fds(pid)
+        fds_start = server_fds(srv.pid)
         stalled = await asyncio.gather(
-            *[_stall_one(host, port, body, rcvbuf, read_bytes) for _ in range(streams)]
+            *[_stall_one(srv.host, srv.port, body, rcvbuf, read_bytes) for _ in range(streams)]
         )
         t0 = time.perf_counter()
-        fds_peak = server_fds(pid)
+        fds_peak = server_fds(srv.pid)
         running_zero_at: float | None = None
         recorded_at: float | None = None  # every stalled request counted as finished
         running_max = 0.0
@@ -160,7 +157,7 @@ async def _measure(
             )
             if recorded_at is None and sum(recorded.values()) >= streams:
                 recorded_at = now
-            held = server_held_peers(pid, port)
+            held = server_held_peers(srv.pid, srv.port)
             for st in stalled:
                 if st.closed_at is None:
                     state = _tcp_state(st.sock)
@@ -170,14 +167,14 @@ async def _measure(
                     st.released_at = now
                 if st.released_at is None and st.closed_at is not None:
                     st.released_at = st.closed_at
-            fds_peak = max(fds_peak, server_fds(pid))
+            fds_peak = max(fds_peak, server_fds(srv.pid))
             await asyncio.sleep(_POLL_S)
-        fds_end = server_fds(pid)
+        fds_end = server_fds(srv.pid)
         for st in stalled:
             st.sock.close()
         await asyncio.sleep(1.0)
         m_after = await Metrics.read(mc)
-        fds_after = server_fds(pid)
+        fds_after = server_fds(srv.pid)
 
     during = counter_delta(m0.by_labels(requests, keys), m_window.by_labels(requests, keys))
     after = counter_delta(m0.by_labels(requests, keys), m_after.by_labels(requests, keys))
@@ -343,20 +340,6 @@ def run_stalled(
         f"{sndbuf} B (--send-buffer-bytes)" if sndbuf else "kernel autotuning (tcp_wmem)",
     )
     with served(settings) as srv:
-        asyncio.run(
-            _measure(
-                result,
-                srv.host,
-                srv.port,
-                srv.pid,
-                srv.model,
-                srv.base_url,
-                streams,
-                max_tokens,
-                rcvbuf,
-                read_bytes,
-                window_s,
-            )
-        )
+        asyncio.run(_measure(result, srv, streams, max_tokens, rcvbuf, read_bytes, window_s))
         result.row("server errors logged", str(srv.errors_logged()))
     return result

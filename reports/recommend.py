@@ -164,8 +164,8 @@ def basis(analysis: Analysis) -> str:
     if len(sync):
         ids = ", ".join(str(int(i)) for i in sorted(sync[Point.POINT_ID]))
         text += (
-            f" Points {ids} stayed synchronised (see Points): their TTFT likely understates "
-            "what independent clients would see."
+            f" {'Point' if len(sync) == 1 else 'Points'} {ids} stayed synchronised (see "
+            "Points): their TTFT likely understates what independent clients would see."
         )
     return text
 

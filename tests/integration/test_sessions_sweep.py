@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from loadgen.results import Col
-from tests.support.sweeps import run_sweep
+from tests.support.sweeps import fake_target_toml, run_sweep, run_toml
 
 pytestmark = pytest.mark.integration
 
@@ -18,43 +18,35 @@ TURNS = 3
 USER_TOKENS = 16
 REPLY_TOKENS = 8
 
-SPEC = textwrap.dedent(
-    f"""
-    [run]
-    name = "sessions"
-    duration_s = 4.0
-    warmup_s = 0.5
-    max_requests = 400
-    min_samples = 5
-    request_timeout_s = 20.0
+SPEC = (
+    run_toml(
+        name="sessions",
+        duration_s=4.0,
+        warmup_s=0.5,
+        max_requests=400,
+        min_samples=5,
+        request_timeout_s=20.0,
+    )
+    + fake_target_toml(ttft_ms=20, itl_ms=5, max_batch_size=8)
+    + textwrap.dedent(
+        f"""
+        [load]
+        mode = "concurrency"
+        concurrency = [3]
+        ramp_s = 0.05
 
-    [target]
-    kind = "local"
-    engine = "fake"
-    ready_timeout_s = 30.0
-
-    [server]
-    replicas = [1]
-    max_batch_size = [8]
-    max_batch_delay_ms = [0]
-    env = {{ fake_ttft_ms = "20", fake_itl_ms = "5" }}
-
-    [load]
-    mode = "concurrency"
-    concurrency = [3]
-    ramp_s = 0.05
-
-    [workload]
-    kind = "sessions"
-    api = "chat"
-    turns = {TURNS}
-    turn_think_time_s = {{ dist = "uniform", min = 0.0, max = 0.05 }}
-    input_tokens = {{ dist = "fixed", value = {USER_TOKENS} }}
-    output_tokens = {{ dist = "fixed", value = {REPLY_TOKENS} }}
-    prefix_groups = 2
-    prefix_tokens = 12
-    """
-).lstrip()
+        [workload]
+        kind = "sessions"
+        api = "chat"
+        turns = {TURNS}
+        turn_think_time_s = {{ dist = "uniform", min = 0.0, max = 0.05 }}
+        input_tokens = {{ dist = "fixed", value = {USER_TOKENS} }}
+        output_tokens = {{ dist = "fixed", value = {REPLY_TOKENS} }}
+        prefix_groups = 2
+        prefix_tokens = 12
+        """
+    ).lstrip()
+)
 
 
 def test_sessions_point_has_growing_turns(tmp_path: Path) -> None:

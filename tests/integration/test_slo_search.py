@@ -15,80 +15,51 @@ bracket must still be true and say so (loadgen.search's unit tests pin the noise
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from loadgen.results import SEARCH_FILE, Point, PointStatus, RunDir, Ts
+from loadgen.results import SEARCH_FILE, Point, PointStatus, Ts
 from loadgen.search import SearchStatus
-from tests.integration.test_sweep import _clean_env
+from tests.support.sweeps import fake_target_toml, run_sweep, run_toml
 
 pytestmark = pytest.mark.integration
 
-TOKENBOOTH = Path(sys.executable).with_name("tokenbooth")
 SERVICE_S = 0.050  # fake_ttft_ms: one request's service time, batches of one
 CAPACITY_RPS = 1 / SERVICE_S
 
 
 def spec(*, name: str, load: str, duration_s: float = 3.0) -> str:
-    return textwrap.dedent(
-        f"""
-        [run]
-        name = "{name}"
-        duration_s = {duration_s}
-        warmup_s = 1.0
-        min_samples = 10
-        request_timeout_s = 20.0
-        timeslice_s = 1.0
-        saturation_s = 2.0
+    return (
+        run_toml(
+            name=name,
+            duration_s=duration_s,
+            warmup_s=1.0,
+            min_samples=10,
+            request_timeout_s=20.0,
+            timeslice_s=1.0,
+            saturation_s=2.0,
+        )
+        + fake_target_toml(ttft_ms=SERVICE_S * 1000, itl_ms=0, max_batch_size=1, batch_workers=1)
+        + textwrap.dedent(
+            f"""
+            [load]
+            arrival = "poisson"
+            {load}
 
-        [target]
-        kind = "local"
-        engine = "fake"
-        ready_timeout_s = 30.0
+            [workload]
+            api = "chat"
+            input_tokens = {{ dist = "fixed", value = 8 }}
+            output_tokens = {{ dist = "fixed", value = 1 }}
 
-        [server]
-        replicas = [1]
-        max_batch_size = [1]
-        max_batch_delay_ms = [0]
-        batch_workers = [1]
-        env = {{ fake_ttft_ms = "{SERVICE_S * 1000:g}", fake_itl_ms = "0" }}
-
-        [load]
-        arrival = "poisson"
-        {load}
-
-        [workload]
-        api = "chat"
-        input_tokens = {{ dist = "fixed", value = 8 }}
-        output_tokens = {{ dist = "fixed", value = 1 }}
-
-        [slo]
-        ttft_p95_s = 0.2
-        max_error_rate = 0.01
-        """
-    ).lstrip()
-
-
-def sweep(tmp_path: Path, name: str, text: str, timeout_s: float) -> RunDir:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(text)
-    out = tmp_path / name
-    proc = subprocess.run(
-        [str(TOKENBOOTH), "sweep", str(path), "--output", str(out), "--quiet"],
-        cwd=tmp_path,
-        env=_clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
+            [slo]
+            ttft_p95_s = 0.2
+            max_error_rate = 0.01
+            """
+        ).lstrip()
     )
-    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
-    return RunDir(out)
 
 
 def test_search_brackets_the_slo_edge_below_capacity(tmp_path: Path) -> None:
@@ -96,7 +67,9 @@ def test_search_brackets_the_slo_edge_below_capacity(tmp_path: Path) -> None:
         'mode = "slo_search"\nsearch_min_rate = 8.0\nsearch_max_rate = 40.0\n'
         "search_tolerance = 0.05\nsearch_max_points = 6"
     )
-    run = sweep(tmp_path, "search", spec(name="search", load=load, duration_s=4.0), timeout_s=60)
+    run = run_sweep(
+        tmp_path, "search", spec(name="search", load=load, duration_s=4.0), timeout_s=60
+    )
     found = json.loads((run.path / SEARCH_FILE).read_text())
     (entry,) = found.values()
     b, probes = entry["bracket"], entry["probes"]
@@ -134,7 +107,9 @@ def test_search_brackets_the_slo_edge_below_capacity(tmp_path: Path) -> None:
 def test_an_overloaded_point_ends_early_as_saturated(tmp_path: Path) -> None:
     # Three times the capacity: the queue grows by ~40 requests a second.
     load = f'mode = "rate"\nrate = [{3 * CAPACITY_RPS:g}]'
-    run = sweep(tmp_path, "overload", spec(name="overload", load=load, duration_s=8.0), 40)
+    run = run_sweep(
+        tmp_path, "overload", spec(name="overload", load=load, duration_s=8.0), timeout_s=40
+    )
     (row,) = [r for _, r in run.points().iterrows()]
     assert row[Point.STATUS] == PointStatus.SATURATED, row
     assert "grows without bound" in row[Point.STATUS_DETAIL]

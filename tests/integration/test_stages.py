@@ -14,41 +14,27 @@ import pandas as pd
 import pytest
 
 from loadgen.results import Col, Point
-from tests.support.sweeps import run_sweep
+from tests.support.sweeps import fake_target_toml, run_sweep, run_toml
 
 pytestmark = pytest.mark.integration
 
 
 def profile_spec(name: str, load: str) -> str:
-    return textwrap.dedent(
-        f"""
-        [run]
-        name = "{name}"
-        warmup_s = 1.0
-        max_requests = 1000
-        min_samples = 5
-        request_timeout_s = 10.0
+    return (
+        run_toml(name=name, warmup_s=1.0, max_requests=1000, min_samples=5, request_timeout_s=10.0)
+        + fake_target_toml(ttft_ms=20, itl_ms=5)
+        + textwrap.dedent(
+            f"""
+            [load]
+            {load}
 
-        [target]
-        kind = "local"
-        engine = "fake"
-        ready_timeout_s = 30.0
-
-        [server]
-        replicas = [1]
-        max_batch_size = [16]
-        max_batch_delay_ms = [0]
-        env = {{ fake_ttft_ms = "20", fake_itl_ms = "5" }}
-
-        [load]
-        {load}
-
-        [workload]
-        api = "chat"
-        input_tokens = {{ dist = "fixed", value = 16 }}
-        output_tokens = {{ dist = "fixed", value = 8 }}
-        """
-    ).lstrip()
+            [workload]
+            api = "chat"
+            input_tokens = {{ dist = "fixed", value = 16 }}
+            output_tokens = {{ dist = "fixed", value = 8 }}
+            """
+        ).lstrip()
+    )
 
 
 def test_two_rate_stages_give_two_points_at_their_offered_rates(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,6 +38,7 @@ from loadgen.results import (
 from loadgen.summary import synchronised
 from service.launch import free_port
 from telemetry import names
+from tests.support.sweeps import fake_target_toml, run_toml
 
 pytestmark = pytest.mark.integration
 
@@ -53,55 +54,52 @@ def fake_spec(
     levels: str = "[1]",
     duration_s: float = 2.0,
     warmup_s: float = 0.5,
-    max_batch_size: str = "[16]",
-    max_batch_delay_ms: str = "[0]",
+    max_batch_size: int | Sequence[int] = 16,
+    max_batch_delay_ms: int | Sequence[int] = 0,
     ttft_ms: float = FAKE_TTFT_S * 1000,
     itl_ms: float = FAKE_ITL_S * 1000,
     output_tokens: int = 8,
     min_samples: int = 5,
-    batch_workers: str = "[1]",
+    batch_workers: int | Sequence[int] = 1,
     ramp_s: str | None = None,
     think_time_s: str | None = None,
 ) -> str:
-    """A fake-engine spec with short points (``ramp_s``/``think_time_s``: TOML values)."""
+    """A fake-engine spec with short points (``levels``/``ramp_s``/``think_time_s``: TOML)."""
     level_key = "concurrency" if mode == "concurrency" else "rate"
     ramp = f"ramp_s = {ramp_s}" if ramp_s is not None else ""
     think = f"think_time_s = {think_time_s}" if think_time_s is not None else ""
-    return textwrap.dedent(
-        f"""
-        [run]
-        name = "{name}"
-        duration_s = {duration_s}
-        warmup_s = {warmup_s}
-        min_samples = {min_samples}
-        lag_threshold_s = 0.05
-        request_timeout_s = 20.0
+    return (
+        run_toml(
+            name=name,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            min_samples=min_samples,
+            lag_threshold_s=0.05,
+            request_timeout_s=20.0,
+        )
+        + fake_target_toml(
+            ttft_ms=ttft_ms,
+            itl_ms=itl_ms,
+            max_batch_size=max_batch_size,
+            max_batch_delay_ms=max_batch_delay_ms,
+            batch_workers=batch_workers,
+        )
+        + textwrap.dedent(
+            f"""
+            [load]
+            mode = "{mode}"
+            {level_key} = {levels}
+            arrival = "constant"
+            {ramp}
+            {think}
 
-        [target]
-        kind = "local"
-        engine = "fake"
-        ready_timeout_s = 30.0
-
-        [server]
-        replicas = [1]
-        max_batch_size = {max_batch_size}
-        max_batch_delay_ms = {max_batch_delay_ms}
-        batch_workers = {batch_workers}
-        env = {{ fake_ttft_ms = "{ttft_ms:g}", fake_itl_ms = "{itl_ms:g}" }}
-
-        [load]
-        mode = "{mode}"
-        {level_key} = {levels}
-        arrival = "constant"
-        {ramp}
-        {think}
-
-        [workload]
-        api = "chat"
-        input_tokens = {{ dist = "fixed", value = 16 }}
-        output_tokens = {{ dist = "fixed", value = {output_tokens} }}
-        """
-    ).lstrip()
+            [workload]
+            api = "chat"
+            input_tokens = {{ dist = "fixed", value = 16 }}
+            output_tokens = {{ dist = "fixed", value = {output_tokens} }}
+            """
+        ).lstrip()
+    )
 
 
 def _port_of(cmdline: list[str]) -> int | None:
@@ -430,8 +428,8 @@ def test_closed_loop_ramp_and_think_time_break_the_lockstep(tmp_path: Path) -> N
                 levels="[4]",
                 duration_s=3.0,
                 warmup_s=1.0,
-                max_batch_delay_ms="[5]",
-                batch_workers="[2]",
+                max_batch_delay_ms=5,
+                batch_workers=2,
                 ramp_s=ramp,
                 think_time_s=think,
             )
@@ -471,8 +469,8 @@ def open_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
             mode="rate",
             levels="[20]",
             duration_s=3.0,
-            max_batch_size="[16, 1]",
-            max_batch_delay_ms="[5]",
+            max_batch_size=(16, 1),
+            max_batch_delay_ms=5,
             output_tokens=4,
         )
     )

@@ -7,9 +7,6 @@ stay out of the test process), bounded in requests and time.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -17,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loadgen.results import Col, Point, RunDir
+from loadgen.results import Col, Point
 from loadgen.spec import load_spec
 from loadgen.traces import plan_replay, read_trace
+from tests.support.sweeps import fake_target_toml, run_sweep, run_toml
 
 pytestmark = pytest.mark.integration
 
-TOKENBOOTH = Path(sys.executable).with_name("tokenbooth")
 TIME_SCALE = 2.0
 WARMUP_S = 0.5
 LAG_THRESHOLD_S = 0.05
@@ -50,59 +47,39 @@ def write_trace(path: Path, seed: int = 5) -> list[dict[str, int | list[int]]]:
 
 
 def spec_text(trace: Path) -> str:
-    return textwrap.dedent(
-        f"""
-        [run]
-        name = "trace"
-        duration_s = 10.0
-        warmup_s = {WARMUP_S}
-        max_requests = 200
-        min_samples = 5
-        lag_threshold_s = {LAG_THRESHOLD_S}
-        request_timeout_s = 20.0
+    return (
+        run_toml(
+            name="trace",
+            duration_s=10.0,
+            warmup_s=WARMUP_S,
+            max_requests=200,
+            min_samples=5,
+            lag_threshold_s=LAG_THRESHOLD_S,
+            request_timeout_s=20.0,
+        )
+        + fake_target_toml(ttft_ms=20, itl_ms=5, max_batch_delay_ms=2)
+        + textwrap.dedent(
+            f"""
+            [load]
+            workers = 0
 
-        [target]
-        kind = "local"
-        engine = "fake"
-        ready_timeout_s = 30.0
-
-        [server]
-        replicas = [1]
-        max_batch_size = [16]
-        max_batch_delay_ms = [2]
-        env = {{ fake_ttft_ms = "20", fake_itl_ms = "5" }}
-
-        [load]
-        workers = 0
-
-        [workload]
-        kind = "trace"
-        format = "mooncake"
-        path = "{trace}"
-        time_scale = {TIME_SCALE}
-        api = "chat"
-        """
-    ).lstrip()
+            [workload]
+            kind = "trace"
+            format = "mooncake"
+            path = "{trace}"
+            time_scale = {TIME_SCALE}
+            api = "chat"
+            """
+        ).lstrip()
+    )
 
 
 @pytest.mark.slow
 def test_trace_point_sends_on_the_traces_timestamps_at_the_time_scale(tmp_path: Path) -> None:
     trace = tmp_path / "trace.jsonl"
     rows = write_trace(trace)
-    spec_path = tmp_path / "trace.toml"
-    spec_path.write_text(spec_text(trace))
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [str(TOKENBOOTH), "sweep", str(spec_path), "--output", str(out), "--quiet"],
-        cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if not k.startswith("TOKENBOOTH_")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
-    run = RunDir(out)
+    run = run_sweep(tmp_path, "trace", spec_text(trace), timeout_s=60)
+    spec_path = tmp_path / "trace.toml"  # where run_sweep wrote it
     points = run.points()
     assert len(points) == 1
     p = points.iloc[0]
@@ -117,7 +94,7 @@ def test_trace_point_sends_on_the_traces_timestamps_at_the_time_scale(tmp_path: 
     ts = np.array([r["timestamp"] for r in rows], dtype=float) / 1000.0
     offsets = (ts - ts[0]) / TIME_SCALE
     measured = offsets >= WARMUP_S
-    req = pd.read_parquet(out / "requests" / "0000.parquet").sort_values(Col.SCHEDULED_AT)
+    req = pd.read_parquet(run.path / "requests" / "0000.parquet").sort_values(Col.SCHEDULED_AT)
     assert len(req) == int(measured.sum()) == p[Point.N_REQUESTS]
     assert req[Col.OK].all(), req[Col.ERROR].tolist()
     sched = req[Col.SCHEDULED_AT].to_numpy()
