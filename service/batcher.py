@@ -8,7 +8,8 @@ coalesced into one event-loop wakeup per burst, and are turned into text, stop-s
 and stream events on the loop (:mod:`service.job`). Returning True from the callback ends one
 batch index early (``max_tokens``, stop strings, disconnects, timeouts) so its slot stops
 costing compute. Once ``draining`` is set, admission refuses new jobs and admitted ones run to
-their end.
+their end. A batch the engine fails re-runs its jobs that had no token yet one by one, so the
+request that broke it fails alone.
 
 The batcher records batch and per-token metrics (queue wait, TTFT, token gaps, batch shape);
 the end of a request is recorded once, by the route, through :mod:`service.observe`.
@@ -82,6 +83,9 @@ class Batcher:
         # nobody sees them, so they are only created when spans go somewhere.
         self.tracer = tracer if tracer is not None and phase_spans else trace.NoOpTracer()
         self._buckets: dict[SamplingOptions, deque[Job]] = {}
+        # Jobs of a failed batch that had no token yet, re-run one per batch (first served) so
+        # the request that broke the batch fails alone.
+        self._solo: deque[Job] = deque()
         self._admitted = 0  # between admission and enqueue (tokenizing)
         self._waiting = 0
         self._running: set[Job] = set()
@@ -117,7 +121,7 @@ class Batcher:
         """
         self._ended = True
         jobs = [job for bucket in self._buckets.values() for job in bucket]
-        jobs += list(self._running)
+        jobs += list(self._solo) + list(self._running)
         for job in jobs:
             self._finish(job, _SHUTDOWN)
         return len(jobs)
@@ -219,6 +223,10 @@ class Batcher:
         is event-driven, with no polling task between a request and its batch.
         """
         cfg = self.config
+        while self._free_workers > 0 and self._solo:
+            self._waiting -= 1
+            self._free_workers -= 1
+            self._run_batch([self._solo.popleft()])
         while self._free_workers > 0:
             now = time.perf_counter()
             best: deque[Job] | None = None
@@ -373,7 +381,10 @@ class Batcher:
                 prefill_s=prefill_end - started,
                 decode_s=ended - prefill_end,
             )
+            retry = self._isolate(jobs) if error is not None else set()
             for j in jobs:
+                if j in retry:
+                    continue
                 if j.result is None:
                     if error is not None:
                         fin = Finished(Outcome.ERROR, ErrorCode.ENGINE_ERROR, str(error))
@@ -385,6 +396,26 @@ class Batcher:
             batch_span.end(end_time=_wall_ns(ended))
             self._free_workers += 1
             self._dispatch()
+
+    def _isolate(self, jobs: list[Job]) -> set[Job]:
+        """After a batch failed: queue its untouched jobs to run alone; return them.
+
+        Only a batch of several can hide which request broke it, and only a job that has not
+        streamed a token can start over; the others fail with the batch.
+        """
+        if len(jobs) < 2:
+            return set()
+        retry = {j for j in jobs if j.result is None and j.generated == 0}
+        for j in jobs:
+            if j in retry:
+                self._running.discard(j)
+                j.started_at = None
+                j.engine_done = False
+                self._solo.append(j)
+                self._waiting += 1
+        if retry:
+            log_event(logger, "batch_isolated", level=logging.WARNING, retried=len(retry))
+        return retry
 
     def _record_phase_spans(self, job: Job, started: float, prefill_end: float) -> None:
         if job.span_context is None:
@@ -436,5 +467,8 @@ class Batcher:
             bucket = self._buckets.get(job.options)
             if bucket is not None and job in bucket:
                 bucket.remove(job)
+                self._waiting -= 1
+            elif job in self._solo:
+                self._solo.remove(job)
                 self._waiting -= 1
         self._running.discard(job)

@@ -377,3 +377,46 @@ def test_held_back_text_is_delivered_on_a_natural_end_only() -> None:
     # A second finish is ignored: one terminal event per job.
     assert aborted.finish(Finished(Outcome.LENGTH), 2.0) is False
     assert aborted.result is not None and aborted.result.outcome is Outcome.ABORTED
+
+
+class PoisonEngine(RecordingEngine):
+    """Fails any batch holding a prompt with the word "poison", before its first token.
+
+    Stands in for an engine-side failure (as CTranslate2 raised for top_k beyond the
+    vocabulary) that a request can trigger and validation did not catch.
+    """
+
+    def generate_batch(
+        self,
+        prompts: Sequence[Sequence[str]],
+        options: SamplingOptions,
+        max_new_tokens: int,
+        on_step: StepCallback,
+    ) -> None:
+        if any(" poison" in p for p in prompts):
+            self.batches.append(len(prompts))
+            raise RuntimeError("engine rejected this batch")
+        super().generate_batch(prompts, options, max_new_tokens, on_step)
+
+
+async def test_a_failing_batch_fails_only_the_request_that_broke_it(
+    registry: CollectorRegistry,
+) -> None:
+    """Before: every request sharing the batch ended ``error`` with the one that caused it."""
+    engine = PoisonEngine(ttft_s=TTFT_S, itl_s=ITL_S)
+    cfg = BatcherConfig(max_batch_size=4, max_batch_delay_s=0.05)
+    metrics = ServiceMetrics(registry, model="fake-model", revision="fake", max_batch_size=4)
+    batcher = Batcher(engine, cfg, metrics)
+    await batcher.start()
+    try:
+        good = [submit(batcher, f"hello {i}") for i in range(3)]
+        bad = submit(batcher, "a poison pill")
+        fins = [await finished(job) for job in good]
+        assert [f.outcome for f in fins] == [Outcome.LENGTH] * 3
+        fin = await finished(bad)
+        assert fin.outcome is Outcome.ERROR and fin.error_type is ErrorCode.ENGINE_ERROR
+        # One batch of four failed; each job then ran alone, the culprit failing again.
+        assert engine.batches[0] == 4 and sorted(engine.batches[1:]) == [1, 1, 1, 1]
+        assert batcher.in_flight == 0 and batcher.waiting == 0
+    finally:
+        await batcher.stop()
