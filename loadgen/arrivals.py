@@ -24,6 +24,7 @@ from loadgen.spec import LengthDist
 __all__ = [
     "ArrivalKind",
     "arrival_offsets",
+    "probe_offsets",
     "ramp_offsets",
     "split_for_worker",
     "think_times",
@@ -90,6 +91,31 @@ def arrival_offsets(
     if max_requests is not None:
         times = times[:max_requests]
     return times
+
+
+def probe_offsets(
+    kind: ArrivalKind,
+    rate: float,
+    warmup_s: float,
+    duration_s: float,
+    *,
+    seed: int,
+    burstiness: float = 1.0,
+) -> npt.NDArray[np.float64]:
+    """Send times of one SLO-search probe: the measured window carries the rate-1 sequence
+    ``seed`` scaled by ``1 / rate``, the warm-up an independent one before it.
+
+    Every probe of a search shares ``seed``, so its measured sends at rate ``r`` are the first
+    ``N(r * duration_s)`` of one sequence: the realised load is monotonic in ``rate``, and two
+    probes differ only in rate, not in the luck of their draws.
+    """
+    if rate <= 0:
+        raise ValueError("rate must be > 0")
+    if duration_s <= 0:
+        return np.zeros(0)
+    warm = unit_arrivals(kind, rate * warmup_s, burstiness=burstiness, seed=seed + 1) / rate
+    unit = unit_arrivals(kind, rate * duration_s, burstiness=burstiness, seed=seed)
+    return np.concatenate([warm[warm < warmup_s], warmup_s + unit / rate])
 
 
 def split_for_worker(

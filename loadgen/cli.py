@@ -52,6 +52,7 @@ class _Progress:
         self.quiet = quiet
         self.live: Any = None
         self.current = ""
+        self.labels: dict[str, str] = {}  # point key -> its label (stage points overlap)
         self.started = time.monotonic()
 
     def __call__(self, ev: dict[str, Any]) -> None:
@@ -62,7 +63,11 @@ class _Progress:
         kind = ev["event"]
         if kind == "point_start":
             self.current = f"point {ev['point_id']}: {ev['config']} {ev['level']}"
+            self.labels[ev["key"]] = self.current
             self.started = time.monotonic()
+            if self.live is not None:  # a profile's next stage opens before the last is done
+                self.live.stop()
+                self.live = None
             if self.console.is_terminal and not self.quiet:
                 from rich.live import Live
 
@@ -102,7 +107,8 @@ class _Progress:
             s = ev["summary"]
             flag = "" if s[Point.VALID] else f" [yellow]INVALID: {s[Point.INVALID_REASON]}[/yellow]"
             self.console.print(
-                f"{self.current}: {s[Point.N_OK]}/{s[Point.N_REQUESTS]} ok, "
+                f"{self.labels.pop(ev['key'], self.current)}: "
+                f"{s[Point.N_OK]}/{s[Point.N_REQUESTS]} ok, "
                 f"{s[Point.ACHIEVED_RPS]:.2f} req/s, {s[Point.OUTPUT_TOKENS_PER_S]:.1f} tok/s, "
                 f"TTFT p50 {s[Point.TTFT_P50_S] * 1000:.0f} ms "
                 f"p95 {s[Point.TTFT_P95_S] * 1000:.0f} ms{flag}",

@@ -7,7 +7,12 @@ then each stage's requests (by send time, or scheduled time in open loop) and th
 other (``points.csv`` with :attr:`~loadgen.results.Point.STAGE` and the stage's start and end
 levels). Closed-loop stages change the user count through Locust's ``LoadTestShape``
 (:class:`StageShape`); open-loop stages follow one schedule built from the cumulative rate
-(:meth:`loadgen.stages.StageProfile.schedule`).
+(:meth:`loadgen.stages.StageProfile.schedule`). Each stage point is finished by the runner's
+own :meth:`~loadgen.runner.SweepRunner._finish_point` (goodput, timeslices, validity, status),
+over the stage's own window. The first users start over the closed-loop ramp; later changes
+are steps (:func:`loadgen.stages.spawn_rates`), and each stage records the users it reached.
+Profiles are not watched for saturation (``[run] saturation_s``): a spike is meant to overload
+the target, and the stages after it, its recovery, are why a profile is run at all.
 
 Importing this module imports Locust: only the sweep runner imports it.
 """
@@ -18,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import locust
@@ -30,8 +35,7 @@ from locust.env import Environment
 from loadgen import scrape
 from loadgen.results import Col, Point, PointStatus
 from loadgen.spec import LoadLevel, ServerConfig
-from loadgen.stages import StageProfile
-from loadgen.summary import server_summary, summarize_point, synchronised
+from loadgen.stages import StageProfile, spawn_rates, users_reached
 from loadgen.users import Balancer, ClosedLoopUser, PointContext
 from loadgen.workload import PromptItem
 from service.errors import TokenboothError
@@ -56,12 +60,19 @@ class StageShape(LoadTestShape):
     """
 
     def __init__(
-        self, profile: StageProfile, origin: float, *, spawn_rate: float, hold_s: float
+        self,
+        profile: StageProfile,
+        origin: float,
+        *,
+        ramp_rate: float,
+        step_rate: float,
+        hold_s: float,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.profile = profile
         self.origin = origin
-        self.spawn_rate = spawn_rate
+        self.ramp_rate = ramp_rate
+        self.step_rate = step_rate
         self.hold_s = hold_s
 
     def get_run_time(self) -> float:
@@ -71,13 +82,17 @@ class StageShape(LoadTestShape):
     def tick(self) -> tuple[int, float] | None:
         """(users, spawn rate) now, or None once the profile and its hold are over."""
         t = self.get_run_time() + _TICK_LOOKAHEAD_S
-        return self.profile.tick(t, spawn_rate=self.spawn_rate, hold_s=self.hold_s)
+        return self.profile.tick(
+            t, ramp_rate=self.ramp_rate, step_rate=self.step_rate, hold_s=self.hold_s
+        )
 
 
 def run_profile(
     sr: SweepRunner, config: ServerConfig, rep: int, target: _Target, items: list[PromptItem]
 ) -> str | None:
     """Run the spec's stage profile once (repeat ``rep``); return why a replica died, or None."""
+    from loadgen.runner import _Finish  # the runner imports this module: import at call time
+
     spec, run = sr.spec, sr.spec.run
     stages = spec.load.stages
     levels = spec.levels()
@@ -128,39 +143,42 @@ def run_profile(
     # The server's view of each stage: snapshots at every boundary (stage k: k to k + 1).
     snaps: list[dict[str, scrape.Snapshot]] = [{} for _ in windows]
 
-    def snapshot(k: int) -> None:
+    def stage_opens(k: int) -> None:
         snaps[k].update(
             {
                 u: scrape.snapshot(u, adapter=sr._adapter, headers=target.headers)
                 for u in target.urls
             }
         )
-
-    gevent.get_hub().loop.update_now()
-    snappers = [
-        gevent.spawn_later(max(0.0, start - time.time()), snapshot, k)
-        for k, (start, _) in enumerate(windows)
-    ]
-    for k, lv in enumerate(levels):
         sr.progress(
-            {"event": "point_start", "key": keys[k], "point_id": pids[k], "level": lv.key}
+            {"event": "point_start", "key": keys[k], "point_id": pids[k], "level": levels[k].key}
             | {"config": config.config_id}
         )
+
+    gevent.get_hub().loop.update_now()
+    openers = [
+        gevent.spawn_later(max(0.0, start - time.time()), stage_opens, k)
+        for k, (start, _) in enumerate(windows)
+    ]
+    slices = sr._scrape_slices(target, ctx.measure_from)
     proc = psutil.Process()
     cpu0, wall0 = proc.cpu_times(), time.monotonic()
     worker_cpu: float | None = None
+    users_seen: list[tuple[float, int]] = []
     if closed:
-        users0 = max(first_users, 1)
-        spawn_rate = users0 / ramp if ramp > 0 else users0 * 100.0
-        _drive_shape(
-            ctx, StageShape(profile, t0, spawn_rate=spawn_rate, hold_s=ctx.timeout_s), target.alive
+        ramp_rate, step_rate = spawn_rates(first_users, ramp, profile.peak())
+        shape = StageShape(
+            profile, t0, ramp_rate=ramp_rate, step_rate=step_rate, hold_s=ctx.timeout_s
         )
+        users_seen = _drive_shape(ctx, shape, target.alive)
         sr._prompt_cursor = ctx.next_index
     elif sr._master is not None:
         worker_cpu = sr._drive_distributed(ctx, LoadLevel("rate", 1.0, spec.load.arrival), target)
         n = max(len(sr._master.clients), 1)
         sr._prompt_cursor += 2 * (len(ctx.rows) // n + 1) + 64
     else:
+        # Not watched for saturation: a profile's spike is meant to overload the target, and
+        # the stages after it (recovery) are the point of running one.
         sr._drive(ctx, LoadLevel("rate", 1.0, spec.load.arrival), target)
         sr._prompt_cursor = ctx.next_index
     cpu1 = proc.cpu_times()
@@ -168,10 +186,12 @@ def run_profile(
     cpu_pct = 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall
     if worker_cpu is not None:
         cpu_pct = max(cpu_pct, worker_cpu)
-    gevent.joinall(snappers, timeout=30)
+    gevent.joinall(openers, timeout=30)
+    if slices is not None:
+        slices[1].kill()
     for k, taken in enumerate(snaps):
         if not taken:
-            snapshot(k)  # the profile ended before this stage began (e.g. the target died)
+            stage_opens(k)  # the profile ended before this stage began (e.g. the target died)
     final = {
         u: scrape.snapshot(u, adapter=sr._adapter, headers=target.headers) for u in target.urls
     }
@@ -183,55 +203,51 @@ def run_profile(
         dtype=np.float64,
     )
     stage_of = profile.stage_of(sends - t0) if sends.size else np.zeros(0, dtype=np.int64)
-    dead = target.alive()
+    dead: str | None = None
     for k, (lv, pid, key) in enumerate(zip(levels, pids, keys, strict=True)):
         rows = [r for r, s in zip(ctx.rows, stage_of, strict=True) if s == k]
-        for r in rows:
-            r[Col.POINT_ID] = pid
         after = snaps[k + 1] if k + 1 < len(snaps) else final
         server_rows = [
             row for u in target.urls for row in scrape.deltas(pid, u, snaps[k][u], after[u])
         ]
-        sr.run.write_requests(pid, rows)
-        sr.run.write_server(pid, server_rows)
-        summary = sr._base_row(pid, config, lv, rep) | {Point.STARTED_AT: windows[k][0]}
-        summary |= summarize_point(
-            rows, level=lv, lag_threshold_s=run.lag_threshold_s, min_samples=run.min_samples
-        )
-        summary |= server_summary(server_rows)
-        summary[Point.RAMP_S] = ramp
-        summary[Point.STAGE] = k
-        summary[Point.STAGE_LEVEL_FROM] = stages[k].start
-        summary[Point.STAGE_LEVEL_TO] = stages[k].end
-        if closed and synchronised(summary[Point.SYNC_SHARE], summary[Point.SYNC_SHARE_POISSON]):
-            logger.warning(
-                "stage %s: closed-loop users stayed synchronised (sync share %.0f%%, Poisson "
-                "%.1f%%); try [load] think_time_s, or rate stages",
-                key,
-                100 * summary[Point.SYNC_SHARE],
-                100 * summary[Point.SYNC_SHARE_POISSON],
-            )
-        summary[Point.LOADGEN_CPU_PERCENT] = cpu_pct
-        summary[Point.LOADGEN_BOTTLENECK] = cpu_pct >= 90.0
-        summary[Point.STATUS] = PointStatus.REPLICA_DIED if dead else PointStatus.OK
-        summary[Point.STATUS_DETAIL] = dead or ""
-        if dead:
-            summary[Point.VALID] = False
-            summary[Point.INVALID_REASON] = "; ".join(
-                x for x in (summary.get(Point.INVALID_REASON, ""), f"replica died: {dead}") if x
-            )
-        sr.run.append_point(summary)
-        sr._state.setdefault("summaries", {})[key] = {
-            Point.ACHIEVED_RPS: summary.get(Point.ACHIEVED_RPS, math.nan),
-            Point.VALID: bool(summary.get(Point.VALID, False)),
+        extra: dict[str, Any] = {
+            Point.STAGE: k,
+            Point.STAGE_LEVEL_FROM: stages[k].start,
+            Point.STAGE_LEVEL_TO: stages[k].end,
         }
-        sr._mark_done(key)
-        sr.progress({"event": "point_done", "key": key, "summary": summary})
+        if closed:
+            extra[Point.STAGE_USERS_MAX] = users_reached(users_seen, windows[k])
+            wanted = round(max(stages[k].start, stages[k].end))
+            if extra[Point.STAGE_USERS_MAX] < wanted:
+                logger.warning(
+                    "stage %s: Locust reached %d of its %d users",
+                    key,
+                    extra[Point.STAGE_USERS_MAX],
+                    wanted,
+                )
+        summary = sr._finish_point(
+            _Finish(key, pid, config, lv, rep, target),
+            rows,
+            server_rows,
+            window=windows[k],
+            cpu_pct=cpu_pct,
+            ramp=ramp,
+            slices=slices[0] if slices is not None else None,
+            extra=extra,
+        )
+        if summary[Point.STATUS] == PointStatus.REPLICA_DIED:
+            dead = str(summary[Point.STATUS_DETAIL])
     return dead
 
 
-def _drive_shape(ctx: PointContext, shape: StageShape, alive: Callable[[], str | None]) -> None:
-    """Closed-loop stages in this process: Locust's shape worker sets the users each second."""
+def _drive_shape(
+    ctx: PointContext, shape: StageShape, alive: Callable[[], str | None]
+) -> list[tuple[float, int]]:
+    """Closed-loop stages in this process: Locust's shape worker sets the users each second.
+
+    Returns:
+        (wall time, users running) samples every 50 ms, for each stage's users reached.
+    """
     env = Environment(user_classes=[ClosedLoopUser], events=locust.events, shape_class=shape)
     env.tokenbooth = ctx  # type: ignore[attr-defined]
     # Users the shape removes finish the request they are in (Locust waits up to this long).
@@ -240,8 +256,10 @@ def _drive_shape(ctx: PointContext, shape: StageShape, alive: Callable[[], str |
     gevent.sleep(max(0.0, shape.origin - time.time()))
     runner.start_shape()
     hard_stop = ctx.stop_at + ctx.timeout_s + 5.0
+    seen: list[tuple[float, int]] = []
     while time.time() < hard_stop:
         gevent.sleep(0.05)
+        seen.append((time.time(), int(runner.user_count)))
         if alive() is not None:
             ctx.stopped = True
             break
@@ -251,3 +269,4 @@ def _drive_shape(ctx: PointContext, shape: StageShape, alive: Callable[[], str |
                 break
     runner.quit()
     runner.greenlet.join(timeout=10)
+    return seen

@@ -165,6 +165,9 @@ class Point:
     N_ERRORS: Final = "n_errors"
     ERROR_RATE: Final = "error_rate"
     OFFERED_RPS: Final = "offered_rps"  # NaN for closed loop
+    # Open-loop sessions: the sessions started per second; OFFERED_RPS and LOAD_LEVEL are this
+    # times the mean turns per session, in requests/s like every other rate. NaN otherwise.
+    OFFERED_SESSIONS_PER_S: Final = "offered_sessions_per_s"
     ACHIEVED_RPS: Final = "achieved_rps"  # completed ok requests / duration
     OUTPUT_TOKENS_PER_S: Final = "output_tokens_per_s"
     INPUT_TOKENS_PER_S: Final = "input_tokens_per_s"
@@ -222,8 +225,11 @@ class Point:
     STAGE: Final = "stage"
     STAGE_LEVEL_FROM: Final = "stage_level_from"
     STAGE_LEVEL_TO: Final = "stage_level_to"
+    # Closed-loop stages: the most users Locust ran in the stage's window (NaN in open loop).
+    STAGE_USERS_MAX: Final = "stage_users_max"
     # Requests/s that met every per-request [slo] latency term (ttft, tpot, e2e limits applied
-    # to each request) and succeeded, over the measured window: DistServe's goodput.
+    # to each request) and succeeded, over the measured window: vLLM's per-request --goodput
+    # (latencies from the actual send; see loadgen.summary.goodput).
     GOODPUT_RPS: Final = "goodput_rps"
 
 

@@ -20,7 +20,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,13 +29,14 @@ from typing import Any
 import gevent
 import locust
 import numpy as np
+import numpy.typing as npt
 import psutil
 import requests
 from locust.clients import HttpSession
 from locust.env import Environment
 
 from loadgen import scrape
-from loadgen.arrivals import arrival_offsets, ramp_offsets
+from loadgen.arrivals import ArrivalKind, arrival_offsets, probe_offsets, ramp_offsets
 from loadgen.environment import environment_metadata
 from loadgen.profile import run_profile
 from loadgen.results import REQUEST_COLUMNS, Col, Env, Point, PointStatus, RunDir
@@ -91,6 +92,18 @@ class _Target:
     alive: Callable[[], str | None]
 
 
+@dataclass(frozen=True)
+class _Finish:
+    """Which point :meth:`SweepRunner._finish_point` writes, and against which target."""
+
+    key: str
+    pid: int
+    config: ServerConfig
+    level: LoadLevel
+    rep: int
+    target: _Target
+
+
 class SweepRunner:
     """Runs a parsed spec into a run directory, resuming where a previous run stopped."""
 
@@ -105,6 +118,7 @@ class SweepRunner:
         self.spec = spec
         self.run = RunDir(run_dir)
         self.workers = spec.load.workers if workers is None else workers
+        self._check_workers()
         self.progress = progress or (lambda _: None)
         self._state: dict[str, Any] = {}
         self._manifest: dict[str, Any] | None = None
@@ -125,6 +139,26 @@ class SweepRunner:
         if spec.workload.kind == "trace":
             requests = read_trace(Path(spec.workload.path), spec.workload.format)
             self._trace = plan_replay(requests, spec.workload, spec.run)
+
+    def _check_workers(self) -> None:
+        """What distributed mode cannot do, said before any replica starts (``--workers`` may
+        override the spec, which rejects the same combinations itself)."""
+        if self.workers <= 0:
+            return
+        load = self.spec.load
+        if load.mode == "stages" and load.stages[0].mode == "concurrency":
+            raise TokenboothError(
+                "concurrency stages run in one process: run them without [load] workers / "
+                "--workers, or use rate stages"
+            )
+        if self.spec.run.saturation_s > 0 and self.spec.open_loop:
+            logger.warning(
+                "notice: [run] saturation_s = %g is not applied with %d Locust workers (the "
+                "workers hold the in-flight counts): open-loop points run their whole window "
+                "however the queue grows",
+                self.spec.run.saturation_s,
+                self.workers,
+            )
 
     # ------------------------------------------------------------------ orchestration
     def execute(self) -> Path:
@@ -400,7 +434,8 @@ class SweepRunner:
             Point.QUANTIZATION: config.quantization,
             Point.LOAD_MODE: level.mode,
             Point.ARRIVAL: level.arrival,
-            Point.LOAD_LEVEL: level.value,
+            # Open loop in requests/s, a sessions workload's sessions/s times its mean turns.
+            Point.LOAD_LEVEL: level.requests_per_s if level.mode == "rate" else level.value,
             Point.STARTED_AT: time.time(),
             Point.BURSTINESS: self.spec.load.burstiness if level.arrival == "gamma" else math.nan,
             Point.STAGE: math.nan if level.stage is None else level.stage,
@@ -457,13 +492,27 @@ class SweepRunner:
             summary = self._run_point(config, level, 0, target, items)
             if Point.TTFT_P95_S not in summary:  # resumed: the state holds no percentiles
                 summary = self._point_row(f"{config.config_id}|{level.key}|0")
-            probe = replace(judge(summary, self.spec.slo), rate=level.value)
+            # Label the probe by the load its schedule realised (what the verdict is for).
+            run = self.spec.run
+            due = np.count_nonzero(self._probe_offsets(level) >= run.warmup_s)
+            in_window = min(int(due), run.max_requests) / run.duration_s
+            probe = replace(
+                judge(
+                    summary,
+                    self.spec.slo,
+                    lag_threshold_s=run.lag_threshold_s,
+                    min_samples=run.min_samples,
+                    scheduled_rate=in_window,
+                ),
+                rate=level.value,
+            )
             probes.append(probe)
             state["probes"] = [asdict(p) for p in probes]
             self._save_state()
             logger.info(
-                "slo_search: %g req/s %s%s",
+                "slo_search: %g req/s (%.3g scheduled) %s%s",
                 level.value,
+                in_window,
                 "meets the SLO" if probe.passed else "fails",
                 "" if probe.passed else f" ({probe.reason})",
             )
@@ -480,6 +529,24 @@ class SweepRunner:
         self.run.write_search(search)
         state["complete"] = True
         self._save_state()
+
+    def _probe_offsets(self, level: LoadLevel) -> npt.NDArray[np.float64]:
+        """An SLO-search probe's send times: the configuration's one seeded rate-1 sequence
+        scaled to ``level`` (:func:`loadgen.arrivals.probe_offsets`), the same for every probe."""
+        run, load = self.spec.run, self.spec.load
+        kind: ArrivalKind = (
+            "constant"
+            if load.arrival == "constant"
+            else ("gamma" if load.arrival == "gamma" else "poisson")
+        )
+        return probe_offsets(
+            kind,
+            level.value,
+            run.warmup_s,
+            run.duration_s,
+            seed=run.seed,
+            burstiness=load.burstiness,
+        )
 
     def _point_row(self, key: str) -> dict[str, Any]:
         """A finished point's ``points.csv`` row (empty when it has none)."""
@@ -537,6 +604,8 @@ class SweepRunner:
         elif self._trace is not None:
             ctx.schedule = [t0 + o for o in self._trace.offsets_s]
             ctx.schedule_items = list(range(len(items)))
+        elif self.spec.load.mode == "slo_search":
+            ctx.schedule = [t0 + float(o) for o in self._probe_offsets(level)]
         else:
             offsets = arrival_offsets(
                 "constant"
@@ -592,7 +661,13 @@ class SweepRunner:
             worker_cpu = None
             watch = None
             if level.mode == "rate" and run.saturation_s > 0:
-                watch = SaturationDetector(level.value, run.saturation_s, run.lag_threshold_s)
+                # A trace's bursts outrun the service by design: only its lag is watched.
+                watch = SaturationDetector(
+                    level.requests_per_s,
+                    run.saturation_s,
+                    run.lag_threshold_s,
+                    growth=self._trace is None,
+                )
             saturated = self._drive(ctx, level, target, watch)
             self._prompt_cursor = ctx.next_index
         cpu1 = proc.cpu_times()
@@ -613,22 +688,74 @@ class SweepRunner:
         server_rows = [
             row for u in target.urls for row in scrape.deltas(pid, u, before[u], after[u])
         ]
-        for row in ctx.rows:
+        summary = self._finish_point(
+            _Finish(key, pid, config, level, rep, target),
+            ctx.rows,
+            server_rows,
+            window=(measure_from, None),
+            cpu_pct=cpu_pct,
+            ramp=ramp,
+            slices=slices[0] if slices is not None else None,
+            saturated=saturated,
+        )
+        if summary[Point.STATUS] == PointStatus.REPLICA_DIED:
+            raise _ReplicaDied(str(summary[Point.STATUS_DETAIL]))
+        return summary
+
+    def _finish_point(
+        self,
+        point: _Finish,
+        rows: list[dict[str, Any]],
+        server_rows: list[dict[str, Any]],
+        *,
+        window: tuple[float, float | None],
+        cpu_pct: float,
+        ramp: float,
+        slices: ScrapeLog | None = None,
+        saturated: str = "",
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write one measured point (rows, server deltas, timeslices, summary row), mark it done.
+
+        Sweep points and stage points both end here, so every point gets the same statistics
+        (goodput against the spec's SLO included), validity, status and bottleneck verdict.
+
+        Args:
+            point: Which point.
+            rows: Its measured request rows (their point id is set here).
+            server_rows: Its ``/metrics`` deltas.
+            window: When its measured window opened and, for a stage, closed; ``None``: the
+                window runs from the first send to the last finish of ``rows``.
+            cpu_pct: The busiest load-generator process's CPU over the point.
+            ramp: The closed-loop start ramp (NaN in open loop).
+            slices: The ``[run] timeslice_s`` scrapes covering the window, or ``None``.
+            saturated: Why the saturation watch ended the point early, ``""`` when it did not.
+            extra: More ``points.csv`` values (a stage's index and levels).
+
+        Returns:
+            The summary row as written.
+        """
+        run, key, pid, level = self.spec.run, point.key, point.pid, point.level
+        start, end = window
+        for row in rows:
             row[Col.POINT_ID] = pid
-        self.run.write_requests(pid, ctx.rows)
+        self.run.write_requests(pid, rows)
         self.run.write_server(pid, server_rows)
         if slices is not None:
-            self._write_slices(pid, ctx.rows, slices[0], measure_from)
-        summary = self._base_row(pid, config, level, rep) | {Point.STARTED_AT: measure_from}
+            self._write_slices(pid, rows, slices, start, end)
+        summary = self._base_row(pid, point.config, level, point.rep) | {Point.STARTED_AT: start}
         summary |= summarize_point(
-            ctx.rows,
+            rows,
             level=level,
             lag_threshold_s=run.lag_threshold_s,
             min_samples=run.min_samples,
             slo=self.spec.slo,
+            duration_s=None if end is None else end - start,
         )
         summary |= server_summary(server_rows)
         summary[Point.RAMP_S] = ramp
+        summary |= dict(extra or {})
+        closed = level.mode != "rate"
         if closed and synchronised(summary[Point.SYNC_SHARE], summary[Point.SYNC_SHARE_POISSON]):
             logger.warning(
                 "point %s: closed-loop users stayed synchronised: %.0f%% of sends within %g ms "
@@ -641,7 +768,7 @@ class SweepRunner:
             )
         summary[Point.LOADGEN_CPU_PERCENT] = cpu_pct
         summary[Point.LOADGEN_BOTTLENECK] = cpu_pct >= _BOTTLENECK_CPU_PERCENT
-        dead = target.alive()
+        dead = point.target.alive()
         summary[Point.STATUS] = PointStatus.REPLICA_DIED if dead else PointStatus.OK
         summary[Point.STATUS_DETAIL] = dead or ""
         if saturated and not dead:
@@ -670,8 +797,6 @@ class SweepRunner:
         }
         self._mark_done(key)
         self.progress({"event": "point_done", "key": key, "summary": summary})
-        if dead:
-            raise _ReplicaDied(dead)
         return summary
 
     def _ramp_s(self, ctx: PointContext, users: int, key: str) -> float:
@@ -721,13 +846,21 @@ class SweepRunner:
         return log, gevent.spawn(loop)
 
     def _write_slices(
-        self, pid: int, rows: list[dict[str, Any]], log: ScrapeLog, measure_from: float
+        self,
+        pid: int,
+        rows: list[dict[str, Any]],
+        log: ScrapeLog,
+        measure_from: float,
+        end: float | None = None,
     ) -> None:
+        """Bin one point's rows and scrapes into timeslices from ``measure_from`` to ``end``
+        (``None``: the last finish of its rows)."""
         import pandas as pd
 
         frame = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS))
-        ends = pd.to_numeric(frame[Col.FINISHED_AT], errors="coerce")
-        end = float(ends.max()) if ends.notna().any() else time.time()
+        if end is None:
+            ends = pd.to_numeric(frame[Col.FINISHED_AT], errors="coerce")
+            end = float(ends.max()) if ends.notna().any() else time.time()
         slices = bin_timeslices(
             pid,
             frame,
@@ -789,8 +922,10 @@ class SweepRunner:
         """Feed the detector one sample; stop the point's sends when it says saturated."""
         schedule = ctx.schedule or []
         due = bisect.bisect_right(schedule, now) - bisect.bisect_left(schedule, ctx.measure_from)
-        behind_s = max(0, due - ctx.sent_measured) / level.value
-        reason = watch.observe(now, ctx.in_flight, behind_s) or ""
+        # The schedule holds arrivals (session starts with sessions): count sends alike.
+        started = ctx.sessions_started if ctx.sessions else ctx.sent_measured
+        behind_s = max(0, due - started) / level.value
+        reason = watch.observe(now, ctx.in_flight, behind_s, ctx.sent_measured) or ""
         if reason:
             ctx.stopped = True
             logger.warning("point %s saturated, ended early: %s", level.key, reason)
@@ -808,7 +943,9 @@ class SweepRunner:
             data = dict(base)
             data["max_requests"] = ctx.max_requests // n + (1 if k < ctx.max_requests % n else 0)
             # Each worker on its own stretch of the workload: no prompt sent twice at once.
-            data["next_index"] = ctx.next_index + k * (len(ctx.items) // n)
+            # With sessions the index counts sessions (PointContext.next_session), not items.
+            stretch = len(ctx.sessions) if ctx.sessions else len(ctx.items)
+            data["next_index"] = ctx.next_index + k * (stretch // n)
             if ctx.schedule is not None:
                 data["schedule"] = ctx.schedule[k::n]
             if ctx.schedule_items is not None:

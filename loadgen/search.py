@@ -3,8 +3,11 @@
 Pure decision logic, no Locust: :func:`next_rate` takes the probes measured so far and says
 which offered rate to measure next (or ``None``: done), :func:`bracket` says what they found.
 The runner (``[load] mode = "slo_search"``) measures each rate as an ordinary open-loop point
-and judges it with :func:`judge`, which uses :func:`loadgen.summary.slo_check`, the check the
-report applies to every point.
+and judges it with :func:`judge`, which uses :func:`loadgen.summary.point_reasons` and
+:func:`loadgen.summary.slo_check`, the verdicts the report applies to every point. Every probe
+of a configuration sends one seeded rate-1 arrival sequence scaled by ``1 / rate``
+(:func:`loadgen.arrivals.probe_offsets`), so the load a probe realises is monotonic in the rate
+searched; probes are labelled by that realised scheduled rate.
 
 The search starts at ``search_min_rate`` and doubles while points pass (up to
 ``search_max_rate``). Once a pass and a failure bracket the edge it interpolates on the worst
@@ -22,11 +25,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-from loadgen.results import Point, PointStatus
+from loadgen.results import Point
 from loadgen.spec import LoadSpec, SLOSpec
-from loadgen.summary import slo_check, slo_terms
+from loadgen.summary import point_reasons, slo_check, slo_terms
 
 __all__ = [
+    "P95_MIN_SAMPLES",
+    "RATE_STEP",
     "Bounds",
     "Bracket",
     "Probe",
@@ -36,8 +41,11 @@ __all__ = [
     "next_rate",
 ]
 
-GROWTH: Final = 2.0
+RATE_STEP: Final = 2.0
 """Rate factor between points while every point so far passed (bracketing by doubling)."""
+P95_MIN_SAMPLES: Final = 20
+"""Fewest successful requests a probe's p95 verdict rests on (with ``[run] min_samples``, the
+larger): below 20 the p95 is the sample maximum, and one slow request decides the probe."""
 
 
 class SearchStatus:
@@ -75,12 +83,14 @@ class Probe:
     """One measured rate.
 
     Attributes:
-        rate: Offered requests/s.
+        rate: Nominal offered requests/s (what the search steers by).
         passed: Whether the point met the SLO and was valid (:func:`judge`).
         margin: The worst SLO term's value over its limit (at most 1 when the terms pass); NaN
             when no term could be measured.
         point_id: The point's id in the run directory.
         reason: Why it failed, ``""`` when it passed.
+        scheduled_rate: Requests/s the probe's schedule put in its measured window (monotonic in
+            :attr:`rate`, see the module docstring); NaN when unknown.
     """
 
     rate: float
@@ -88,6 +98,12 @@ class Probe:
     margin: float = math.nan
     point_id: int = -1
     reason: str = ""
+    scheduled_rate: float = math.nan
+
+    @property
+    def label_rate(self) -> float:
+        """The realised scheduled rate, else the nominal one: what the probe is reported as."""
+        return self.scheduled_rate if math.isfinite(self.scheduled_rate) else self.rate
 
 
 @dataclass(frozen=True)
@@ -101,6 +117,9 @@ class Bracket:
         points: Probes measured.
         tolerance: The relative width aimed for.
         note: Caveats, e.g. a rate above the bracket that passed again.
+        low_scheduled: :attr:`low`'s probe's realised scheduled rate (``None``: unknown).
+        high_scheduled: :attr:`high`'s, likewise. The sentence states these: the SLO verdicts
+            are for the load the probes realised.
     """
 
     low: float | None
@@ -109,6 +128,15 @@ class Bracket:
     points: int
     tolerance: float
     note: str = ""
+    low_scheduled: float | None = None
+    high_scheduled: float | None = None
+
+    @property
+    def shown(self) -> tuple[float | None, float | None]:
+        """The ends as stated: realised scheduled rates where known, else nominal ones."""
+        lo = self.low_scheduled if self.low_scheduled is not None else self.low
+        hi = self.high_scheduled if self.high_scheduled is not None else self.high
+        return lo, hi
 
     @property
     def width(self) -> float:
@@ -120,15 +148,17 @@ class Bracket:
     def describe(self) -> str:
         """One sentence, e.g. ``the SLO holds at 14.1 req/s and fails at 14.6 (3.5% apart)``."""
         n = f"{self.points} point{'s' if self.points != 1 else ''}"
+        lo, hi = self.shown
+        kind = "scheduled " if (self.low_scheduled, self.high_scheduled) != (None, None) else ""
         if self.status == SearchStatus.BELOW_MIN:
-            return f"the SLO fails already at the lowest rate searched, {_r(self.high)} req/s ({n})"
+            return f"the SLO fails already at the lowest rate searched, {_r(hi)} {kind}req/s ({n})"
         if self.status == SearchStatus.ABOVE_MAX:
-            return f"the SLO holds up to the highest rate searched, {_r(self.low)} req/s ({n})"
-        if self.low is None or self.high is None:
+            return f"the SLO holds up to the highest rate searched, {_r(lo)} {kind}req/s ({n})"
+        if lo is None or hi is None:
             return f"no bracket found in {n}"
         text = (
-            f"the SLO holds at {_r(self.low)} req/s and fails at {_r(self.high)} req/s "
-            f"({self.width:.1%} apart, {n})"
+            f"the SLO holds at {_r(lo)} {kind}req/s and fails at {_r(hi)} {kind}req/s "
+            f"({(hi - lo) / lo:.1%} apart, {n})"
         )
         if self.status == SearchStatus.MAX_POINTS:
             text += f"; wider than the {self.tolerance:.0%} tolerance: the point budget ran out"
@@ -153,8 +183,21 @@ def bracket(probes: Sequence[Probe], bounds: Bounds) -> Bracket:
     if high is not None and any(p.passed and p.rate > high for p in probes):
         note = "a rate above the first failure passed again; the lowest failure bounds it"
 
+    def scheduled(rate: float | None) -> float | None:
+        hit = [p.scheduled_rate for p in probes if p.rate == rate]
+        return hit[0] if rate is not None and hit and math.isfinite(hit[0]) else None
+
     def done(status: str) -> Bracket:
-        return Bracket(low, high, status, len(probes), bounds.tolerance, note)
+        return Bracket(
+            low,
+            high,
+            status,
+            len(probes),
+            bounds.tolerance,
+            note,
+            scheduled(low),
+            scheduled(high),
+        )
 
     if low is not None and high is not None and (high - low) / low <= bounds.tolerance:
         return done(SearchStatus.CONVERGED)
@@ -184,9 +227,9 @@ def next_rate(probes: Sequence[Probe], bounds: Bounds) -> float | None:
         return bounds.min_rate
     if b.high is None:
         assert b.low is not None
-        return min(b.low * GROWTH, bounds.max_rate)
+        return min(b.low * RATE_STEP, bounds.max_rate)
     if b.low is None:
-        return max(b.high / GROWTH, bounds.min_rate)
+        return max(b.high / RATE_STEP, bounds.min_rate)
     lo, hi, tol = b.low, b.high, bounds.tolerance
     by_rate = {p.rate: p for p in probes}
     # Illinois: when the last two probes moved the same end, the kept end's weight is halved,
@@ -218,24 +261,34 @@ def _interpolate(lo: Probe, hi: Probe, *, halve: str = "") -> float:
     return lo.rate + fa / (fa - fb) * (hi.rate - lo.rate)
 
 
-def judge(summary: Mapping[str, Any], slo: SLOSpec) -> Probe:
-    """Judge one measured point as the report would: status ok, valid, and every SLO term met.
+def judge(
+    summary: Mapping[str, Any],
+    slo: SLOSpec,
+    *,
+    lag_threshold_s: float,
+    min_samples: int,
+    scheduled_rate: float = math.nan,
+) -> Probe:
+    """Judge one measured point as the report would: valid (:func:`point_reasons`, the report's
+    rules) on at least :data:`P95_MIN_SAMPLES` successes, and every SLO term met.
 
     Args:
         summary: The point's ``points.csv`` row (:class:`loadgen.results.Point` keys).
         slo: The objective.
+        lag_threshold_s: ``[run] lag_threshold_s``.
+        min_samples: ``[run] min_samples`` (raised to :data:`P95_MIN_SAMPLES`).
+        scheduled_rate: Requests/s the probe's schedule put in its measured window.
 
     Returns:
-        The probe (rate: the point's offered rate).
+        The probe (rate: the point's nominal offered rate).
     """
     failed = slo_check(summary, slo)
-    reasons = []
-    status = str(summary.get(Point.STATUS) or PointStatus.OK)
-    if status != PointStatus.OK:
-        detail = str(summary.get(Point.STATUS_DETAIL) or "")
-        reasons.append(status + (f" ({detail})" if detail else ""))
-    elif not _true(summary.get(Point.VALID, False)):
-        reasons.append(f"invalid: {summary.get(Point.INVALID_REASON) or 'marked invalid'}")
+    reasons = point_reasons(
+        summary,
+        open_loop=True,
+        lag_threshold_s=lag_threshold_s,
+        min_samples=max(min_samples, P95_MIN_SAMPLES),
+    )
     if failed:
         reasons.append(f"fails {failed}")
     ratios = [
@@ -249,8 +302,5 @@ def judge(summary: Mapping[str, Any], slo: SLOSpec) -> Probe:
         margin=max(ratios) if ratios else math.nan,
         point_id=int(summary.get(Point.POINT_ID, -1)),
         reason="; ".join(reasons),
+        scheduled_rate=scheduled_rate,
     )
-
-
-def _true(value: Any) -> bool:
-    return value is True or str(value).lower() in ("true", "1", "1.0")

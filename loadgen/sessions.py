@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from loadgen.spec import LengthDist, WorkloadSpec
+from loadgen.spec import WorkloadSpec
 from loadgen.workload import (
     PromptItem,
     TokenCounter,
@@ -36,7 +36,6 @@ __all__ = [
     "SessionState",
     "TurnPlan",
     "build_sessions",
-    "mean_turns",
     "session_id",
     "sessions_needed",
 ]
@@ -88,18 +87,9 @@ class SessionPlan:
         )
 
 
-def mean_turns(dist: LengthDist) -> float:
-    """The expected number of turns of ``dist`` (clipping of a normal ignored)."""
-    if dist.dist == "fixed":
-        return float(dist.value)
-    if dist.dist == "uniform":
-        return (float(dist.min) + float(dist.max)) / 2
-    return min(max(float(dist.mean), float(dist.min)), float(dist.max))
-
-
 def sessions_needed(spec: WorkloadSpec, n_requests: int) -> int:
     """How many session plans cover ``n_requests`` requests (at least 16)."""
-    return max(16, int(np.ceil(n_requests / max(1.0, mean_turns(spec.turns)))))
+    return max(16, int(np.ceil(n_requests / max(1.0, spec.turns.expected))))
 
 
 def build_sessions(

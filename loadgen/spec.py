@@ -23,6 +23,7 @@ from service.settings import QUANTIZATIONS
 
 __all__ = [
     "RAMP_AUTO",
+    "TRACE_FORMATS",
     "LengthDist",
     "LoadLevel",
     "LoadSpec",
@@ -59,6 +60,15 @@ class LengthDist:
     max: float = 1024
     mean: float = 64.0
     std: float = 0.0
+
+    @property
+    def expected(self) -> float:
+        """The distribution's mean (a normal's clipping ignored): e.g. turns per session."""
+        if self.dist == "fixed":
+            return float(self.value)
+        if self.dist == "uniform":
+            return (float(self.min) + float(self.max)) / 2
+        return min(max(float(self.mean), float(self.min)), float(self.max))
 
 
 @dataclass(frozen=True)
@@ -254,13 +264,29 @@ class ServerConfig:
 class LoadLevel:
     """One load level: a concurrency (closed loop) or an offered rate (open loop).
 
-    A stage of a profile has its index in ``stage`` and its mean level as ``value``.
+    A stage of a profile has its index in ``stage`` and its mean level as ``value``. With a
+    sessions workload each open-loop arrival starts a session: ``value`` is sessions/s and
+    ``turns_per_arrival`` the mean turns (requests) per session; otherwise it is ``None``.
     """
 
     mode: Literal["concurrency", "rate"]
     value: float
     arrival: Literal["closed", "poisson", "constant", "gamma", "trace"]
     stage: int | None = None
+    turns_per_arrival: float | None = None
+
+    @property
+    def sessions_per_s(self) -> float:
+        """Open loop with sessions: the offered sessions/s; NaN otherwise."""
+        sessions = self.mode == "rate" and self.turns_per_arrival is not None
+        return self.value if sessions else math.nan
+
+    @property
+    def requests_per_s(self) -> float:
+        """Offered requests/s (sessions/s x mean turns for sessions); NaN for closed loop."""
+        if self.mode != "rate":
+            return math.nan
+        return self.value * (self.turns_per_arrival or 1.0)
 
     @property
     def key(self) -> str:
@@ -316,8 +342,12 @@ class SweepSpec:
             return []  # one replay per configuration, at the trace's own rate (loadgen.traces)
         if self.load.mode == "concurrency":
             return [LoadLevel("concurrency", float(c), "closed") for c in self.load.concurrency]
+        turns = self.turns_per_arrival
         if self.load.mode == "rate":
-            return [LoadLevel("rate", float(r), self.load.arrival) for r in self.load.rate]
+            return [
+                LoadLevel("rate", float(r), self.load.arrival, turns_per_arrival=turns)
+                for r in self.load.rate
+            ]
         if self.load.mode == "stages":
             return [
                 LoadLevel(
@@ -325,10 +355,21 @@ class SweepSpec:
                     st.mean,
                     "closed" if st.mode == "concurrency" else self.load.arrival,
                     stage=i,
+                    turns_per_arrival=turns if st.mode == "rate" else None,
                 )
                 for i, st in enumerate(self.load.stages)
             ]
         return []
+
+    @property
+    def open_loop(self) -> bool:
+        """Whether any point follows an arrival schedule (what ``[run] saturation_s`` watches)."""
+        return _open_loop(self.load, self.workload.kind)
+
+    @property
+    def turns_per_arrival(self) -> float | None:
+        """Requests per open-loop arrival: a session's mean turns; ``None`` outside sessions."""
+        return self.workload.turns.expected if self.workload.kind == "sessions" else None
 
 
 _SECTIONS = ("run", "target", "server", "load", "workload", "slo", "report")
@@ -339,23 +380,33 @@ class _Ctx:
         self.lines = text.splitlines()
         self.path = path
 
-    def line_of(self, section: str, key: str | None) -> int:
-        """1-based line of ``key`` inside ``[section]`` (or of the header), 0 if unknown."""
+    def line_of(self, section: str, key: str | None, nth: int = 0) -> int:
+        """1-based line of ``key`` inside ``[section]`` (or of the header), 0 if unknown.
+
+        A key given as its own table (``[load.stages]``, or ``[[load.stages]]`` entries, of
+        which ``nth`` picks one) is found at that header.
+        """
         in_section = False
-        header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.]+)\s*\]")
+        header = re.compile(r"^\s*\[(\[?)\s*([A-Za-z0-9_.]+)\s*\]\s*(\]?)")
+        seen = 0
         for i, raw in enumerate(self.lines, 1):
             m = header.match(raw)
             if m:
-                in_section = m.group(1) == section
+                name = m.group(2)
+                in_section = name == section
                 if in_section and key is None:
                     return i
+                if key is not None and name == f"{section}.{key}":
+                    if not (m.group(1) and m.group(3)) or seen == nth:
+                        return i
+                    seen += 1
                 continue
             if in_section and key is not None and re.match(rf"^\s*{re.escape(key)}\s*=", raw):
                 return i
         return 0
 
-    def error(self, section: str, key: str | None, message: str) -> SpecError:
-        line = self.line_of(section, key)
+    def error(self, section: str, key: str | None, message: str, *, nth: int = 0) -> SpecError:
+        line = self.line_of(section, key, nth)
         where = f"{self.path}:{line}" if line else self.path
         name = f"[{section}] {key}" if key else f"[{section}]"
         return SpecError(f"{where}: {name}: {message}")
@@ -495,7 +546,7 @@ def _stage(ctx: _Ctx, i: int, entry: Any) -> Stage:
     """One ``stages`` entry: ``duration_s`` and a level (``rate``/``concurrency``) or a ramp."""
 
     def bad(message: str) -> SpecError:
-        return ctx.error("load", "stages", f"stage {i}: {message}")
+        return ctx.error("load", "stages", f"stage {i}: {message}", nth=i)
 
     if not isinstance(entry, dict):
         raise bad(f"expected a table like {{duration_s = 30, rate = 2}}, got {_describe(entry)}")
@@ -552,6 +603,124 @@ def _check_stages(ctx: _Ctx, load: LoadSpec, table: dict[str, Any]) -> LoadSpec:
     if load.mode == "stages" and not load.stages:
         raise ctx.error("load", "mode", 'mode = "stages" needs [load] stages = [...]')
     return load
+
+
+_LOAD_DEFAULTS: Final = LoadSpec()
+_SEARCH_KEYS: Final = (
+    "search_min_rate",
+    "search_max_rate",
+    "search_tolerance",
+    "search_max_points",
+)
+
+
+def _closed_loop(load: LoadSpec) -> bool:
+    """Whether the points are closed-loop users: concurrency levels or concurrency stages."""
+    return load.mode == "concurrency" or (load.mode == "stages" and load.stages[0].mode != "rate")
+
+
+def _open_loop(load: LoadSpec, workload_kind: str) -> bool:
+    """Whether any point follows an arrival schedule (auto's rate points included)."""
+    return workload_kind == "trace" or not _closed_loop(load)
+
+
+def _check_load_keys(ctx: _Ctx, load: LoadSpec, table: dict[str, Any]) -> None:
+    """[load] keys the mode would silently drop are errors.
+
+    A key counts as set when it differs from its default, so the commented reference
+    (``examples/sweep.toml``, every key at its default) still parses in every mode. Of the
+    arrivals only gamma is refused in closed loop: templates give every mode one arrival.
+    """
+    closed = _closed_loop(load)
+    opened = not closed
+    mode = f'mode = "{load.mode}"' + (
+        f" with {'concurrency' if closed else 'rate'} stages" if load.mode == "stages" else ""
+    )
+    applies: dict[str, tuple[bool, str]] = {
+        "arrival": (
+            opened or load.arrival != "gamma",
+            'open-loop points (rate, auto, slo_search or rate stages): "gamma" shapes arrivals',
+        ),
+        "burstiness": (
+            opened and load.arrival == "gamma",
+            'arrival = "gamma" (the gamma shape; other arrivals have none)',
+        ),
+        # auto's synchronous and saturation points are back-to-back closed loops by definition.
+        "think_time_s": (closed, "closed-loop users (concurrency levels or concurrency stages)"),
+        "ramp_s": (closed or load.mode == "auto", "closed-loop users (auto's included)"),
+        **{k: (load.mode == "slo_search", 'mode = "slo_search"') for k in _SEARCH_KEYS},
+    }
+    for key, (ok, where) in applies.items():
+        if key in table and not ok and getattr(load, key) != getattr(_LOAD_DEFAULTS, key):
+            raise ctx.error("load", key, f"only applies to {where}; {mode} ignores it")
+    if load.workers > 0 and load.mode == "stages" and closed:
+        raise ctx.error(
+            "load",
+            "workers",
+            "concurrency stages run in one process (Locust's LoadTestShape sets the users each "
+            "second); use workers = 0, or rate stages",
+        )
+    if load.search_max_rate <= load.search_min_rate:
+        # Name the key the spec sets: a lone search_min_rate above the default maximum.
+        if "search_max_rate" in table:
+            raise ctx.error(
+                "load",
+                "search_max_rate",
+                f"must be above search_min_rate ({load.search_min_rate:g}), "
+                f"got {load.search_max_rate:g}",
+            )
+        raise ctx.error(
+            "load",
+            "search_min_rate",
+            f"must be below search_max_rate ({load.search_max_rate:g}, its default), "
+            f"got {load.search_min_rate:g}",
+        )
+    if load.search_tolerance >= 1:
+        raise ctx.error(
+            "load",
+            "search_tolerance",
+            f"must be < 1 (a relative width), got {load.search_tolerance!r}",
+        )
+    if load.search_max_points < 2:
+        raise ctx.error(
+            "load",
+            "search_max_points",
+            f"must be >= 2 (a bracket needs two points), got {load.search_max_points}",
+        )
+
+
+def _check_run_with_load(
+    ctx: _Ctx,
+    run: RunSpec,
+    run_table: dict[str, Any],
+    load: LoadSpec,
+    workload_kind: str,
+    slo: SLOSpec,
+) -> None:
+    """[run] and [slo] settings a [load] mode cannot honour are errors."""
+    if load.mode == "slo_search":
+        if run.repeats > 1:
+            raise ctx.error(
+                "run",
+                "repeats",
+                f'mode = "slo_search" measures each probed rate once; got repeats = {run.repeats}'
+                " (use repeats = 1)",
+            )
+        if slo.ttft_p95_s is None and slo.tpot_p95_s is None and slo.e2e_p95_s is None:
+            raise ctx.error(
+                "load",
+                "mode",
+                '"slo_search" needs a latency objective in [slo] (ttft_p95_s, tpot_p95_s or '
+                "e2e_p95_s): with the error rate alone it only doubles up to search_max_rate",
+            )
+    explicit = "saturation_s" in run_table and run.saturation_s > 0
+    if explicit and load.workers > 0 and _open_loop(load, workload_kind):
+        raise ctx.error(
+            "run",
+            "saturation_s",
+            "distributed points (load.workers > 0) are not watched for saturation: the workers "
+            "hold the in-flight counts; set saturation_s = 0 or workers = 0",
+        )
 
 
 def _urls(ctx: _Ctx, value: Any) -> tuple[str, ...]:
@@ -672,7 +841,8 @@ def _check_sessions_and_prefixes(
         )
 
 
-_TRACE_FORMATS: Final = ("mooncake", "burstgpt")
+TRACE_FORMATS: Final = ("mooncake", "burstgpt")
+"""``[workload] format`` values of a trace workload (read by :mod:`loadgen.traces`)."""
 # [load] keys a trace replay keeps: the trace sets every send time, so levels do not apply.
 _TRACE_LOAD_KEYS: Final = frozenset({"workers"})
 
@@ -688,7 +858,7 @@ def _check_trace(
     if workload.kind != "trace":
         if "time_scale" in table:
             raise ctx.error("workload", "time_scale", 'only applies to kind = "trace"')
-        if workload.format in _TRACE_FORMATS:
+        if workload.format in TRACE_FORMATS:
             raise ctx.error(
                 "workload", "format", f'{workload.format!r} is a trace format: use kind = "trace"'
             )
@@ -710,11 +880,11 @@ def _check_trace(
                 )
     if "format" not in table:
         return replace(workload, format="mooncake")
-    if workload.format not in _TRACE_FORMATS:
+    if workload.format not in TRACE_FORMATS:
         raise ctx.error(
             "workload",
             "format",
-            f"a trace workload needs one of {list(_TRACE_FORMATS)}, got {workload.format!r}",
+            f"a trace workload needs one of {list(TRACE_FORMATS)}, got {workload.format!r}",
         )
     return workload
 
@@ -843,25 +1013,6 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
         },
     )
     load = _check_stages(ctx, load, _section(ctx, data, "load"))
-    if load.search_max_rate <= load.search_min_rate:
-        raise ctx.error(
-            "load",
-            "search_max_rate",
-            f"must be above search_min_rate ({load.search_min_rate:g}), "
-            f"got {load.search_max_rate:g}",
-        )
-    if load.search_tolerance >= 1:
-        raise ctx.error(
-            "load",
-            "search_tolerance",
-            f"must be < 1 (a relative width), got {load.search_tolerance!r}",
-        )
-    if load.search_max_points < 2:
-        raise ctx.error(
-            "load",
-            "search_max_points",
-            f"must be >= 2 (a bracket needs two points), got {load.search_max_points}",
-        )
     workload = _build(
         ctx,
         WorkloadSpec,
@@ -878,7 +1029,7 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
             "temperature": num("workload", "temperature", allow_zero=True),
             "path": lambda v: _scalar(ctx, "workload", "path", v, str, None),
             "format": lambda v: _choice(
-                ctx, "workload", "format", v, ("jsonl", "sharegpt", *_TRACE_FORMATS)
+                ctx, "workload", "format", v, ("jsonl", "sharegpt", *TRACE_FORMATS)
             ),
             "time_scale": num("workload", "time_scale"),
             "tokenizer": lambda v: _scalar(ctx, "workload", "tokenizer", v, str, None),
@@ -892,6 +1043,7 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
     )
     _check_sessions_and_prefixes(ctx, workload, _section(ctx, data, "workload"), load)
     workload = _check_trace(ctx, workload, _section(ctx, data, "workload"), data.get("load", {}))
+    _check_load_keys(ctx, load, _section(ctx, data, "load"))
     if workload.kind in ("file", "trace"):
         if not workload.path:
             raise ctx.error("workload", "path", f"a {workload.kind} workload needs a path")
@@ -916,6 +1068,7 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
             "max_error_rate": num("slo", "max_error_rate", allow_zero=True),
         },
     )
+    _check_run_with_load(ctx, run, _section(ctx, data, "run"), load, workload.kind, slo)
     report_tab = _section(ctx, data, "report")
     _check_unknown(ctx, "report", report_tab, {"target_rps"})
     target_rps = None

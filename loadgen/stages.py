@@ -13,6 +13,7 @@ without thinning's discarded draws. Pure: no Locust import, unit-tested directly
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -20,9 +21,12 @@ import numpy.typing as npt
 from loadgen.arrivals import ArrivalKind, unit_arrivals
 from loadgen.spec import Stage
 
-__all__ = ["StageProfile"]
+__all__ = ["STEP_SPREAD_S", "StageProfile", "spawn_rates", "users_reached"]
 
 FloatArray = npt.NDArray[np.float64]
+
+STEP_SPREAD_S: Final = 0.1
+"""Seconds a closed-loop stage change spreads its new users' starts over: well inside one tick."""
 
 
 class StageProfile:
@@ -66,16 +70,25 @@ class StageProfile:
         frac = (t - self._edges[k]) / d if d > 0 else 0.0
         return float(self._a[k] + (self._b[k] - self._a[k]) * frac)
 
-    def tick(self, t: float, *, spawn_rate: float, hold_s: float = 0.0) -> tuple[int, float] | None:
+    def tick(
+        self, t: float, *, ramp_rate: float, step_rate: float, hold_s: float = 0.0
+    ) -> tuple[int, float] | None:
         """What a ``LoadTestShape`` returns at run time ``t``: (users, spawn rate), or None.
 
-        Users are the level rounded to whole users. After the last stage the last level is held
-        ``hold_s`` more (in-flight requests finish rather than being cut off), then None: Locust
-        stops the test.
+        Users are the level rounded to whole users. The first users start at ``ramp_rate``
+        during the lead (the de-synchronising start ramp); every later change uses
+        ``step_rate``, fast enough that a step reaches its users within one tick. After the last
+        stage the last level is held ``hold_s`` more (in-flight requests finish rather than
+        being cut off), then None: Locust stops the test.
         """
         if t > self.total_s + hold_s:
             return None
-        return max(round(self.level_at(t)), 0), spawn_rate
+        rate = ramp_rate if t < self.lead_s else step_rate
+        return max(round(self.level_at(t)), 0), rate
+
+    def peak(self) -> float:
+        """The highest level anywhere in the profile (users, or requests/s)."""
+        return float(max(self._a.max(), self._b.max()))
 
     def stage_of(self, t: FloatArray | Sequence[float]) -> npt.NDArray[np.int64]:
         """The stage each run time falls in: -1 in the lead (warm-up), ``len(stages)`` after."""
@@ -123,3 +136,21 @@ class StageProfile:
             level = f"{st.start:g}→{st.end:g}" if st.is_ramp else f"{st.start:g}"
             parts.append(f"{level} {unit} {'over' if st.is_ramp else 'for'} {st.duration_s:g} s")
         return ", ".join(parts) + (f" (after {self.lead_s:g} s warm-up)" if self.lead_s else "")
+
+
+def spawn_rates(first_users: int, ramp_s: float, peak_users: float) -> tuple[float, float]:
+    """Locust spawn rates (users/s) of a closed-loop profile: (first users, later changes).
+
+    The first users start over the ramp (``ramp_s``; 0 or less: all at once). A later stage
+    change is a step, not a ramp: it starts its users within :data:`STEP_SPREAD_S`, so even a
+    step to the profile's peak is complete long before the next shape tick.
+    """
+    users0 = max(first_users, 1)
+    ramp_rate = users0 / ramp_s if ramp_s > 0 else users0 / STEP_SPREAD_S
+    return ramp_rate, max(peak_users, 1.0) / STEP_SPREAD_S
+
+
+def users_reached(samples: list[tuple[float, int]], window: tuple[float, float]) -> int:
+    """The most users Locust ran at any sample time within ``window`` (0 when none fell in)."""
+    start, end = window
+    return max((n for t, n in samples if start <= t < end), default=0)

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from loadgen.results import REQUEST_COLUMNS, Col, Point, Srv, TokensSource
+from loadgen.results import REQUEST_COLUMNS, Col, Point, PointStatus, Srv, TokensSource
 from loadgen.servers.canonical import KV_CACHE_USAGE, PREEMPTIONS
 from loadgen.spec import LoadLevel, SLOSpec
 from telemetry import names
@@ -39,6 +39,7 @@ __all__ = [
     "gaps",
     "goodput",
     "percentile",
+    "point_reasons",
     "poisson_sync_share",
     "server_summary",
     "slo_check",
@@ -397,7 +398,14 @@ def slo_met(requests: pd.DataFrame, slo: SLOSpec) -> npt.NDArray[np.bool_]:
 
 
 def goodput(requests: pd.DataFrame, slo: SLOSpec, duration_s: float) -> float:
-    """Requests/s that succeeded and met every per-request SLO term (DistServe's goodput).
+    """Requests/s that succeeded and met every per-request SLO term: vLLM's per-request
+    ``bench serve --goodput``, not DistServe's (the highest rate whose SLO attainment reaches
+    a target).
+
+    Latencies count from the actual send, not the scheduled one: an open-loop point whose load
+    generator lagged is already invalid (schedule lag over ``[run] lag_threshold_s``), and a
+    valid point's lag is below that threshold, so goodput matches vLLM's and the report's
+    per-request TTFT. ``ttft_from_schedule_s`` in ``requests.parquet`` keeps the other view.
 
     Args:
         requests: Rows of one point (or pooled repeats), :class:`loadgen.results.Col` columns.
@@ -550,6 +558,55 @@ def validity_reasons(
     return reasons
 
 
+def point_reasons(
+    row: pd.Series | Mapping[str, Any],
+    *,
+    open_loop: bool,
+    lag_threshold_s: float,
+    min_samples: int,
+) -> list[str]:
+    """Why a finished point (a ``points.csv`` row) cannot stand for the service; empty when it can.
+
+    The one verdict behind the report's valid points and the harness's SLO-edge search: the
+    point's status, :func:`validity_reasons` on its statistics, a load generator flagged as the
+    bottleneck, and, when nothing else explains it, the harness's own invalid mark.
+
+    Args:
+        row: The point's statistics (:class:`loadgen.results.Point` keys).
+        open_loop: Whether the point followed an arrival schedule.
+        lag_threshold_s: See :func:`validity_reasons`.
+        min_samples: See :func:`validity_reasons`.
+    """
+    reasons: list[str] = []
+    status = str(row.get(Point.STATUS, "") or "")
+    if status and status != PointStatus.OK:
+        detail = str(row.get(Point.STATUS_DETAIL, "") or "")
+        reasons.append(f"point failed: {status}" + (f" ({detail})" if detail else ""))
+    n_ok = row.get(Point.N_OK)
+    reasons += validity_reasons(
+        n_ok=math.nan if n_ok is None else float(n_ok),
+        error_rate=float(row.get(Point.ERROR_RATE, math.nan)),
+        lag_p95_s=float(row.get(Point.LAG_P95_S, math.nan)),
+        open_loop=open_loop,
+        lag_threshold_s=lag_threshold_s,
+        min_samples=min_samples,
+    )
+    if _true(row.get(Point.LOADGEN_BOTTLENECK)):
+        cpu = float(row.get(Point.LOADGEN_CPU_PERCENT, math.nan))
+        cpu_text = f" (CPU {cpu:.0f}%)" if math.isfinite(cpu) else ""
+        reasons.append(f"load generator was the bottleneck{cpu_text}")
+    harness_valid = row.get(Point.VALID)
+    harness_reason = str(row.get(Point.INVALID_REASON, "") or "")
+    harness_invalid = harness_valid is False or str(harness_valid).lower() in ("false", "0")
+    if harness_invalid and not reasons:
+        reasons.append(f"harness: {harness_reason or 'marked invalid'}")
+    return reasons
+
+
+def _true(value: Any) -> bool:
+    return value is True or str(value).lower() in ("true", "1", "1.0")
+
+
 def summarize_point(
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -557,6 +614,7 @@ def summarize_point(
     lag_threshold_s: float,
     min_samples: int,
     slo: SLOSpec | None = None,
+    duration_s: float | None = None,
 ) -> dict[str, Any]:
     """The harness's ``points.csv`` statistics of one point, from its raw request rows.
 
@@ -566,15 +624,19 @@ def summarize_point(
         lag_threshold_s: See :func:`validity_reasons`.
         min_samples: See :func:`validity_reasons`.
         slo: The spec's objective, for :attr:`Point.GOODPUT_RPS` (``None``: not computed).
+        duration_s: The measured window when the caller knows it (a stage's own length);
+            ``None``: :func:`window_duration` of the rows.
 
     Returns:
         :class:`loadgen.results.Point` statistics with :attr:`Point.VALID` and
         :attr:`Point.INVALID_REASON` (plus :class:`Stat` values, which ``points.csv`` drops).
     """
     frame = pd.DataFrame(list(rows), columns=list(REQUEST_COLUMNS))
-    out = summarize_requests(frame, window_duration(frame), n_resamples=0, slo=slo)
+    window = window_duration(frame) if duration_s is None else duration_s
+    out = summarize_requests(frame, window, n_resamples=0, slo=slo)
     out |= synchrony(finite(frame[Col.SENT_AT]))
-    out[Point.OFFERED_RPS] = level.value if level.mode == "rate" else math.nan
+    out[Point.OFFERED_RPS] = level.requests_per_s
+    out[Point.OFFERED_SESSIONS_PER_S] = level.sessions_per_s
     reasons = validity_reasons(
         n_ok=out[Point.N_OK],
         error_rate=out[Point.ERROR_RATE],

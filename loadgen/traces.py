@@ -28,13 +28,12 @@ from typing import Any, Final
 
 import numpy as np
 
-from loadgen.spec import LoadLevel, RunSpec, WorkloadSpec
+from loadgen.spec import TRACE_FORMATS, LoadLevel, RunSpec, WorkloadSpec
 from loadgen.workload import PromptItem, TokenCounter, WorkloadError, synthetic_text
 
 __all__ = [
     "BLOCK_TOKENS",
     "BURSTGPT_COLUMNS",
-    "TRACE_FORMATS",
     "TraceError",
     "TraceReplay",
     "TraceRequest",
@@ -49,8 +48,6 @@ logger = logging.getLogger("tokenbooth.loadgen")
 
 BLOCK_TOKENS: Final = 512
 """Tokens per Mooncake hash id (the block size of the published Mooncake traces)."""
-TRACE_FORMATS: Final = ("mooncake", "burstgpt")
-"""``[workload] format`` values of a ``kind = "trace"`` workload."""
 BURSTGPT_COLUMNS: Final = (
     "Timestamp",
     "Model",

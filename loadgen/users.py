@@ -398,6 +398,9 @@ class PointContext:
     headers: dict[str, str] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     sent_measured: int = 0
+    # Open loop with sessions: measured sessions whose first turn was sent, the count the
+    # schedule's arrivals (session starts) are compared with (sent_measured counts every turn).
+    sessions_started: int = 0
     in_flight: int = 0
     stopped: bool = False
     on_row: Callable[[dict[str, Any]], None] | None = None
@@ -519,6 +522,8 @@ class PointContext:
                     gevent.sleep(pause)
             if not self.may_send():
                 return
+            if not state.turns_done and (scheduled_at or 0.0) >= self.measure_from:
+                self.sessions_started += 1  # open loop only: closed loop has no schedule
             tally = StreamTally(chat=self.api == "chat", keep_text=True)
             row = self.send(
                 session,

@@ -16,32 +16,34 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from loadgen.results import Col, Point, PointStatus
+from loadgen.results import Col, Point
 from loadgen.spec import SLOSpec, SweepSpec
 from loadgen.summary import (
     BOOTSTRAP_RESAMPLES,
     SERVER_VIEW_COLUMNS,
     finite,
     gaps,
+    point_reasons,
     server_summary,
     slo_check,
     slo_terms,
     summarize_requests,
     synchronised,
     synchrony,
-    validity_reasons,
 )
 from reports.load import Rpt, Run
 
 __all__ = [
     "CAPACITY_INTERPOLATION",
     "KNEE_METHOD",
+    "STAGE_NOTE",
     "Analysis",
     "Capacity",
     "Knee",
     "analyze",
     "find_knee",
     "is_open_loop",
+    "is_stage",
     "point_validity",
     "slo_capacity",
     "slo_check",
@@ -65,6 +67,18 @@ CAPACITY_INTERPOLATION: Final = (
 FloatArray = npt.NDArray[np.float64]
 
 
+STAGE_NOTE: Final = "not computed for a stage profile (stages are not steady load levels)"
+"""Why a configuration measured only in ``[load] stages`` has no knee or SLO capacity: each
+stage meets the queue the one before left; knee, capacity and model use steady points only."""
+
+
+def is_stage(frame: pd.DataFrame) -> pd.Series:
+    """Which rows (points or levels) are stages of a ``[load] stages`` profile."""
+    if Point.STAGE not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    return pd.to_numeric(frame[Point.STAGE], errors="coerce").notna()
+
+
 # ------------------------------------------------------------------------------ validity
 
 
@@ -73,6 +87,8 @@ def is_open_loop(row: pd.Series | dict[str, Any]) -> bool:
     return str(row.get(Point.LOAD_MODE, "")) == "rate" or str(row.get(Point.ARRIVAL, "")) in (
         "constant",
         "poisson",
+        "gamma",
+        "trace",
     )
 
 
@@ -91,30 +107,12 @@ def point_validity(row: pd.Series, *, lag_threshold_s: float, min_samples: int) 
     Returns:
         The reasons, ``"; "``-joined.
     """
-    reasons: list[str] = []
-    status = str(row.get(Point.STATUS, "") or "")
-    if status and status != PointStatus.OK:
-        detail = str(row.get(Point.STATUS_DETAIL, "") or "")
-        reasons.append(f"point failed: {status}" + (f" ({detail})" if detail else ""))
-    n_ok = row.get(Point.N_OK)
-    reasons += validity_reasons(
-        n_ok=math.nan if n_ok is None else float(n_ok),
-        error_rate=float(row.get(Point.ERROR_RATE, math.nan)),
-        lag_p95_s=float(row.get(Point.LAG_P95_S, math.nan)),
+    reasons = point_reasons(
+        row,
         open_loop=is_open_loop(row),
         lag_threshold_s=lag_threshold_s,
         min_samples=min_samples,
     )
-    bottleneck = row.get(Point.LOADGEN_BOTTLENECK)
-    if bottleneck is True or str(bottleneck).lower() in ("true", "1", "1.0"):
-        cpu = float(row.get(Point.LOADGEN_CPU_PERCENT, math.nan))
-        cpu_text = f" (CPU {cpu:.0f}%)" if math.isfinite(cpu) else ""
-        reasons.append(f"load generator was the bottleneck{cpu_text}")
-    harness_valid = row.get(Point.VALID)
-    harness_reason = str(row.get(Point.INVALID_REASON, "") or "")
-    harness_invalid = harness_valid is False or str(harness_valid).lower() in ("false", "0")
-    if harness_invalid and not reasons:
-        reasons.append(f"harness: {harness_reason or 'marked invalid'}")
     return "; ".join(reasons)
 
 
@@ -222,7 +220,7 @@ class Capacity:
     def describe(self) -> str:
         """A short human reading, e.g. ``5.00 req/s (TTFT p95 binds between 4 and 6)``."""
         if self.status == "no_data":
-            return "no valid points"
+            return self.note or "no valid points"
         if self.status == "below_range":
             return f"below the lowest level measured ({self.limiting} fails there)"
         if self.status == "not_reached":
@@ -540,6 +538,10 @@ def _level_row(
             if c not in row and pd.api.types.is_numeric_dtype(group[c]):
                 row[c] = float(group[c].mean())
     row[Point.OFFERED_RPS] = float(pd.to_numeric(group[Point.OFFERED_RPS]).mean())
+    for col in (Point.STAGE, Point.STAGE_LEVEL_FROM, Point.STAGE_LEVEL_TO):  # one stage's repeats
+        row[col] = float(pd.to_numeric(group[col], errors="coerce").iloc[0])
+    sessions = pd.to_numeric(group[Point.OFFERED_SESSIONS_PER_S], errors="coerce")
+    row[Point.OFFERED_SESSIONS_PER_S] = float(sessions.mean())
     _with_server(row, run, ids, group)
     row[Rpt.N_POINTS] = len(ids)
     row[Rpt.POINT_IDS] = ",".join(str(i) for i in ids)
@@ -555,7 +557,8 @@ def _levels(
     level_rows = [
         _level_row(run, group, req_by_point, n_resamples, seed)
         for _, group in valid.groupby(  # by key; the label first keeps the display order
-            [Rpt.CONFIG, Rpt.CONFIG_KEY, Point.LOAD_MODE, Point.LOAD_LEVEL],
+            # A profile's stages stay apart even at one mean level: only repeats pool.
+            [Rpt.CONFIG, Rpt.CONFIG_KEY, Point.LOAD_MODE, Point.LOAD_LEVEL, Point.STAGE],
             sort=True,
             dropna=False,
         )
@@ -589,8 +592,14 @@ def analyze(run: Run, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) 
     levels = _levels(run, points, req_by_point, n_resamples, seed)
     knees: dict[str, Knee] = {}
     capacity: dict[str, Capacity] = {}
+    steady = levels[~is_stage(levels)] if len(levels) else levels
     for _, key in sorted(set(zip(points[Rpt.CONFIG], points[Rpt.CONFIG_KEY], strict=True))):
-        lv = levels[levels[Rpt.CONFIG_KEY] == key] if len(levels) else levels
+        lv = steady[steady[Rpt.CONFIG_KEY] == key] if len(steady) else steady
+        mine = levels[levels[Rpt.CONFIG_KEY] == key] if len(levels) else levels
+        if lv.empty and len(mine):  # only stage points: transient, no knee or capacity
+            knees[str(key)] = Knee(False, note=STAGE_NOTE)
+            capacity[str(key)] = Capacity("no_data", note=STAGE_NOTE)
+            continue
         knees[str(key)] = find_knee(lv)
         capacity[str(key)] = slo_capacity(lv, run.spec.slo)
     return Analysis(run=run, points=points, levels=levels, knees=knees, capacity=capacity)

@@ -10,12 +10,12 @@ from typing import Final
 
 from loadgen.results import Point
 from reports import plots
-from reports.analysis import Analysis
+from reports.analysis import Analysis, is_stage
 from reports.capacity import CapacityModel, Holdout, prediction_frame, scaling_frame
 from reports.document import FigureSpec, figure
 from reports.recommend import Recommendation
 from reports.search import search_spans
-from reports.timeslices import timeslice_figure, timeslice_frames
+from reports.timeslices import timeslice_frames
 
 __all__ = [
     "MAX_MODEL_CONFIGS",
@@ -74,9 +74,26 @@ def _timeslice_figures(analysis: Analysis) -> list[FigureSpec]:
             "measured requests in flight, and the server's requests waiting (summed over "
             "replicas); one line per load level. A line still rising or falling at the end "
             "drifted; one that starts off its level was not yet warm.",
-            timeslice_figure(frame, label),
+            plots.timeslice_figure(frame, label),
         )
         for i, (label, frame) in enumerate(frames.items())
+    ]
+
+
+def _stage_figures(analysis: Analysis) -> list[FigureSpec]:
+    stages = analysis.points[is_stage(analysis.points)]
+    if stages.empty:
+        return []
+    return [
+        figure(
+            "stages",
+            "Stage profile",
+            "Each stage of the [load] stages profile over its own window, in time order: "
+            "achieved requests/s (solid) against the offered rate (dotted, open loop), and "
+            "TTFT p95. Stages run back to back, so a stage carries the queue the one before "
+            "left: read them as a timeline, not as steady load levels.",
+            plots.stage_timeline(stages),
+        )
     ]
 
 
@@ -139,9 +156,9 @@ def _server_figures(analysis: Analysis) -> list[FigureSpec]:
 
 
 def measured_figures(analysis: Analysis, model: CapacityModel | None) -> list[FigureSpec]:
-    """Latency and goodput against throughput, throughput against load, Pareto frontier,
-    replica scaling, batching, TTFT decomposition, quantization (when the run varies it) and
-    timeslices per configuration (when the run has them).
+    """The stage timeline (stage profiles), latency and goodput against throughput, throughput
+    against load, Pareto frontier, replica scaling, batching, TTFT decomposition, quantization
+    (when the run varies it) and timeslices per configuration (when the run has them).
 
     Args:
         analysis: The run's analysis.
@@ -152,6 +169,7 @@ def measured_figures(analysis: Analysis, model: CapacityModel | None) -> list[Fi
         The figures, in reading order.
     """
     return [
+        *_stage_figures(analysis),
         *_latency_figures(analysis),
         *_throughput_figures(analysis, model),
         *_server_figures(analysis),

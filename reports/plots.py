@@ -13,11 +13,12 @@ from typing import Any, Final
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from loadgen.results import Col, Point
+from loadgen.results import Col, Point, Ts
 from loadgen.spec import SLOSpec
 from reports.load import Rpt
 
@@ -30,7 +31,9 @@ __all__ = [
     "pareto_frontier",
     "quantization_comparison",
     "scaling_efficiency",
+    "stage_timeline",
     "throughput_vs_load",
+    "timeslice_figure",
     "ttft_by_turn",
     "ttft_decomposition",
 ]
@@ -649,6 +652,158 @@ def ttft_by_turn(turns: pd.DataFrame, labels: dict[int, str]) -> Figure:
     ax_tokens.set(xlabel="turn", ylabel="prompt tokens (mean)", title="Prompt length by turn")
     for ax in (ax_ttft, ax_tokens):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    return fig
+
+
+_TIMESLICE_PANELS: Final = (
+    (Ts.OUTPUT_TOKENS_PER_S, "throughput (output tokens/s)"),
+    (Ts.TTFT_P95_S, "TTFT p95 (s)"),
+    (Ts.IN_FLIGHT, "in flight (client, measured requests)"),
+    (Ts.QUEUE_DEPTH, "queue depth (server, requests waiting)"),
+)
+
+
+def _timeslice_label(mode: str, level: float, status: str, repeat: int) -> str:
+    unit = "req/s" if mode == "rate" else "users"
+    text = f"{level:g} {unit}" + (f" #{repeat + 1}" if repeat else "")
+    return text + (f" ({status})" if status and status != "ok" else "")
+
+
+def timeslice_figure(slices: pd.DataFrame, title: str) -> Figure:
+    """Throughput, TTFT p95, in-flight and server queue depth against time, per load level.
+
+    Args:
+        slices: One configuration's timeslices (:func:`timeslice_frames`): Ts columns with
+            :attr:`Point.LOAD_MODE`, :attr:`Point.LOAD_LEVEL` and :attr:`Point.STATUS`.
+        title: The configuration's label.
+
+    Returns:
+        Four panels sharing the time axis (seconds since the measured window opened; each
+        value drawn at its slice's middle), one line per point, coloured by load level.
+    """
+    fig = Figure(figsize=(12.0, 6.0), layout="constrained")
+    axes = [ax for row in fig.subplots(2, 2, squeeze=False, sharex=True) for ax in row]
+    points = (
+        slices.groupby(Point.POINT_ID, sort=False)
+        .first()
+        .sort_values([Point.LOAD_LEVEL])
+        .reset_index()
+        if len(slices)
+        else pd.DataFrame(columns=[Point.POINT_ID, Point.LOAD_LEVEL])
+    )
+    cmap = colormaps["viridis"]
+    n = max(len(points) - 1, 1)
+    seen: dict[float, int] = {}
+    for i, (_, p) in enumerate(points.iterrows()):
+        g = slices[slices[Point.POINT_ID] == p[Point.POINT_ID]].sort_values(Ts.SLICE)
+        t = g[Ts.START_S] + g[Ts.DURATION_S] / 2
+        level = float(p[Point.LOAD_LEVEL])
+        repeat = seen.get(level, 0)
+        seen[level] = repeat + 1
+        label = _timeslice_label(str(p[Point.LOAD_MODE]), level, str(p[Point.STATUS]), repeat)
+        color = cmap(0.9 * i / n)
+        for ax, (col, _) in zip(axes, _TIMESLICE_PANELS, strict=True):
+            y = pd.to_numeric(g[col], errors="coerce")
+            if y.notna().any():
+                ax.plot(t, y, marker="o", ms=3, color=color, label=label)
+    for ax, (col, name) in zip(axes, _TIMESLICE_PANELS, strict=True):
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        if not ax.get_lines():
+            ax.text(
+                0.5,
+                0.5,
+                "not in the server metrics" if col == Ts.QUEUE_DEPTH else "no data",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
+        else:
+            ax.set_ylim(bottom=0)
+    for ax in axes[2:]:
+        ax.set_xlabel("seconds since the measured window opened")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8, title="load level")
+    fig.suptitle(f"Timeslices: {title}")
+    return fig
+
+
+def stage_timeline(points: pd.DataFrame) -> Figure:
+    """A stage profile in time order: offered and achieved load, and TTFT p95, per stage.
+
+    Args:
+        points: Stage points (:attr:`Point.STAGE` set) with :attr:`Rpt.CONFIG`,
+            :attr:`Point.REPEAT`, :attr:`Point.STARTED_AT` and :attr:`Point.DURATION_S`.
+
+    Returns:
+        Two panels against seconds since the profile's first stage opened, each stage drawn
+        over its own window; one colour per configuration, repeats dashed.
+    """
+    fig, (ax_load, ax_ttft) = _figure(1, 2)
+    stages = points[pd.to_numeric(points[Point.STAGE], errors="coerce").notna()]
+    if stages.empty:
+        _empty(ax_load, "no stage points")
+        _empty(ax_ttft, "no stage points")
+        return fig
+    colors = config_colors(list(stages[Rpt.CONFIG]))
+    closed = bool((stages[Point.LOAD_MODE] != "rate").all())
+    for (label, rep), g in stages.groupby([Rpt.CONFIG, Point.REPEAT], sort=True):
+        g = g.sort_values(Point.STAGE)
+        t0 = float(g[Point.STARTED_AT].min())
+        color, style = colors[str(label)], "-" if int(rep) == 0 else "--"
+        name = str(label) + (f" #{int(rep) + 1}" if int(rep) else "")
+        for i, (_, r) in enumerate(g.iterrows()):
+            a = float(r[Point.STARTED_AT]) - t0
+            b = a + float(r[Point.DURATION_S])
+            first = i == 0
+            if r[Point.LOAD_MODE] == "rate":
+                ax_load.plot(
+                    [a, b],
+                    [float(r[Point.STAGE_LEVEL_FROM]), float(r[Point.STAGE_LEVEL_TO])],
+                    ":",
+                    color=color,
+                    label=f"{name} offered" if first else None,
+                )
+            ax_load.plot(
+                [a, b],
+                [float(r[Point.ACHIEVED_RPS])] * 2,
+                style,
+                color=color,
+                lw=2,
+                label=f"{name} achieved" if first else None,
+            )
+            ax_ttft.plot(
+                [a, b],
+                [float(r[Point.TTFT_P95_S])] * 2,
+                style,
+                color=color,
+                lw=2,
+                label=name if first else None,
+            )
+            ax_ttft.annotate(
+                f"{int(r[Point.STAGE])}",
+                ((a + b) / 2, float(r[Point.TTFT_P95_S])),
+                textcoords="offset points",
+                xytext=(0, 4),
+                ha="center",
+                fontsize=7,
+            )
+    ax_load.set(
+        xlabel="seconds since the first stage opened",
+        ylabel="requests/s",
+        title="Achieved (solid) per stage" + ("" if closed else " against offered (dotted)"),
+    )
+    ax_ttft.set(
+        xlabel="seconds since the first stage opened",
+        ylabel="TTFT p95 (s)",
+        title="TTFT p95 per stage (stage index above)",
+    )
+    for ax in (ax_load, ax_ttft):
+        ax.margins(y=0.15)  # room for the stage labels above the highest stage
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         _legend(ax)

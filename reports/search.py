@@ -42,8 +42,8 @@ def search_spans(analysis: Analysis) -> dict[str, tuple[float, float]]:
 
 
 def _probe_cell(probe: dict[str, Any], points: pd.DataFrame) -> str:
-    """A probe's offered rate and verdict, with what the point achieved: a short window's
-    arrivals can stray well off the offered rate, and the verdict is for what it got."""
+    """A probe's realised scheduled rate (its nominal rate when unrecorded) and verdict, with
+    what the point achieved: the verdict is for the load the probe's schedule realised."""
     verdict = "meets" if probe["passed"] else f"fails: {probe['reason']}"
     hit = points[points[Point.POINT_ID] == int(probe["point_id"])]
     row = hit.iloc[0] if len(hit) else pd.Series(dtype=float)
@@ -52,6 +52,10 @@ def _probe_cell(probe: dict[str, Any], points: pd.DataFrame) -> str:
         for name, col in (("achieved", Point.ACHIEVED_RPS), ("goodput", Point.GOODPUT_RPS))
         if math.isfinite(pd.to_numeric(row.get(col, math.nan), errors="coerce"))
     ]
+    scheduled = pd.to_numeric(probe.get("scheduled_rate", math.nan), errors="coerce")
+    if math.isfinite(scheduled):
+        rate = f"{num(scheduled)} req/s scheduled ({num(probe['rate'])} nominal"
+        return f"{rate}; {', '.join([verdict, *measured])})"
     return f"{num(probe['rate'])} req/s ({', '.join([verdict, *measured])})"
 
 
@@ -63,9 +67,32 @@ def search_paragraphs(analysis: Analysis) -> list[str]:
         found = entry.get("describe") or f"bracket {entry.get('bracket')}"
         out.append(
             f"SLO-edge search ({analysis.slo.describe()}), {label}: {found}. "
-            f"Rates probed, in order: {order}."
+            f"Rates probed, in order: {order}. {_capacity_evidence(analysis, label, entry)}"
         )
     return out
+
+
+def _capacity_evidence(analysis: Analysis, label: str, entry: dict[str, Any]) -> str:
+    """How the capacity table's figure relates to the bracket: the bracket (verdicts on the
+    load each probe realised) is the evidence; the table interpolates achieved req/s."""
+    b = entry.get("bracket", {})
+    lo, hi = (b.get(f"{end}_scheduled", b.get(end)) for end in ("low", "high"))
+    text = (
+        "For this search the bracket is the capacity evidence; the capacity table's figure "
+        "interpolates achieved req/s between the same points"
+    )
+    pts = analysis.points
+    keys = pts.loc[pts[Rpt.CONFIG] == label, Rpt.CONFIG_KEY]
+    cap = analysis.capacity.get(str(keys.iloc[0])) if len(keys) else None
+    rate = cap.rate_rps if cap is not None else math.nan
+    if not math.isfinite(rate) or lo is None or hi is None:
+        return text + "."
+    if float(lo) <= rate <= float(hi):
+        return text + f" ({num(rate)} req/s, inside the bracket)."
+    return (
+        text + f" and lands outside the bracket at {num(rate)} req/s: achieved rates of short "
+        "windows stray from the scheduled ones, so trust the bracket."
+    )
 
 
 def saturation_notes(points: pd.DataFrame) -> list[str]:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from loadgen.results import Col, Env, Gpu, Point, Tokenizer, TokensSource
 from loadgen.summary import SYNC_RATIO_WARN, SYNC_SHARE_WARN, SYNC_WINDOW_S
-from reports.analysis import CAPACITY_INTERPOLATION, KNEE_METHOD, Analysis
+from reports.analysis import CAPACITY_INTERPOLATION, KNEE_METHOD, Analysis, is_stage
 from reports.capacity import CapacityModel, Holdout
 from reports.cells import ci, num, pct
 from reports.compare import Comparison
@@ -28,7 +28,7 @@ from reports.load import Rpt
 from reports.recommend import Recommendation
 from reports.search import saturation_notes, search_paragraphs
 from reports.server_view import server_rows, server_unavailable, server_view_table
-from reports.sessions import sessions_section
+from reports.sessions import offered_rate, sessions_section
 
 __all__ = [
     "capacity_section",
@@ -103,11 +103,23 @@ def capacity_section(analysis: Analysis) -> Section:
 
 
 def _load_cell(r: pd.Series) -> str:
-    """The point's load, saying plainly whether it was closed or open loop."""
+    """The point's load, saying plainly whether it was closed or open loop (and which stage)."""
     level = num(r[Point.LOAD_LEVEL])
+    stage = pd.to_numeric(pd.Series([r.get(Point.STAGE)]), errors="coerce").iloc[0]
+    if pd.notna(stage):
+        a, b = num(r[Point.STAGE_LEVEL_FROM]), num(r[Point.STAGE_LEVEL_TO])
+        level = f"{a}→{b}" if a != b else a
     if r[Rpt.OPEN_LOOP]:
-        return f"open loop, {r[Point.ARRIVAL] or 'scheduled'} {level} req/s"
-    return f"closed loop, {level} users"
+        rate = offered_rate(r) if pd.isna(stage) else f"{level} req/s"
+        text = f"open loop, {r[Point.ARRIVAL] or 'scheduled'} {rate}"
+    else:
+        text = f"closed loop, {level} users"
+        reached = pd.to_numeric(pd.Series([r.get(Point.STAGE_USERS_MAX)]), errors="coerce").iloc[0]
+        if pd.notna(stage) and pd.notna(reached):
+            wanted = max(float(r[Point.STAGE_LEVEL_FROM]), float(r[Point.STAGE_LEVEL_TO]))
+            if reached < round(wanted):
+                text += f" (reached {int(reached)})"
+    return f"stage {int(stage)}: {text}" if pd.notna(stage) else text
 
 
 def _sync_cell(r: pd.Series) -> str:
@@ -156,7 +168,10 @@ def points_section(analysis: Analysis) -> Section:
     Returns:
         The section with one row per point.
     """
-    pts = analysis.points.sort_values([Rpt.CONFIG, Point.LOAD_LEVEL, Point.POINT_ID])
+    # A stage profile reads in time order (its stages at one mean level stay apart).
+    stages = is_stage(analysis.points).any()
+    order = [Rpt.CONFIG, Point.REPEAT, Point.STAGE] if stages else [Rpt.CONFIG, Point.LOAD_LEVEL]
+    pts = analysis.points.sort_values([*order, Point.POINT_ID])
     headers = [
         "id",
         "configuration",

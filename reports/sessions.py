@@ -22,14 +22,23 @@ from reports.cells import num, pct
 from reports.document import FigureSpec, Section, Table, figure
 from reports.load import Rpt
 
-__all__ = ["sessions_section"]
+__all__ = ["offered_rate", "sessions_section"]
+
+
+def offered_rate(r: pd.Series) -> str:
+    """An open-loop point's offered load: ``2 sessions/s (≈ 8 req/s)`` with sessions, else
+    ``8 req/s`` (its load level is requests/s either way)."""
+    rps = num(r[Point.LOAD_LEVEL])
+    sessions = pd.to_numeric(r.get(Point.OFFERED_SESSIONS_PER_S), errors="coerce")
+    if isinstance(sessions, float) and math.isfinite(sessions):
+        return f"{num(sessions)} sessions/s (≈ {rps} req/s)"
+    return f"{rps} req/s"
 
 
 def _load_label(r: pd.Series) -> str:
-    level = num(r[Point.LOAD_LEVEL])
     if r[Point.LOAD_MODE] == "rate":
-        return f"open loop {level} sessions/s"
-    return f"closed loop {level} users"
+        return f"open loop {offered_rate(r)}"
+    return f"closed loop {num(r[Point.LOAD_LEVEL])} users"
 
 
 def _labels(points: pd.DataFrame) -> dict[int, str]:
@@ -170,7 +179,8 @@ def sessions_section(analysis: Analysis, baseline: Analysis | None = None) -> Se
             "messages and the model's actual replies) and a new user message, so prompts grow "
             "with the turn. Without a prefix cache each turn prefills the whole history again "
             "and TTFT grows with it; with one, later turns stay near turn 1. Open-loop load is "
-            "sessions started per second."
+            "sessions started per second; its load level and figures are in requests/s "
+            "(sessions/s times the mean turns per session)."
         )
         turns = turn_summary(analysis.run.requests)
         labels = _labels(analysis.points)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from loadgen.results import Col, Env, Gpu, Machine, Point, Srv
 from loadgen.spec import SweepSpec, parse_spec
-from reports.analysis import Analysis, analyze
+from reports.analysis import Analysis, analyze, is_stage
 from reports.capacity.columns import FitCol
 from reports.capacity.host import Host
 from reports.capacity.model import CapacityModel, fit_points
@@ -99,7 +99,7 @@ def fit_analysis(
     seed: int = 0,
     replications: int = 1,
 ) -> CapacityModel:
-    """Fit the capacity model from an analysed run (valid points only).
+    """Fit the capacity model from an analysed run (valid, steady points: stages are left out).
 
     Args:
         analysis: The run's analysis.
@@ -112,7 +112,8 @@ def fit_analysis(
         The model (configurations without server batch metrics are listed in ``unfitted``).
     """
     run = analysis.run
-    pts = analysis.points[analysis.points[Point.VALID]].copy()
+    # Stage points are transient (each meets the queue the last left): no steady service time.
+    pts = analysis.points[analysis.points[Point.VALID] & ~is_stage(analysis.points)].copy()
     keep = None if fit_replicas is None else tuple(sorted(set(fit_replicas)))
     if keep is not None:
         pts = pts[pts[Point.REPLICAS].isin(keep)]

@@ -14,6 +14,7 @@ bracket must still be true and say so (loadgen.search's unit tests pin the noise
 
 from __future__ import annotations
 
+import itertools
 import json
 import textwrap
 from pathlib import Path
@@ -73,7 +74,11 @@ def test_search_brackets_the_slo_edge_below_capacity(tmp_path: Path) -> None:
     found = json.loads((run.path / SEARCH_FILE).read_text())
     (entry,) = found.values()
     b, probes = entry["bracket"], entry["probes"]
-    assert f"fails at {b['high']:.3g} req/s" in entry["describe"], entry
+    # Stated at the rates the probes' schedules realised; one sequence for every probe, so the
+    # realised rate rises with the nominal one.
+    assert f"fails at {b['high_scheduled']:.3g} scheduled req/s" in entry["describe"], entry
+    by_rate = sorted((p["rate"], p["scheduled_rate"]) for p in probes)
+    assert all(a[1] <= c[1] for a, c in itertools.pairwise(by_rate)), by_rate
     assert 2 <= len(probes) <= 6
     assert probes[0]["rate"] == 8.0 and probes[0]["passed"], probes
     # The edge lies below the capacity: queueing alone passes 150 ms before the queue diverges.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from loadgen.results import Col, Point
+from loadgen.results import Col, Point, Ts
 from tests.support.sweeps import fake_target_toml, run_sweep, run_toml
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,14 @@ pytestmark = pytest.mark.integration
 
 def profile_spec(name: str, load: str) -> str:
     return (
-        run_toml(name=name, warmup_s=1.0, max_requests=1000, min_samples=5, request_timeout_s=10.0)
+        run_toml(
+            name=name,
+            warmup_s=1.0,
+            max_requests=1000,
+            min_samples=5,
+            request_timeout_s=10.0,
+            timeslice_s=1.0,
+        )
         + fake_target_toml(ttft_ms=20, itl_ms=5)
         + textwrap.dedent(
             f"""
@@ -32,6 +39,9 @@ def profile_spec(name: str, load: str) -> str:
             api = "chat"
             input_tokens = {{ dist = "fixed", value = 16 }}
             output_tokens = {{ dist = "fixed", value = 8 }}
+
+            [slo]
+            ttft_p95_s = 1.0
             """
         ).lstrip()
     )
@@ -60,12 +70,25 @@ def test_two_rate_stages_give_two_points_at_their_offered_rates(tmp_path: Path) 
     assert abs(starts[1] - starts[0] - 4.0) < 1e-6
     # Each stage's server view covers its own requests.
     assert (points[Point.SERVER_REQUESTS] >= points[Point.N_REQUESTS] - 2).all()
+    # The shared point-finishing path: rates over the stage's own 4 s window, goodput against
+    # the SLO, and timeslices covering the stage (1 s each).
+    assert points[Point.DURATION_S].tolist() == [4.0, 4.0]
+    assert (points[Point.GOODPUT_RPS] > 0.8 * points[Point.OFFERED_RPS]).all()
+    slices = run.timeslices()
+    for pid in points[Point.POINT_ID]:
+        mine = slices[slices[Ts.POINT_ID] == pid]
+        assert mine[Ts.SLICE].tolist() == [0, 1, 2, 3], mine
+    assert points[Point.STAGE_USERS_MAX].isna().all()
 
 
 def test_concurrency_stages_change_the_users_through_the_shape(tmp_path: Path) -> None:
     spec = profile_spec(
         "user-stages",
         "stages = [{duration_s = 4, concurrency = 1}, {duration_s = 4, concurrency = 4}]",
+    )
+    spec = spec.replace(
+        "[load]\n",
+        "[load]\n# A slow start ramp: later stage steps must not reuse its pace.\nramp_s = 3.0\n",
     )
     run = run_sweep(tmp_path, "user-stages", spec, timeout_s=60)
     points = run.points().sort_values(Point.STAGE)
@@ -82,3 +105,5 @@ def test_concurrency_stages_change_the_users_through_the_shape(tmp_path: Path) -
     assert 0.7 < in_flight[0] <= 1.05, in_flight
     assert 3.0 < in_flight[1] <= 4.2, in_flight
     assert pd.isna(points[Point.OFFERED_RPS]).all()
+    # Only the first users follow the 3 s ramp (1 user/s); the step to 4 users is at once.
+    assert points[Point.STAGE_USERS_MAX].tolist() == [1, 4]

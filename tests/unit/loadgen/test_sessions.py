@@ -22,7 +22,6 @@ from loadgen.sessions import (
     SessionState,
     TurnPlan,
     build_sessions,
-    mean_turns,
     session_id,
     sessions_needed,
 )
@@ -141,7 +140,8 @@ def test_session_ids_are_unique_across_workers() -> None:
 
 
 def test_sessions_needed_covers_the_requests() -> None:
-    assert mean_turns(LengthDist(dist="uniform", min=2, max=6)) == 4.0
+    assert LengthDist(dist="uniform", min=2, max=6).expected == 4.0
+    assert LengthDist(dist="normal", mean=9, std=2, min=1, max=6).expected == 6.0
     assert sessions_needed(sessions_spec(turns=LengthDist(value=4)), 400) == 100
     assert sessions_needed(sessions_spec(), 10) == 16
 
@@ -396,3 +396,23 @@ def test_sessions_send_the_actual_replies_back_closed_and_open_loop(tmp_path: Pa
     assert second[Col.SCHEDULED_AT] >= rows[3][Col.FINISHED_AT] + 0.1
     assert 0 <= second[Col.SCHEDULE_LAG_S] < 0.05
     assert all(r[Col.USER] == -1 for r in rows[3:5])
+
+
+def test_open_loop_sessions_points_offer_requests_per_second() -> None:
+    import pandas as pd
+
+    from loadgen.results import Point
+    from loadgen.spec import LoadLevel
+    from loadgen.summary import summarize_point
+    from reports.sessions import offered_rate
+
+    level = LoadLevel("rate", 2.0, "poisson", turns_per_arrival=4.0)
+    out = summarize_point([], level=level, lag_threshold_s=1.0, min_samples=0)
+    assert (out[Point.OFFERED_RPS], out[Point.OFFERED_SESSIONS_PER_S]) == (8.0, 2.0)
+    row = pd.Series({Point.LOAD_LEVEL: 8.0, Point.OFFERED_SESSIONS_PER_S: 2.0})
+    assert offered_rate(row) == "2 sessions/s (≈ 8 req/s)"
+    plain = summarize_point(
+        [], level=LoadLevel("rate", 3.0, "poisson"), lag_threshold_s=1.0, min_samples=0
+    )
+    assert plain[Point.OFFERED_RPS] == 3.0 and math.isnan(plain[Point.OFFERED_SESSIONS_PER_S])
+    assert offered_rate(pd.Series({Point.LOAD_LEVEL: 3.0})) == "3 req/s"

@@ -3,6 +3,7 @@ the offending key and its line."""
 
 from __future__ import annotations
 
+import math
 import re
 import textwrap
 import tomllib
@@ -482,3 +483,121 @@ def test_token_lengths_stay_whole_numbers(tmp_path: Path) -> None:
     # A number for a token length must be an integer (a float is no shorthand for tokens).
     msg = spec_error(tmp_path, "[workload]\ninput_tokens = 5.0\n")
     assert "spec.toml:2: [workload] input_tokens: expected a table" in msg
+
+
+# ------------------------------------------------------------------------------ inert keys
+
+_SLO = "[slo]\nttft_p95_s = 1\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragment"),
+    [
+        # Closed-loop keys the open-loop modes never use.
+        ('[load]\nmode = "rate"\nthink_time_s = 0.5\n', 3, "[load] think_time_s", "closed-loop"),
+        ('[load]\nmode = "rate"\nramp_s = 2\n', 3, "[load] ramp_s", 'mode = "rate" ignores'),
+        (f'[load]\nmode = "slo_search"\nramp_s = 1\n{_SLO}', 3, "[load] ramp_s", "closed-loop"),
+        ('[load]\nmode = "auto"\nthink_time_s = 0.1\n', 3, "[load] think_time_s", "auto"),
+        (
+            "[load]\nthink_time_s = 0.1\nstages = [{duration_s = 5, rate = 2}]\n",
+            2,
+            "[load] think_time_s",
+            "with rate stages",
+        ),
+        # Burstiness shapes gamma arrivals only; gamma shapes open-loop arrivals only.
+        ('[load]\nmode = "rate"\nburstiness = 0.5\n', 3, "[load] burstiness", '"gamma"'),
+        ('[load]\nmode = "concurrency"\narrival = "gamma"\n', 3, "[load] arrival", "open-loop"),
+        (
+            '[load]\narrival = "gamma"\nstages = [{duration_s = 5, concurrency = 2}]\n',
+            2,
+            "[load] arrival",
+            "with concurrency stages",
+        ),
+        # Search keys outside slo_search, and a lone search_min_rate above the default maximum.
+        ('[load]\nmode = "rate"\nsearch_max_points = 9\n', 3, "[load] search_max_points", "slo"),
+        ("[load]\n\nsearch_min_rate = 100\n", 3, "[load] search_min_rate", "slo_search"),
+        (
+            f'[load]\nmode = "slo_search"\nsearch_min_rate = 100\n{_SLO}',
+            3,
+            "[load] search_min_rate",
+            "must be below search_max_rate (64",
+        ),
+        # What slo_search cannot honour.
+        (f'[run]\nrepeats = 3\n[load]\nmode = "slo_search"\n{_SLO}', 2, "[run] repeats", "once"),
+        ('[load]\nmode = "slo_search"\n[slo]\nmax_error_rate = 0.1\n', 2, "[load] mode", "latency"),
+        # What distributed mode cannot do: fail before any replica starts.
+        (
+            "[load]\nworkers = 2\nstages = [{duration_s = 5, concurrency = 2}]\n",
+            2,
+            "[load] workers",
+            "one process",
+        ),
+        (
+            '[run]\nsaturation_s = 5\n[load]\nmode = "rate"\nworkers = 2\n',
+            2,
+            "[run] saturation_s",
+            "not watched",
+        ),
+    ],
+)
+def test_keys_a_mode_would_drop_are_errors_naming_key_and_line(
+    tmp_path: Path, text: str, line: int, key: str, fragment: str
+) -> None:
+    msg = spec_error(tmp_path, text)
+    assert f"spec.toml:{line}: {key}: " in msg
+    assert fragment in msg
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Defaults restated (as the reference does) are no error in any mode.
+        '[load]\nmode = "rate"\nramp_s = "auto"\nburstiness = 1.0\nsearch_min_rate = 1.0\n',
+        '[load]\nmode = "concurrency"\narrival = "constant"\nthink_time_s = 0.1\n',
+        '[load]\nmode = "auto"\nramp_s = 0\n',
+        '[load]\nmode = "rate"\narrival = "gamma"\nburstiness = 0.5\nworkers = 2\n',
+        # saturation_s at its default with workers: the runner logs a notice instead.
+        '[load]\nmode = "rate"\nworkers = 2\n',
+        '[run]\nsaturation_s = 0\n[load]\nmode = "rate"\nworkers = 2\n',
+        "[load]\nworkers = 2\nstages = [{duration_s = 5, rate = 2}]\n",
+    ],
+)
+def test_keys_that_apply_or_sit_at_their_default_parse(text: str) -> None:
+    parse_spec(text)
+
+
+def test_array_of_tables_stages_errors_name_the_stage_line(tmp_path: Path) -> None:
+    text = """
+        [load]
+        mode = "stages"
+
+        [[load.stages]]
+        duration_s = 5
+        rate = 1
+
+        [[load.stages]]
+        duration_s = 5
+        rate = -1
+        """
+    msg = spec_error(tmp_path, text)
+    assert "spec.toml:8: [load] stages: stage 1: rate must be" in msg
+    msg = spec_error(tmp_path, text.replace("rate = 1\n", "rate = 1\nconcurrency = 2\n", 1))
+    assert "spec.toml:4: [load] stages: stage 0: give a rate" in msg
+
+
+def test_sessions_open_loop_levels_offer_requests_per_second() -> None:
+    spec = parse_spec(
+        '[load]\nmode = "rate"\nrate = [2]\n'
+        '[workload]\nkind = "sessions"\nturns = { dist = "uniform", min = 2, max = 6 }\n'
+    )
+    (level,) = spec.levels()
+    assert level.key == "rate=2/poisson"  # the spec's unit, sessions/s, keys the point
+    assert (level.sessions_per_s, level.requests_per_s) == (2.0, 8.0)
+    closed = parse_spec('[workload]\nkind = "sessions"\n').levels()[0]
+    assert closed.turns_per_arrival is None and math.isnan(closed.requests_per_s)
+    plain = parse_spec('[load]\nmode = "rate"\nrate = [3]\n').levels()[0]
+    assert plain.requests_per_s == 3.0 and math.isnan(plain.sessions_per_s)
+    stages = parse_spec(
+        '[load]\nstages = [{duration_s = 5, rate = 1}]\n[workload]\nkind = "sessions"\nturns = 3\n'
+    ).levels()
+    assert stages[0].requests_per_s == 3.0

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from loadgen.spec import SpecError, Stage, parse_spec
-from loadgen.stages import StageProfile
+from loadgen.stages import STEP_SPREAD_S, StageProfile, spawn_rates, users_reached
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -114,19 +114,53 @@ def test_levels_over_time_follow_lead_steps_and_ramps() -> None:
 
 def test_tick_returns_the_stage_users_at_the_right_times_then_stops() -> None:
     p = step_ramp()
-    ticks = {t: p.tick(t, spawn_rate=4.0, hold_s=5.0) for t in (0, 5, 12, 13, 17, 18, 20, 26, 31)}
-    assert ticks == {
-        0: (2, 4.0),
-        5: (2, 4.0),
-        12: (2, 4.0),
-        13: (6, 4.0),
-        17: (6, 4.0),
-        18: (1, 4.0),
-        20: (3, 4.0),
-        26: (9, 4.0),  # held after the end so in-flight requests finish
-        31: (9, 4.0),
+    ticks = {
+        t: p.tick(t, ramp_rate=4.0, step_rate=90.0, hold_s=5.0)
+        for t in (0, 2.9, 3, 5, 12, 13, 17, 18, 20, 26, 31)
     }
-    assert p.tick(31.01, spawn_rate=4.0, hold_s=5.0) is None
+    assert ticks == {
+        0: (2, 4.0),  # the lead: the first users start over the ramp
+        2.9: (2, 4.0),
+        3: (2, 90.0),  # every later change is a step
+        5: (2, 90.0),
+        12: (2, 90.0),
+        13: (6, 90.0),
+        17: (6, 90.0),
+        18: (1, 90.0),
+        20: (3, 90.0),
+        26: (9, 90.0),  # held after the end so in-flight requests finish
+        31: (9, 90.0),
+    }
+    assert p.tick(31.01, ramp_rate=4.0, step_rate=90.0, hold_s=5.0) is None
+    assert p.peak() == 9.0
+
+
+def test_a_later_stage_step_reaches_its_users_within_one_tick() -> None:
+    """2 users ramped in over 1.5 s, then a step to 24: the step's spawn rate is not the ramp's.
+
+    Locust spawns at ``spawn_rate`` users/s from the tick that asks for them; the old shape
+    reused 2 / 1.5 s = 1.3 users/s for every change, so a 4 s stage at 24 users reached 7.
+    """
+    p = StageProfile([Stage(4.0, "concurrency", 2, 2), Stage(4.0, "concurrency", 24, 24)], 2.0)
+    ramp_rate, step_rate = spawn_rates(2, 1.5, p.peak())
+    assert math.isclose(ramp_rate, 2 / 1.5)
+    tick = p.tick(6.0, ramp_rate=ramp_rate, step_rate=step_rate)
+    assert tick is not None
+    users, rate = tick
+    assert users == 24
+    # Users running one tick (1 s) later, starting from stage 0's 2.
+    assert min(users, 2 + math.floor(rate * 1.0)) == 24
+    assert (24 - 2) / rate <= STEP_SPREAD_S < 1.0
+    # The lead's ramp still spreads the first users over the probed request's duration.
+    first = p.tick(0.0, ramp_rate=ramp_rate, step_rate=step_rate)
+    assert first == (2, ramp_rate)
+    assert spawn_rates(1, 0.0, 4.0) == (1 / STEP_SPREAD_S, 4 / STEP_SPREAD_S)
+
+
+def test_users_reached_is_the_most_users_seen_inside_the_window() -> None:
+    samples = [(9.9, 30), (10.0, 2), (10.5, 5), (11.9, 7), (12.0, 40)]
+    assert users_reached(samples, (10.0, 12.0)) == 7
+    assert users_reached(samples, (20.0, 22.0)) == 0
 
 
 def test_stage_of_assigns_times_to_stages() -> None:
@@ -194,7 +228,7 @@ SHAPE_CHILD = textwrap.dedent(
         [Stage(4.0, "concurrency", 3, 3), Stage(4.0, "concurrency", 1, 5)], lead_s=2.0
     )
     origin = time.time() - 100.0
-    shape = StageShape(profile, origin, spawn_rate=8.0, hold_s=1.0)
+    shape = StageShape(profile, origin, ramp_rate=3.0, step_rate=8.0, hold_s=1.0)
     out = {"is_shape": isinstance(shape, LoadTestShape), "ticks": {}}
     clock = [0.0]
     shape.get_run_time = lambda: clock[0]
@@ -221,7 +255,7 @@ def test_locust_shape_ticks_the_profile_users() -> None:
     assert out["is_shape"]
     ticks = {k: (tuple(v) if v is not None else None) for k, v in out["ticks"].items()}
     assert ticks == {
-        "0.0": (3, 8.0),
+        "0.0": (3, 3.0),  # the lead ramps the first users in
         "1.96": (3, 8.0),  # a tick just before the boundary looks 50 ms ahead
         "5.96": (1, 8.0),
         "6.0": (1, 8.0),
@@ -230,3 +264,38 @@ def test_locust_shape_ticks_the_profile_users() -> None:
         "10.9": (5, 8.0),
         "11.0": None,
     }
+
+
+# ------------------------------------------------------------------------------ stage window
+
+
+def test_a_stage_point_divides_by_its_own_window_not_its_rows_span() -> None:
+    """Rows of a 4 s stage whose last request ends 1.5 s after it: 8 ok / 4 s = 2 req/s."""
+    from loadgen.results import REQUEST_COLUMNS, Col, Point
+    from loadgen.spec import LoadLevel, SLOSpec
+    from loadgen.summary import summarize_point
+
+    rows = []
+    for i in range(8):
+        row = dict.fromkeys(REQUEST_COLUMNS, math.nan)
+        sent = 100.0 + 0.5 * i
+        row |= {
+            Col.OK: True,
+            Col.SENT_AT: sent,
+            Col.FINISHED_AT: sent + (2.0 if i == 7 else 0.2),
+            Col.TTFT_S: 0.05 if i < 6 else 0.9,
+            Col.E2E_S: 0.2,
+            Col.COMPLETION_TOKENS: 4,
+            Col.ITL_S: [0.01, 0.01, 0.01],
+            Col.SCHEDULE_LAG_S: 0.0,
+            Col.ERROR: "",
+        }
+        rows.append(row)
+    level = LoadLevel("rate", 2.0, "constant", stage=1)
+    kw = {"level": level, "lag_threshold_s": 0.05, "min_samples": 1}
+    staged = summarize_point(rows, **kw, slo=SLOSpec(ttft_p95_s=0.5), duration_s=4.0)
+    assert staged[Point.DURATION_S] == 4.0
+    assert math.isclose(staged[Point.ACHIEVED_RPS], 2.0)
+    assert math.isclose(staged[Point.GOODPUT_RPS], 6 / 4.0)  # two requests missed the TTFT
+    spanned = summarize_point(rows, **kw)
+    assert math.isclose(spanned[Point.DURATION_S], 3.5 + 2.0)  # first send to last finish

@@ -18,7 +18,7 @@ from reports.analysis import analyze
 from reports.figures import measured_figures
 from reports.load import Rpt, load_run
 from reports.search import search_paragraphs, search_spans
-from reports.timeslices import timeslice_figure, timeslice_frames
+from reports.timeslices import timeslice_frames
 from tests.unit.reports import synth
 
 
@@ -54,7 +54,7 @@ def test_timeslice_figure_draws_one_line_per_level() -> None:
             slices(4, 4.0, PointStatus.OK, [40.0, 41.0, 39.0]),
         ]
     )
-    fig = timeslice_figure(frame, "int8 ×1")
+    fig = plots.timeslice_figure(frame, "int8 ×1")
     assert fig.canvas.manager is None  # not a pyplot figure
     axes = {ax.get_title(): ax for ax in fig.axes}
     tput = axes["throughput (output tokens/s)"]
