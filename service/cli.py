@@ -104,6 +104,18 @@ def warn_api_key_flag(args: argparse.Namespace) -> None:
     )
 
 
+def _quantization_list(value: str) -> list[str]:
+    """Parse ``--quantizations a,b``, rejecting names tokenbooth does not build."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in QUANTIZATIONS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown quantization(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from: {', '.join(QUANTIZATIONS)}"
+        )
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``tokenbooth`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -129,6 +141,43 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--output", type=Path, default=None, help="write here instead of the cache")
     build.add_argument("--models-dir", type=Path, default=None, help="model cache directory")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+    evaluate = model_sub.add_parser(
+        "eval",
+        help="measure each quantization's quality, size and memory against float32",
+        description="Builds each quantization (reusing the model cache) and measures it against "
+        "the float32 build: perplexity on held-out text, greedy agreement, known-answer tasks, "
+        "size on disk, RSS added by loading and load time. Prints a table and writes "
+        "quality.json and quality.csv.",
+    )
+    evaluate.add_argument(
+        "--model",
+        dest="source",
+        type=Path,
+        default=None,
+        help="GGUF file or HF dir (default: the built-in SmolLM2-135M-Instruct GGUF)",
+    )
+    evaluate.add_argument(
+        "--quantizations",
+        type=_quantization_list,
+        default=None,
+        help="comma-separated, e.g. int8,int8_float32 (default: every one CTranslate2 runs "
+        f"on the device, of {', '.join(QUANTIZATIONS)}); float32 is always measured",
+    )
+    evaluate.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="directory for quality.json and quality.csv (default: <models dir>/<model>-quality)",
+    )
+    evaluate.add_argument("--models-dir", type=Path, default=None, help="model cache directory")
+    evaluate.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    evaluate.add_argument(
+        "--agreement-tokens",
+        type=int,
+        default=32,
+        help="N: greedy continuations must equal the reference's first N tokens (default: 32)",
+    )
 
     serve = sub.add_parser(
         "serve",
@@ -156,6 +205,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.errors import TokenboothError
 
     try:
+        if args.command == "model" and args.model_command == "eval":
+            from service.models.eval import run_eval_command
+
+            configure_logging("INFO", json_format=False)
+            run_eval_command(
+                args.source,
+                args.quantizations,
+                output=args.output,
+                models_dir=args.models_dir,
+                device=args.device,
+                agreement_tokens=args.agreement_tokens,
+            )
+            return 0
         if args.command == "model":
             from service.models import build_model
 

@@ -18,6 +18,7 @@ QUANTIZATIONS: Final[tuple[str, ...]] = (
     "int8_float16",
     "float16",
     "float32",
+    "int16",
 )
 """Weight quantizations a model can be built with (CTranslate2 ``quantization``)."""
 

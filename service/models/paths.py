@@ -22,6 +22,7 @@ __all__ = [
     "cache_dir",
     "default_gguf_path",
     "default_models_dir",
+    "quality_dir",
     "source_name",
 ]
 
@@ -100,3 +101,12 @@ def cache_dir(name: str, quantization: str, models_dir: Path | None = None) -> P
     ``models_dir`` None means :func:`default_models_dir`.
     """
     return Path(models_dir or default_models_dir()).expanduser() / f"{name}-{quantization}"
+
+
+def quality_dir(name: str, models_dir: Path | None = None) -> Path:
+    """Return where ``tokenbooth model eval`` writes its report: ``models_dir/<name>-quality``.
+
+    Beside the model's builds, so one cache holds both; ``models_dir`` None means
+    :func:`default_models_dir`.
+    """
+    return Path(models_dir or default_models_dir()).expanduser() / f"{name}-quality"
