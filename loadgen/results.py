@@ -11,6 +11,8 @@ service for::
       server/NNNN.parquet    server /metrics deltas of point NNNN, per replica (SERVER_COLUMNS)
       timeslices.parquet     client and server figures per interval of a point (TIMESLICE_COLUMNS)
       search.json            [load] mode = "slo_search": the probes and bracket per configuration
+      quality/quality.json   what each swept quantization costs in quality ([report] quality)
+      quality/eval.log       the output of the `tokenbooth model eval` that wrote it
       state.json             completed point ids, for resume
       sweep.log              the harness's log
 
@@ -36,6 +38,8 @@ __all__ = [
     "LOG_FILE",
     "POINTS_FILE",
     "POINT_COLUMNS",
+    "QUALITY_DIR",
+    "QUALITY_LOG_FILE",
     "REQUESTS_DIR",
     "REQUEST_COLUMNS",
     "SEARCH_FILE",
@@ -68,6 +72,10 @@ STATE_FILE: Final = "state.json"
 LOG_FILE: Final = "sweep.log"
 TIMESLICES_FILE: Final = "timeslices.parquet"
 SEARCH_FILE: Final = "search.json"
+QUALITY_DIR: Final = "quality"
+"""Where ``tokenbooth model eval`` writes the run's ``quality.json`` (service.models.quality)."""
+QUALITY_LOG_FILE: Final = "eval.log"
+"""The eval's own output, inside :data:`QUALITY_DIR`."""
 
 
 class Col:

@@ -20,7 +20,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -39,6 +39,7 @@ from loadgen import scrape
 from loadgen.arrivals import ArrivalKind, arrival_offsets, probe_offsets, ramp_offsets
 from loadgen.environment import environment_metadata
 from loadgen.profile import run_profile
+from loadgen.quality import run_quality_eval
 from loadgen.results import REQUEST_COLUMNS, Col, Env, Point, PointStatus, RunDir
 from loadgen.saturation import SaturationDetector
 from loadgen.search import Bounds, Probe, bracket, judge, next_rate
@@ -114,8 +115,11 @@ class SweepRunner:
         *,
         workers: int | None = None,
         progress: Callable[[dict[str, Any]], None] | None = None,
+        quality_program: Sequence[str] | None = None,
     ) -> None:
         self.spec = spec
+        # How the quality hook calls `tokenbooth` (loadgen.quality); None: the installed CLI.
+        self._quality_program = quality_program
         self.run = RunDir(run_dir)
         self.workers = spec.load.workers if workers is None else workers
         self._check_workers()
@@ -180,6 +184,7 @@ class SweepRunner:
                 self._run_config(config)
         if self._manifest is not None:
             self._update_environment(Env.MODEL_MANIFEST, self._manifest)
+        run_quality_eval(self.spec, run, program=self._quality_program)
         return run.path
 
     def _update_environment(self, key: str, value: Any) -> None:

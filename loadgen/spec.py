@@ -308,6 +308,9 @@ class SweepSpec:
     target_rps: float | None
     text: str
     path: str
+    # [report] quality: measure each quantization's quality once per run (loadgen.quality);
+    # None (absent): when a local ctranslate2 target sweeps two or more quantizations.
+    quality: bool | None = None
 
     def configs(self) -> list[ServerConfig]:
         """The cross product of the [server] dimensions, in spec order."""
@@ -1070,11 +1073,21 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
     )
     _check_run_with_load(ctx, run, _section(ctx, data, "run"), load, workload.kind, slo)
     report_tab = _section(ctx, data, "report")
-    _check_unknown(ctx, "report", report_tab, {"target_rps"})
+    _check_unknown(ctx, "report", report_tab, {"target_rps", "quality"})
     target_rps = None
     if "target_rps" in report_tab:
         target_rps = num("report", "target_rps")(report_tab["target_rps"])
-    return SweepSpec(run, target, server, load, workload, slo, target_rps, text, path)
+    quality = None
+    if "quality" in report_tab:
+        quality = _scalar(ctx, "report", "quality", report_tab["quality"], bool, None)
+        if quality and target.kind == "remote":
+            raise ctx.error(
+                "report",
+                "quality",
+                "needs a local target: `tokenbooth model eval` measures the builds local "
+                "replicas serve, not a remote server's model",
+            )
+    return SweepSpec(run, target, server, load, workload, slo, target_rps, text, path, quality)
 
 
 def load_spec(path: Path | str) -> SweepSpec:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Final
 
+import pandas as pd
+
 from loadgen.results import Point
 from reports import plots
 from reports.analysis import Analysis, is_stage
 from reports.capacity import CapacityModel, Holdout, prediction_frame, scaling_frame
 from reports.document import FigureSpec, figure
+from reports.quality import QUALITY_BASIS
 from reports.recommend import Recommendation
 from reports.search import search_spans
 from reports.timeslices import timeslice_frames
@@ -23,6 +26,7 @@ __all__ = [
     "MODEL_RATE_STEPS",
     "measured_figures",
     "model_figures",
+    "quality_figures",
 ]
 
 MAX_MODEL_CONFIGS: Final = 2
@@ -221,3 +225,27 @@ def model_figures(
         )
     )
     return figs
+
+
+def quality_figures(table: pd.DataFrame, agreement_tokens: int) -> list[FigureSpec]:
+    """The speed-quality frontier of :func:`reports.quality.quality_table`.
+
+    Args:
+        table: One row per swept quantization, with capacity and quality.
+        agreement_tokens: N of the greedy agreement.
+
+    Returns:
+        One figure.
+    """
+    return [
+        figure(
+            "speed_quality",
+            "Speed vs quality",
+            "SLO capacity against perplexity increase over the reference build, one point per "
+            "quantization; squares joined by the line are the Pareto frontier (no other "
+            "quantization has at least their capacity at no more perplexity increase); a "
+            "triangle is a lower bound (the SLO held at every level measured). Right: "
+            f"greedy agreement with the reference and task accuracy. {QUALITY_BASIS}",
+            plots.speed_quality(table, agreement_tokens),
+        )
+    ]

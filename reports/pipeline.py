@@ -26,9 +26,11 @@ from reports.capacity import CapacityModel, fit_analysis
 from reports.compare import Comparison, compare
 from reports.document import Section
 from reports.load import Rpt, Run, load_run
+from reports.quality import load_quality
 from reports.recommend import Recommendation, recommend
 from reports.render import render_html, render_markdown
 from reports.sections import report_sections
+from service.models.quality import QualityReport
 
 __all__ = [
     "FIGURES_DIR",
@@ -103,9 +105,10 @@ def build_report(
     analysis = analyze(run_b, seed=seed) if run_b is not None else analysis_a
     comparison = compare(analysis_a, analysis, seed=seed) if run_b is not None else None
     model, model_error = _fit(analysis, seed)
-    rec = _recommend(analysis, model, target_rps)
+    quality = load_quality(analysis.run)
+    rec = _recommend(analysis, model, target_rps, quality.report)
     baseline = analysis_a if run_b is not None else None
-    sections = report_sections(analysis, model, model_error, rec, comparison, baseline)
+    sections = report_sections(analysis, model, model_error, rec, comparison, baseline, quality)
     return _write(_output_dir(output, run_a, run_b), sections, analysis, rec, comparison)
 
 
@@ -130,13 +133,18 @@ def _fit(analysis: Analysis, seed: int) -> tuple[CapacityModel | None, str]:
 
 
 def _recommend(
-    analysis: Analysis, model: CapacityModel | None, target_rps: float | None
+    analysis: Analysis,
+    model: CapacityModel | None,
+    target_rps: float | None,
+    quality: QualityReport | None,
 ) -> Recommendation:
     """Recommend for ``--target-rps`` when given, else for the spec's ``[report] target_rps``."""
     if target_rps is not None:
-        return recommend(analysis, model, target_rps, target_source="--target-rps")
+        return recommend(analysis, model, target_rps, target_source="--target-rps", quality=quality)
     target = analysis.run.spec.target_rps
-    return recommend(analysis, model, target, target_source="spec [report] target_rps")
+    return recommend(
+        analysis, model, target, target_source="spec [report] target_rps", quality=quality
+    )
 
 
 def _titles(analysis: Analysis, comparison: Comparison | None) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from loadgen.results import Col, Point, Ts
 from loadgen.spec import SLOSpec
 from reports.load import Rpt
+from reports.quality import LOWER_BOUND, Q
 
 __all__ = [
     "batching",
@@ -31,6 +32,7 @@ __all__ = [
     "pareto_frontier",
     "quantization_comparison",
     "scaling_efficiency",
+    "speed_quality",
     "stage_timeline",
     "throughput_vs_load",
     "timeslice_figure",
@@ -807,4 +809,77 @@ def stage_timeline(points: pd.DataFrame) -> Figure:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         _legend(ax)
+    return fig
+
+
+def speed_quality(table: pd.DataFrame, agreement_tokens: int) -> Figure:
+    """SLO capacity against perplexity increase per quantization, the frontier marked; and the
+    greedy agreement and task accuracy of each.
+
+    Args:
+        table: :func:`reports.quality.quality_table` (one row per quantization).
+        agreement_tokens: N of the greedy agreement (first N tokens equal the reference's).
+
+    Returns:
+        Two panels: the speed-quality frontier, and agreement and accuracy bars.
+    """
+    fig, (ax, ax_q) = _figure(1, 2, 4.0)
+    if table.empty:
+        _empty(ax, "no quantization to compare")
+        _empty(ax_q, "no quantization measured")
+        return fig
+    ok = table[
+        table[Q.CAPACITY_RPS].map(math.isfinite) & table[Q.PERPLEXITY_INCREASE].map(math.isfinite)
+    ]
+    if ok.empty:
+        _empty(ax, "no quantization has both an SLO capacity and a quality measurement")
+    else:
+        colors = {q: _PALETTE[i % len(_PALETTE)] for i, q in enumerate(table[Q.QUANTIZATION])}
+        for _, r in ok.iterrows():
+            x, y = float(r[Q.PERPLEXITY_INCREASE]) * 100, float(r[Q.CAPACITY_RPS])
+            bound = r[Q.CAPACITY_STATUS] == LOWER_BOUND  # SLO held everywhere: at least y
+            marker = "^" if bound else "o"
+            ax.scatter([x], [y], color=colors[r[Q.QUANTIZATION]], s=40, marker=marker, zorder=3)
+            ax.annotate(str(r[Q.QUANTIZATION]), (x, y), textcoords="offset points", xytext=(6, 4))
+        front = ok[ok[Q.FRONTIER]].sort_values(Q.PERPLEXITY_INCREASE)
+        ax.plot(
+            front[Q.PERPLEXITY_INCREASE] * 100,
+            front[Q.CAPACITY_RPS],
+            color=_SLO,
+            lw=1.5,
+            marker="s",
+            mfc="none",
+            ms=11,
+            label="Pareto frontier",
+        )
+        ax.set_xlabel("perplexity increase over the reference (%)")
+        ax.set_ylabel("SLO capacity (req/s)")
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    ax.set_title("Capacity vs quality")
+    measured = table[table[Q.MEASURED]]
+    if measured.empty:
+        _empty(ax_q, "no quantization measured")
+    else:
+        pos = np.arange(len(measured))
+        ax_q.bar(
+            pos - 0.2,
+            measured[Q.GREEDY_AGREEMENT] * 100,
+            width=0.4,
+            color=_PALETTE[0],
+            label=f"greedy agreement ({agreement_tokens} tokens)",
+        )
+        ax_q.bar(
+            pos + 0.2,
+            measured[Q.TASK_ACCURACY] * 100,
+            width=0.4,
+            color=_PALETTE[2],
+            label="task accuracy",
+        )
+        ax_q.set_xticks(pos, list(measured[Q.QUANTIZATION]))
+        ax_q.set_ylim(0, 105)
+        ax_q.set_ylabel("%")
+        ax_q.grid(alpha=0.3, axis="y")
+        _legend(ax_q, loc="lower right")
+    ax_q.set_title("Agreement with the reference and task accuracy")
     return fig

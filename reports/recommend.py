@@ -20,6 +20,8 @@ from loadgen.spec import SLOSpec
 from reports.analysis import Analysis
 from reports.capacity import CapacityModel
 from reports.load import Rpt
+from reports.quality import cost_sentence, quality_table
+from service.models.quality import QualityReport
 
 __all__ = ["Option", "Recommendation", "basis", "recommend"]
 
@@ -70,6 +72,8 @@ class Recommendation:
         infeasible: Base configurations (by id) that cannot, with the reason.
         base_labels: The label of every base configuration id considered.
         basis: Which measured points it rests on (:func:`basis`).
+        quality: What the recommended quantization costs in quality (``quality.json``), e.g.
+            ``int8: +1.9 % perplexity, ...``; ``""`` without a quality report.
     """
 
     target_rps: float | None
@@ -80,6 +84,7 @@ class Recommendation:
     infeasible: dict[str, str]
     base_labels: dict[str, str] = field(default_factory=dict)
     basis: str = ""
+    quality: str = ""
 
     def infeasible_by_label(self) -> list[tuple[str, str]]:
         """(label, reason) of every base configuration that cannot carry the target, by label."""
@@ -102,6 +107,7 @@ class Recommendation:
             f"Run {b.replicas} replica{'s' if b.replicas != 1 else ''} of {b.base_config} "
             f"for {self.target_rps:g} req/s: capacity {b.capacity_rps:.3g} req/s under the SLO "
             f"({self.slo.describe()}), headroom {b.headroom:+.0%} ({b.source})."
+            + (f" Quality it costs: {self.quality}." if self.quality else "")
         )
 
 
@@ -219,6 +225,7 @@ def recommend(
     target_rps: float | None,
     *,
     target_source: str = "spec",
+    quality: QualityReport | None = None,
 ) -> Recommendation:
     """Pick the configuration and replica count that meet the SLO at the target load.
 
@@ -227,6 +234,8 @@ def recommend(
         model: The fitted capacity model, or ``None`` (measured replica counts only).
         target_rps: The load to carry; ``None`` gives an empty recommendation.
         target_source: Where the target came from, for the report.
+        quality: The run's quality report: the recommendation then states what its
+            quantization costs in quality (:func:`reports.quality.cost_sentence`).
 
     Returns:
         The recommendation.
@@ -254,6 +263,12 @@ def recommend(
         )
     )
     best = options[0] if options else None
+    cost = ""
+    if best is not None and quality is not None:
+        rows = pts[pts[Rpt.BASE_CONFIG_ID] == best.base_config_id]
+        cost = cost_sentence(
+            quality_table(analysis, quality), quality, str(rows[Point.QUANTIZATION].iloc[0])
+        )
     return Recommendation(
-        target_rps, target_source, slo, best, options, infeasible, labels, basis(analysis)
+        target_rps, target_source, slo, best, options, infeasible, labels, basis(analysis), cost
     )

@@ -23,8 +23,24 @@ from reports.capacity import CapacityModel, Holdout
 from reports.cells import ci, num, pct
 from reports.compare import Comparison
 from reports.document import Section, Table
-from reports.figures import MAX_MODEL_CONFIGS, MAX_MODEL_REPLICAS, measured_figures, model_figures
+from reports.figures import (
+    MAX_MODEL_CONFIGS,
+    MAX_MODEL_REPLICAS,
+    measured_figures,
+    model_figures,
+    quality_figures,
+)
 from reports.load import Rpt
+from reports.quality import (
+    LOWER_BOUND,
+    QUALITY_BASIS,
+    QUALITY_HOWTO,
+    Q,
+    QualityInput,
+    cost_sentence,
+    load_quality,
+    quality_table,
+)
 from reports.recommend import Recommendation
 from reports.search import saturation_notes, search_paragraphs
 from reports.server_view import server_rows, server_unavailable, server_view_table
@@ -38,6 +54,7 @@ __all__ = [
     "methods_section",
     "model_section",
     "points_section",
+    "quality_section",
     "recommendation_section",
     "report_sections",
 ]
@@ -100,6 +117,82 @@ def capacity_section(analysis: Analysis) -> Section:
     )
     table = Table("Capacity per configuration", headers, rows, note=note, key="capacity-table")
     return Section("capacity", "Capacity", paragraphs=search_paragraphs(analysis), tables=[table])
+
+
+def quality_section(analysis: Analysis, quality: QualityInput) -> Section:
+    """Speed against quality per swept quantization, from the run's ``quality.json``.
+
+    Args:
+        analysis: The run's analysis (SLO capacity per configuration).
+        quality: The run's quality report, or why it has none.
+
+    Returns:
+        The section; one sentence saying how to get a quality report when the run has none.
+    """
+    report = quality.report
+    if report is None:
+        return Section(
+            "quality",
+            "Speed vs quality",
+            paragraphs=[p for p in (quality.error, QUALITY_HOWTO) if p],
+        )
+    table = quality_table(analysis, report)
+    sm = report.sample
+    about = (
+        f"Quality of {report.model} ({report.source}) per quantization against the "
+        f"{report.reference} build, measured by `tokenbooth model eval` on {report.device}: "
+        f"perplexity on {sm.perplexity_tokens} tokens of {sm.perplexity_source}; greedy "
+        f"agreement = share of {sm.agreement_prompts} prompts whose first "
+        f"{sm.agreement_tokens} generated tokens equal the reference's; task accuracy on "
+        f"{sm.tasks} known-answer questions. {QUALITY_BASIS}"
+    )
+    rows = [
+        [
+            str(r[Q.QUANTIZATION]),
+            str(r[Q.CONFIG]),
+            ("≥ " if r[Q.CAPACITY_STATUS] == LOWER_BOUND else "")
+            + f"{num(r[Q.CAPACITY_RPS])} ({r[Q.CAPACITY_STATUS]})",
+            num(r[Q.CAPACITY_RATIO], 3, "x"),
+            num(r[Q.PERPLEXITY], 4),
+            pct(r[Q.PERPLEXITY_INCREASE], signed=True),
+            pct(r[Q.GREEDY_AGREEMENT]),
+            num(r[Q.MEAN_FIRST_DIVERGENCE]),
+            pct(r[Q.TASK_ACCURACY]),
+            num(r[Q.SIZE_BYTES] / 2**20, 3, " MiB"),
+            "yes" if r[Q.FRONTIER] else "",
+        ]
+        for _, r in table.iterrows()
+    ]
+    headers = [
+        "quantization",
+        "configuration",
+        "SLO capacity req/s",
+        "capacity ratio",
+        "perplexity",
+        "perplexity increase",
+        f"greedy agreement ({sm.agreement_tokens} tokens)",
+        "mean first divergence (token)",
+        "task accuracy",
+        "size on disk",
+        "on the frontier",
+    ]
+    note = (
+        "Frontier: no other quantization has at least this capacity at no more perplexity "
+        "increase. Capacity ratio: against the reference build when swept, else against the "
+        "swept quantization closest to it in perplexity; ≥: the SLO held at every level "
+        "measured (a lower bound). – : not measured."
+    )
+    bullets = [cost_sentence(table, report, str(q)) for q in table[Q.QUANTIZATION]]
+    return Section(
+        "quality",
+        "Speed vs quality",
+        paragraphs=[about],
+        bullets=[b for b in bullets if b],
+        tables=[
+            Table("Capacity and quality per quantization", headers, rows, note, "quality-table")
+        ],
+        figures=quality_figures(table, sm.agreement_tokens),
+    )
 
 
 def _load_cell(r: pd.Series) -> str:
@@ -703,6 +796,7 @@ def report_sections(
     rec: Recommendation,
     comparison: Comparison | None,
     baseline: Analysis | None = None,
+    quality: QualityInput | None = None,
 ) -> list[Section]:
     """Every section, in reading order: the answer first, then the evidence, then provenance.
 
@@ -713,6 +807,7 @@ def report_sections(
         rec: The recommendation.
         comparison: The comparison against a baseline run, if any.
         baseline: That baseline run's analysis (the sessions section compares prefixes to it).
+        quality: The run's quality report; ``None`` reads it from the run directory.
 
     Returns:
         The sections.
@@ -723,6 +818,7 @@ def report_sections(
         sections.append(comparison_section(comparison))
     sections += [
         capacity_section(analysis),
+        quality_section(analysis, quality if quality is not None else load_quality(analysis.run)),
         figures_section(analysis, model),
         points_section(analysis),
     ]

@@ -124,3 +124,5 @@ def test_rendered_dom_has_every_figure_and_the_recommendation(
     ):
         assert title in captions
     assert "Run 2 replicas of int8 b8 d5ms w1 t1 for 9 req/s" in dom
+    # No quality.json in this run: the speed-quality section is the one sentence saying how.
+    assert "Speed vs quality" in dom and "has no quality/quality.json" in dom
