@@ -267,15 +267,12 @@ async def _abuse(
     ):
         if m is None:
             continue
-        if m.has(CONNECTIONS_OPEN) or m.has(CONNECTIONS_CLOSED):
-            closed = m.by_labels(CONNECTIONS_CLOSED, ("reason",))
-            result.row(
-                f"connections open / closed by reason ({label})",
-                f"{m.total(CONNECTIONS_OPEN):g} / "
-                + (", ".join(f"{k}: {v:g}" for k, v in closed.items() if v) or "none"),
-            )
-        elif label == "start":
-            result.row("connections open / closed (server metrics)", "not exported")
+        closed = m.by_labels(CONNECTIONS_CLOSED, ("reason",))
+        result.row(
+            f"connections open / closed by reason ({label})",
+            f"{m.total(CONNECTIONS_OPEN):g} / "
+            + (", ".join(f"{k}: {v:g}" for k, v in closed.items() if v) or "none"),
+        )
 
     result.figures.update(
         connections=len(conns),
@@ -294,9 +291,7 @@ async def _abuse(
         health_p50_s=probe.p50,
         health_max_s=probe.max,
         health_failed=probe.failures,
-        connections_open_gauge=m_end.total(CONNECTIONS_OPEN)
-        if m_end.has(CONNECTIONS_OPEN)
-        else None,
+        connections_open_gauge=m_end.total(CONNECTIONS_OPEN),
         connections_closed=m_after.by_labels(CONNECTIONS_CLOSED, ("reason",)),
     )
     head_open = at_header["idle"] + at_header["headers"]

@@ -91,7 +91,10 @@ def run_profile(
     sr: SweepRunner, config: ServerConfig, rep: int, target: _Target, items: list[PromptItem]
 ) -> str | None:
     """Run the spec's stage profile once (repeat ``rep``); return why a replica died, or None."""
-    from loadgen.runner import _Finish  # the runner imports this module: import at call time
+    from loadgen.runner import (  # the runner imports this module: import at call time
+        _Finish,
+        loadgen_cpu_percent,
+    )
 
     spec, run = sr.spec, sr.spec.run
     stages = spec.load.stages
@@ -181,11 +184,7 @@ def run_profile(
         # the stages after it (recovery) are the point of running one.
         sr._drive(ctx, LoadLevel("rate", 1.0, spec.load.arrival), target)
         sr._prompt_cursor = ctx.next_index
-    cpu1 = proc.cpu_times()
-    wall = max(time.monotonic() - wall0, 1e-9)
-    cpu_pct = 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall
-    if worker_cpu is not None:
-        cpu_pct = max(cpu_pct, worker_cpu)
+    cpu_pct = loadgen_cpu_percent(proc, cpu0, wall0, worker_cpu)
     gevent.joinall(openers, timeout=30)
     if slices is not None:
         slices[1].kill()

@@ -67,7 +67,7 @@ from loadgen.workload import (
 )
 from service.errors import TokenboothError
 
-__all__ = ["SweepRunner"]
+__all__ = ["SweepRunner", "loadgen_cpu_percent"]
 
 logger = logging.getLogger("tokenbooth.loadgen")
 
@@ -103,6 +103,20 @@ class _Finish:
     level: LoadLevel
     rep: int
     target: _Target
+
+
+def loadgen_cpu_percent(
+    proc: Any, cpu0: Any, wall0: float, worker_cpu: float | None = None
+) -> float:
+    """CPU % of the load generator since ``cpu0``/``wall0`` (psutil times, monotonic start).
+
+    With distributed workers the busiest process is what limits the offered load, so the
+    larger of this process's share and the busiest worker's (``worker_cpu``) is returned.
+    """
+    cpu1 = proc.cpu_times()
+    wall = max(time.monotonic() - wall0, 1e-9)
+    cpu_pct = 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall
+    return float(cpu_pct if worker_cpu is None else max(cpu_pct, worker_cpu))
 
 
 class SweepRunner:
@@ -675,12 +689,7 @@ class SweepRunner:
                 )
             saturated = self._drive(ctx, level, target, watch)
             self._prompt_cursor = ctx.next_index
-        cpu1 = proc.cpu_times()
-        wall = max(time.monotonic() - wall0, 1e-9)
-        cpu_pct = 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall
-        if worker_cpu is not None:
-            # The busiest load-generator process is what limits the offered load.
-            cpu_pct = max(cpu_pct, worker_cpu)
+        cpu_pct = loadgen_cpu_percent(proc, cpu0, wall0, worker_cpu)
         snapper.join(timeout=30)
         if slices is not None:
             slices[1].kill()
