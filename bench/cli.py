@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.compare_cli import register_compare
 from service.cli import add_settings_flags, settings_from_args
 
-__all__ = ["register", "run_abuse", "run_engine"]
+__all__ = ["register", "run_abuse", "run_engine", "run_loadgen"]
 
 _ABUSE_SCENARIOS = ("slowloris", "stalled", "large-prompt", "drain")  # bench.abuse.SCENARIOS
 
@@ -45,6 +46,45 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_settings_flags(eng, skip=("host", "port"))
     eng.set_defaults(func=run_engine)
     _register_abuse(bench_sub)
+    _register_loadgen(bench_sub)
+    register_compare(bench_sub)
+
+
+def _rate_list(text: str) -> list[float]:
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of rates: {text}") from exc
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError("rates must be positive")
+    return sorted(rates)
+
+
+def _register_loadgen(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lg = bench_sub.add_parser(
+        "loadgen",
+        help="the harness's own ceiling (req/s, streamed tokens/s, TTFT error) against canned "
+        "nginx, with --workers and GuideLLM side by side",
+        description="Needs Debian's nginx. GuideLLM is installed into its own venv under "
+        "~/.cache/tokenbooth/peers/ on first use (--no-guidellm skips it).",
+    )
+    lg.add_argument("--chunks", type=int, default=64, help="streamed chunks per response")
+    lg.add_argument(
+        "--rates",
+        type=_rate_list,
+        default=[250.0, 500.0, 750.0, 1000.0, 1250.0, 1500.0],
+        help="comma-separated constant arrival rates of the one-process ladder (req/s)",
+    )
+    lg.add_argument("--duration", type=float, default=4.0, help="seconds per point")
+    lg.add_argument("--workers", type=int, default=2, help="the multi-process ladder's workers")
+    lg.add_argument("--no-guidellm", action="store_true", help="leave GuideLLM out")
+    lg.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="model dir with tokenizer.json for GuideLLM (default: the built default model)",
+    )
+    lg.set_defaults(func=run_loadgen)
 
 
 def _scenario_list(text: str) -> list[str]:
@@ -130,4 +170,23 @@ def run_abuse(args: argparse.Namespace) -> int:
         sizes=sizes,
         json_path=args.json,
         no_fail=args.no_fail,
+    )
+
+
+def run_loadgen(args: argparse.Namespace) -> int:
+    """Run ``bench loadgen`` with the parsed flags."""
+    from bench.loadgen_ceiling import run_loadgen_bench
+
+    tokenizer = args.tokenizer
+    if tokenizer is None and not args.no_guidellm:
+        from service.models import resolve_model
+
+        tokenizer = resolve_model(None, "int8", build=False)
+    return run_loadgen_bench(
+        chunks=args.chunks,
+        rates=args.rates,
+        duration_s=args.duration,
+        workers=args.workers,
+        guidellm=not args.no_guidellm,
+        tokenizer=tokenizer,
     )

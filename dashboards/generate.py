@@ -51,8 +51,13 @@ TRACES_UID: Final = "tokenbooth-jaeger"
 
 _DS: Final[JSON] = {"type": "prometheus", "uid": "${datasource}"}
 _RATE: Final = "$__rate_interval"
-_SERVICE_SELECTOR: Final = f'{names.LABEL_MODEL}=~"$model", instance=~"$instance"'
-_INSTANCE_SELECTOR: Final = 'instance=~"$instance"'
+# Every query also filters on the rollout track (stable, canary): a target label from the pod
+# label, absent outside Kubernetes, which the variable's ".*" for "All" still matches.
+_REVISION_MATCHER: Final = f'{names.LABEL_REVISION}=~"$revision"'
+_SERVICE_SELECTOR: Final = (
+    f'{names.LABEL_MODEL}=~"$model", {_REVISION_MATCHER}, instance=~"$instance"'
+)
+_INSTANCE_SELECTOR: Final = f'{_REVISION_MATCHER}, instance=~"$instance"'
 _QUANTILES: Final = (0.5, 0.95, 0.99)
 _FAILED_OUTCOMES: Final = (names.OUTCOME_ERROR, names.OUTCOME_TIMEOUT)
 # Connections the server cut to protect itself (slow or stalled clients, the connection cap),
@@ -627,8 +632,51 @@ def _model_and_build() -> list[JSON]:
     ]
 
 
+def _revisions() -> list[JSON]:
+    by = (names.LABEL_REVISION,)
+    legend = f"{{{{{names.LABEL_REVISION}}}}}"
+    failed = "|".join(_FAILED_OUTCOMES)
+    failed_selector = f'{_SERVICE_SELECTOR}, {names.LABEL_OUTCOME}=~"{failed}"'
+    per_revision = f"sum by ({names.LABEL_REVISION})"
+    return [
+        _timeseries(
+            "TTFT p95 by revision",
+            "Stable and canary side by side (deploy/k8s/overlays/canary): promote the canary "
+            "only while its line stays with stable's.",
+            [
+                _target(
+                    _quantile(0.95, names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN, by=by),
+                    legend,
+                    exemplar=True,
+                )
+            ],
+            unit="s",
+        ),
+        _timeseries(
+            "Failed requests by revision",
+            "Share of each revision's requests that ended in error or timeout.",
+            [
+                _target(
+                    f"{per_revision} ({_rate(names.TOKENBOOTH_REQUESTS, failed_selector)}) "
+                    f"/ {per_revision} ({_rate(names.TOKENBOOTH_REQUESTS)})",
+                    legend,
+                )
+            ],
+            unit="percentunit",
+        ),
+        _timeseries(
+            "Requests / s by revision",
+            "Traffic each revision receives: with the HTTPRoute at 90/10 the canary's share "
+            "should be about a tenth.",
+            [_target(f"{per_revision} ({_rate(names.TOKENBOOTH_REQUESTS)})", legend)],
+            unit="reqps",
+        ),
+    ]
+
+
 _ROWS: Final = (
     ("Overview", _overview),
+    ("Revisions (stable vs canary)", _revisions),
     ("Latency", _latency),
     ("Throughput and outcomes", _throughput),
     ("Queue and batching", _queue_and_batching),
@@ -677,8 +725,10 @@ def _layout() -> list[JSON]:
 
 
 def _templating() -> JSON:
-    def query_var(name: str, label: str, query: str) -> JSON:
+    def query_var(name: str, label: str, query: str, *, all_value: str | None = None) -> JSON:
+        extra: JSON = {} if all_value is None else {"allValue": all_value}
         return {
+            **extra,
             "type": "query",
             "name": name,
             "label": label,
@@ -733,10 +783,20 @@ def _templating() -> JSON:
                 "Model",
                 f"label_values({names.TOKENBOOTH_MODEL_INFO}, {names.LABEL_MODEL})",
             ),
+            # allValue ".*": "All" must also match series without the label (compose, a
+            # Prometheus without the relabelling), where the listed values would match none.
+            query_var(
+                names.LABEL_REVISION,
+                "Revision",
+                f"label_values({names.TOKENBOOTH_MODEL_INFO}{{{model_selector}}}, "
+                f"{names.LABEL_REVISION})",
+                all_value=".*",
+            ),
             query_var(
                 "instance",
                 "Replica",
-                f"label_values({names.TOKENBOOTH_MODEL_INFO}{{{model_selector}}}, instance)",
+                f"label_values({names.TOKENBOOTH_MODEL_INFO}"
+                f"{{{model_selector}, {_REVISION_MATCHER}}}, instance)",
             ),
             # Defaults are the service's default SLOs (TOKENBOOTH_TTFT_SLO_MS=500,
             # TOKENBOOTH_TPOT_SLO_MS=100), which it adds as exact bucket boundaries.

@@ -1,4 +1,5 @@
-"""``tokenbooth sweep SPEC.toml [--output RUN_DIR]``: registered through entry points.
+"""``tokenbooth sweep SPEC.toml [--output RUN_DIR]`` and ``tokenbooth loadgen-worker``:
+registered through entry points.
 
 This module stays import-light (no Locust): the ``tokenbooth`` parser loads it for every
 command, and Locust's gevent monkey-patching must only happen when a sweep actually runs.
@@ -16,7 +17,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "run"]
+from loadgen.distributed import (
+    DEFAULT_MASTER_PORT,
+    DEFAULT_WORKERS_TIMEOUT_S,
+    MasterOptions,
+    check_external_workers,
+)
+from service.errors import TokenboothError
+
+__all__ = ["master_options", "register", "register_worker", "run", "run_worker"]
+
+# --master exists for workers on other hosts: by default it listens on every interface.
+_ANY_ADDRESS = "0.0.0.0"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,8 +50,120 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="Locust distributed mode: 1 master + N worker processes (overrides [load] workers)",
     )
+    dist = p.add_argument_group(
+        "workers on other hosts (Locust distributed mode across machines, e.g. Kubernetes)"
+    )
+    dist.add_argument(
+        "--master",
+        action="store_true",
+        help="run only the Locust master: it spawns no workers and waits for --expect-workers "
+        "`tokenbooth loadgen-worker` processes to connect (the target must be remote)",
+    )
+    dist.add_argument(
+        "--expect-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --master: how many workers to wait for (required)",
+    )
+    dist.add_argument(
+        "--master-bind",
+        default=None,
+        metavar="ADDR",
+        help=f"address the master listens on (default: {_ANY_ADDRESS} with --master, "
+        "else 127.0.0.1)",
+    )
+    dist.add_argument(
+        "--master-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help=f"port the master listens on (default: {DEFAULT_MASTER_PORT} with --master, "
+        "else a free one)",
+    )
+    dist.add_argument(
+        "--workers-timeout",
+        type=float,
+        default=DEFAULT_WORKERS_TIMEOUT_S,
+        metavar="S",
+        help="fail when the workers have not all connected within S seconds "
+        f"(default: {DEFAULT_WORKERS_TIMEOUT_S:g})",
+    )
     p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 2) a point that asks more load than the harness's calibrated ceiling "
+        "(loadgen.calibration); without it such points only warn",
+    )
     p.set_defaults(func=run)
+
+
+def register_worker(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``loadgen-worker`` subcommand: one Locust worker for ``sweep --master``."""
+    p = subparsers.add_parser(
+        "loadgen-worker",
+        help="one Locust worker for a `tokenbooth sweep --master` on another host",
+        description="Connects to the sweep's Locust master, sends each point's share of the "
+        "load to the spec's target URLs (which must be reachable from this host), and exits 0 "
+        "when the master ends the run. Retries the connection for about five minutes.",
+    )
+    p.add_argument("--master-host", required=True, help="host name or address of the master")
+    p.add_argument(
+        "--master-port",
+        type=int,
+        default=DEFAULT_MASTER_PORT,
+        help=f"the master's port (default: {DEFAULT_MASTER_PORT})",
+    )
+    p.set_defaults(func=run_worker)
+
+
+def master_options(args: argparse.Namespace) -> tuple[MasterOptions, int | None]:
+    """The master's options and worker count (None: the spec's) from ``sweep``'s flags.
+
+    Raises:
+        TokenboothError: a combination that cannot run (workers both spawned and expected,
+            external workers without a count, a port out of range).
+    """
+    if args.master_port is not None and not 0 < args.master_port < 65536:
+        raise TokenboothError(f"--master-port must be in 1..65535, got {args.master_port}")
+    if args.workers_timeout <= 0:
+        raise TokenboothError(f"--workers-timeout must be > 0, got {args.workers_timeout:g}")
+    if not args.master:
+        if args.expect_workers is not None:
+            raise TokenboothError("--expect-workers applies to --master (external workers)")
+        options = MasterOptions(
+            bind=args.master_bind or MasterOptions.bind,
+            port=args.master_port or 0,
+            timeout_s=args.workers_timeout,
+        )
+        return options, args.workers
+    if args.workers is not None:
+        raise TokenboothError(
+            "--master spawns no workers: use --expect-workers N instead of --workers N"
+        )
+    if args.expect_workers is None or args.expect_workers < 1:
+        raise TokenboothError("--master needs --expect-workers N (N >= 1): the workers to wait for")
+    options = MasterOptions(
+        bind=args.master_bind or _ANY_ADDRESS,
+        port=args.master_port or DEFAULT_MASTER_PORT,
+        external=True,
+        timeout_s=args.workers_timeout,
+    )
+    return options, args.expect_workers
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Serve points for the master at ``--master-host``; 0 once it ends the run."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from loadgen.worker import serve  # imports Locust (gevent patching)
+
+    try:
+        return serve(args.master_host, args.master_port)
+    except ConnectionError:
+        raise TokenboothError(
+            f"no Locust master answered at {args.master_host}:{args.master_port}"
+        ) from None
 
 
 class _Progress:
@@ -125,6 +249,9 @@ def run(args: argparse.Namespace) -> int:
     from loadgen.spec import load_spec
 
     spec = load_spec(args.spec)  # errors name key and line, before anything starts
+    master, workers = master_options(args)
+    # Before the run dir exists: a --master sweep of local replicas is refused outright.
+    check_external_workers(spec, master, spec.load.workers if workers is None else workers)
     from loadgen.runner import SweepRunner  # imports Locust (gevent patching)
 
     out = args.output or Path("runs") / f"{spec.run.name}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
@@ -139,7 +266,14 @@ def run(args: argparse.Namespace) -> int:
     root.addHandler(console)
     # SIGTERM behaves like Ctrl-C: unwind, stop replicas, keep what was written (resumable).
     signal.signal(signal.SIGTERM, _interrupt)
-    runner = SweepRunner(spec, out, workers=args.workers, progress=_Progress(args.quiet))
+    runner = SweepRunner(
+        spec,
+        out,
+        workers=workers,
+        master=master,
+        progress=_Progress(args.quiet),
+        strict=args.strict,
+    )
     try:
         path = runner.execute()
     except KeyboardInterrupt:

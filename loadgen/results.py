@@ -11,10 +11,12 @@ service for::
       server/NNNN.parquet    server /metrics deltas of point NNNN, per replica (SERVER_COLUMNS)
       timeslices.parquet     client and server figures per interval of a point (TIMESLICE_COLUMNS)
       search.json            [load] mode = "slo_search": the probes and bracket per configuration
+      cold_start.csv         each replica's cold start by phase, per configuration (Cs)
       quality/quality.json   what each swept quantization costs in quality ([report] quality)
       quality/eval.log       the output of the `tokenbooth model eval` that wrote it
       state.json             completed point ids, for resume
       sweep.log              the harness's log
+      workers.csv            Locust distributed mode: each worker's rows and CPU per point (Wk)
 
 Columns are declared once here with their dtypes; writers and readers (``reports``) use these
 constants, never string literals.
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "COLD_START_COLUMNS",
+    "COLD_START_FILE",
     "ENVIRONMENT_FILE",
     "ENVIRONMENT_KEYS",
     "LOG_FILE",
@@ -49,7 +53,11 @@ __all__ = [
     "STATE_FILE",
     "TIMESLICES_FILE",
     "TIMESLICE_COLUMNS",
+    "WORKERS_FILE",
+    "WORKER_COLUMNS",
     "Col",
+    "ColdStartStatus",
+    "Cs",
     "Env",
     "Gpu",
     "Machine",
@@ -61,6 +69,7 @@ __all__ = [
     "Tokenizer",
     "TokensSource",
     "Ts",
+    "Wk",
 ]
 
 SPEC_FILE: Final = "spec.toml"
@@ -72,6 +81,8 @@ STATE_FILE: Final = "state.json"
 LOG_FILE: Final = "sweep.log"
 TIMESLICES_FILE: Final = "timeslices.parquet"
 SEARCH_FILE: Final = "search.json"
+COLD_START_FILE: Final = "cold_start.csv"
+WORKERS_FILE: Final = "workers.csv"
 QUALITY_DIR: Final = "quality"
 """Where ``tokenbooth model eval`` writes the run's ``quality.json`` (service.models.quality)."""
 QUALITY_LOG_FILE: Final = "eval.log"
@@ -327,6 +338,65 @@ TIMESLICE_COLUMNS: Final[dict[str, str]] = {
 }
 
 
+class ColdStartStatus:
+    """Values of :attr:`Cs.STATUS`: whether a replica's cold start could be read."""
+
+    MEASURED: Final = "measured"  # read from tokenbooth_startup_duration_seconds on /metrics
+    NOT_EXPORTED: Final = "not_exported"  # /metrics answered without the startup phases
+    UNREACHABLE: Final = "unreachable"  # /metrics did not answer (or was not Prometheus text)
+
+
+class Cs:
+    """Cold-start columns (``cold_start.csv``): one row per configuration and replica URL.
+
+    Read once per configuration, as soon as its replicas are ready. Behind a load balancer a
+    remote URL names whichever pod answered the scrape, not every replica.
+    """
+
+    CONFIG_ID: Final = "config_id"
+    REPLICA: Final = "replica"  # base URL
+    STATUS: Final = "status"  # a ColdStartStatus value
+    DETAIL: Final = "detail"  # why not measured, "" when measured
+    # Seconds per phase (telemetry.names.STARTUP_PHASES); NaN unless measured.
+    INIT_S: Final = "init_s"  # process start to the model load beginning
+    LOAD_S: Final = "load_s"  # model build/load
+    WARMUP_S: Final = "warmup_s"  # loaded to ready (warm-up generation, batcher start)
+    TOTAL_S: Final = "total_s"  # process start to ready
+
+
+COLD_START_COLUMNS: Final[dict[str, str]] = {
+    Cs.CONFIG_ID: "string",
+    Cs.REPLICA: "string",
+    Cs.STATUS: "string",
+    Cs.DETAIL: "string",
+    Cs.INIT_S: "float64",
+    Cs.LOAD_S: "float64",
+    Cs.WARMUP_S: "float64",
+    Cs.TOTAL_S: "float64",
+}
+
+
+class Wk:
+    """Per-worker, per-point columns (``workers.csv``): who sent a point's rows, at what CPU."""
+
+    POINT_ID: Final = "point_id"
+    WORKER: Final = "worker"  # the worker's index in the point (PointContext.worker)
+    NODE_ID: Final = "node_id"  # Locust's client id of the worker
+    HOST: Final = "host"  # hostname the worker ran on
+    ROWS: Final = "rows"  # request rows it sent back
+    CPU_PERCENT: Final = "cpu_percent"  # its own process's CPU over the point (100 = one core)
+
+
+WORKER_COLUMNS: Final[dict[str, str]] = {
+    Wk.POINT_ID: "int64",
+    Wk.WORKER: "int64",
+    Wk.NODE_ID: "string",
+    Wk.HOST: "string",
+    Wk.ROWS: "int64",
+    Wk.CPU_PERCENT: "float64",
+}
+
+
 # ---------------------------------------------------------------------------- run directory
 
 
@@ -344,6 +414,8 @@ class Env:
     GIT_REVISION: Final = "git_revision"  # str | None
     MODEL_MANIFEST: Final = "model_manifest"  # served model's manifest, or None (remote/fake)
     SPEC_PATH: Final = "spec_path"  # str
+    # {safety, processes, strict, ceiling, ceiling_rps, chunks, points: {key: verdict}}
+    LOADGEN_CEILING: Final = "loadgen_ceiling"  # the calibration gate (loadgen.calibration)
 
 
 class Machine:
@@ -481,6 +553,43 @@ class RunDir:
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, path)
 
+    def write_workers(self, point_id: int, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Add or replace one point's per-worker rows in ``workers.csv`` (keys: :class:`Wk`)."""
+        import pandas as pd
+
+        frame = pd.DataFrame([{c: r.get(c) for c in WORKER_COLUMNS} for r in rows])
+        frame = frame.reindex(columns=list(WORKER_COLUMNS))
+        frame[Wk.POINT_ID] = point_id
+        old = self.workers()
+        old = old[old[Wk.POINT_ID] != point_id]
+        if len(old):
+            frame = pd.concat([old, frame], ignore_index=True) if len(frame) else old
+        frame = frame.sort_values([Wk.POINT_ID, Wk.WORKER], kind="stable")
+        path = self.path / WORKERS_FILE
+        tmp = path.with_suffix(".tmp")
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+
+    def write_cold_start(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Add or replace rows of ``cold_start.csv``, keyed by configuration and replica."""
+        import pandas as pd
+
+        frame = pd.DataFrame([{c: r.get(c) for c in COLD_START_COLUMNS} for r in rows])
+        frame = frame.reindex(columns=list(COLD_START_COLUMNS))
+        old = self.cold_start()
+        if len(old) and len(frame):
+            key = [Cs.CONFIG_ID, Cs.REPLICA]
+            new_keys = set(map(tuple, frame[key].astype(str).to_numpy()))
+            keep = [tuple(k) not in new_keys for k in old[key].astype(str).to_numpy()]
+            old = old[keep]
+        if len(old):
+            frame = pd.concat([old, frame], ignore_index=True) if len(frame) else old
+        frame = frame.astype(COLD_START_COLUMNS)
+        path = self.path / COLD_START_FILE
+        tmp = path.with_suffix(".tmp")
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+
     def write_search(self, search: Mapping[str, Any]) -> None:
         """Store the SLO-edge search: per configuration id, its probes and bracket."""
         _atomic_write(self.path / SEARCH_FILE, json.dumps(search, indent=2))
@@ -542,6 +651,29 @@ class RunDir:
         if not path.exists():
             return pd.DataFrame(columns=list(TIMESLICE_COLUMNS)).astype(TIMESLICE_COLUMNS)
         return pd.read_parquet(path)
+
+    def workers(self) -> pd.DataFrame:
+        """Per-worker rows of distributed points (empty, with the columns, without workers)."""
+        import pandas as pd
+
+        path = self.path / WORKERS_FILE
+        if not path.exists():
+            return pd.DataFrame(columns=list(WORKER_COLUMNS)).astype(WORKER_COLUMNS)
+        return pd.read_csv(path, dtype=WORKER_COLUMNS)
+
+    def cold_start(self) -> pd.DataFrame:
+        """Each replica's cold start (``cold_start.csv``; empty, with the columns, when absent)."""
+        import pandas as pd
+
+        path = self.path / COLD_START_FILE
+        if not path.exists():
+            return pd.DataFrame(columns=list(COLD_START_COLUMNS)).astype(COLD_START_COLUMNS)
+        text = [c for c, t in COLD_START_COLUMNS.items() if t == "string"]
+        # Text read as text (an empty detail must stay "", not become NaN).
+        frame = pd.read_csv(path, dtype=dict.fromkeys(text, str))
+        for c in text:
+            frame[c] = frame[c].fillna("")
+        return frame.astype(COLD_START_COLUMNS)
 
     def search(self) -> dict[str, Any]:
         """search.json (see :meth:`write_search`), or {} when the run did not search."""

@@ -17,8 +17,6 @@ import bisect
 import json
 import logging
 import math
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,10 +35,14 @@ from locust.env import Environment
 
 from loadgen import scrape
 from loadgen.arrivals import ArrivalKind, arrival_offsets, probe_offsets, ramp_offsets
+from loadgen.calibration import Gate, sweep_gate
+from loadgen.coldstart import read_cold_starts
+from loadgen.distributed import MasterOptions, check_external_workers
 from loadgen.environment import environment_metadata
+from loadgen.master import locust_master
 from loadgen.profile import run_profile
 from loadgen.quality import run_quality_eval
-from loadgen.results import REQUEST_COLUMNS, Col, Env, Point, PointStatus, RunDir
+from loadgen.results import REQUEST_COLUMNS, Col, Env, Point, PointStatus, RunDir, Wk
 from loadgen.saturation import SaturationDetector
 from loadgen.search import Bounds, Probe, bracket, judge, next_rate
 from loadgen.servers import Adapter, ServerInfo, adapter_for
@@ -53,7 +55,7 @@ from loadgen.targets import LocalReplicas, RemoteTarget, TargetError
 from loadgen.timeslices import ScrapeLog, bin_timeslices
 from loadgen.traces import TraceReplay, plan_replay, read_trace, trace_prompts
 from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext, new_session
-from loadgen.worker import MSG_DONE, MSG_POINT, MSG_ROWS, point_message
+from loadgen.worker import MSG_POINT, point_message
 from loadgen.workload import (
     FAKE_ENGINE_WORDS,
     PromptItem,
@@ -128,14 +130,21 @@ class SweepRunner:
         run_dir: Path,
         *,
         workers: int | None = None,
+        master: MasterOptions | None = None,
         progress: Callable[[dict[str, Any]], None] | None = None,
         quality_program: Sequence[str] | None = None,
+        strict: bool = False,
     ) -> None:
         self.spec = spec
         # How the quality hook calls `tokenbooth` (loadgen.quality); None: the installed CLI.
         self._quality_program = quality_program
+        self._strict = strict  # the calibration gate refuses instead of warning
+        self._gate: Gate | None = None
         self.run = RunDir(run_dir)
+        # With external workers (`--master`) `workers` is how many to wait for, not to spawn.
         self.workers = spec.load.workers if workers is None else workers
+        self.master_options = master or MasterOptions()
+        check_external_workers(spec, self.master_options, self.workers)
         self._check_workers()
         self.progress = progress or (lambda _: None)
         self._state: dict[str, Any] = {}
@@ -193,6 +202,7 @@ class SweepRunner:
         if resumed:
             logger.info("resuming run: %d points already done", resumed)
         run.write_environment(environment_metadata(self.spec, None))
+        self._calibrate()
         with self._load_generators():
             for config in self.spec.configs():
                 self._run_config(config)
@@ -200,6 +210,26 @@ class SweepRunner:
             self._update_environment(Env.MODEL_MANIFEST, self._manifest)
         run_quality_eval(self.spec, run, program=self._quality_program)
         return run.path
+
+    def _calibrate(self) -> None:
+        """The calibration gate: judge every open-loop point before anything starts."""
+        processes = max(self.workers, 1)
+        self._gate = sweep_gate(
+            self.spec.workload.output_tokens.expected, processes, strict=self._strict
+        )
+        if self.spec.load.mode in ("concurrency", "rate"):
+            for config in self.spec.configs():
+                for level in self.spec.levels():
+                    for rep in range(self.spec.run.repeats):
+                        if level.mode == "rate":
+                            self._check_gate(f"{config.config_id}|{level.key}|{rep}", config, level)
+        self._update_environment(Env.LOADGEN_CEILING, self._gate.describe())
+
+    def _check_gate(self, key: str, config: ServerConfig, level: LoadLevel) -> None:
+        if self._gate is None or self._is_done(key):
+            return
+        self._gate.check(key, config.config_id, level.mode, level.value, level.requests_per_s)
+        self._update_environment(Env.LOADGEN_CEILING, self._gate.describe())
 
     def _update_environment(self, key: str, value: Any) -> None:
         # Read and rewrite: environment.json keeps what earlier steps of the run recorded.
@@ -214,53 +244,26 @@ class SweepRunner:
 
     @contextmanager
     def _load_generators(self) -> Iterator[None]:
-        """Locust distributed mode: a master here and ``workers`` worker processes."""
+        """Locust distributed mode: a master here and ``workers`` worker processes (spawned
+        here, or external ones it waits for)."""
         if self.workers <= 0:
             yield
             return
-        from service.launch import LOOPBACK, die_with_parent, free_port
 
-        env = Environment(user_classes=[ClosedLoopUser, OpenLoopUser], events=locust.events)
-        port = free_port()
-        master = env.create_master_runner(LOOPBACK, port)
-        master.register_message(
-            MSG_ROWS, lambda environment, msg, **_: self._dist_rows.extend(msg.data["rows"])
-        )
-        master.register_message(
-            MSG_DONE, lambda environment, msg, **_: self._dist_done.update({msg.node_id: msg.data})
-        )
-        log = (self.run.path / "workers.log").open("ab")
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "loadgen.worker", "--master-port", str(port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
-            for _ in range(self.workers)
-        ]
-        try:
-            deadline = time.monotonic() + 60
-            while master.worker_count < self.workers:
-                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                    raise TokenboothError(
-                        f"only {master.worker_count} of {self.workers} Locust workers connected; "
-                        f"see {self.run.path / 'workers.log'}"
-                    )
-                gevent.sleep(0.1)
-            logger.info("Locust distributed mode: %d workers connected", self.workers)
+        def on_rows(node: str, data: dict[str, Any]) -> None:
+            self._dist_rows.extend(data["rows"])
+
+        def on_done(node: str, data: dict[str, Any]) -> None:
+            self._dist_done[node] = data
+
+        with locust_master(
+            self.master_options, self.workers, self.run.path / "workers.log", on_rows, on_done
+        ) as master:
             self._master = master
-            yield
-        finally:
-            self._master = None
-            master.quit()
-            for p in procs:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            log.close()
+            try:
+                yield
+            finally:
+                self._master = None
 
     def _record_server(self, url: str, headers: dict[str, str], *, local: bool) -> None:
         """Find what serves ``url`` (once per run), record it, scrape through its adapter."""
@@ -306,6 +309,10 @@ class SweepRunner:
             remote.apply(config)
             headers = remote.headers()
             self._record_server(remote.urls[0], headers, local=False)
+            # Read right after the hook: a scaled deployment's new pods have just started.
+            self.run.write_cold_start(
+                read_cold_starts(remote.urls, config.config_id, headers=headers)
+            )
             model = _served_model(remote.urls[0], headers)
             choice = choose_tokenizer(
                 spec.workload.tokenizer,
@@ -336,6 +343,7 @@ class SweepRunner:
         )
         with replicas.running(spec.target.ready_timeout_s) as urls:
             self._record_server(urls[0], {}, local=True)
+            self.run.write_cold_start(read_cold_starts(urls, config.config_id))
             model = _served_model(urls[0], {})
             if spec.workload.tokenizer:
                 logger.warning(
@@ -401,7 +409,14 @@ class SweepRunner:
                     else:
                         for level in levels:
                             for rep in range(self.spec.run.repeats):
-                                self._run_point(config, level, rep, target, items)
+                                key = f"{config.config_id}|{level.key}|{rep}"
+                                self._check_gate(key, config, level)
+                                s = self._run_point(config, level, rep, target, items)
+                                if self._gate is not None:
+                                    achieved = s.get(Point.ACHIEVED_RPS, math.nan)
+                                    self._gate.record(
+                                        config.config_id, level.mode, level.value, achieved
+                                    )
                 return
             except _ReplicaDied as died:
                 # Record and continue: the next point gets fresh replicas.
@@ -672,6 +687,7 @@ class SweepRunner:
         saturated = ""  # distributed points are not watched: the workers hold the in-flight counts
         if self._master is not None:
             worker_cpu = self._drive_distributed(ctx, level, target)
+            self._record_workers(pid)
             # Workers advance their own stretches; move past the longest of them, with room
             # for the warm-up requests that left no row.
             n = max(len(self._master.clients), 1)
@@ -944,6 +960,22 @@ class SweepRunner:
             ctx.stopped = True
             logger.warning("point %s saturated, ended early: %s", level.key, reason)
         return reason
+
+    def _record_workers(self, pid: int) -> None:
+        """Each worker's rows, CPU and host for point ``pid`` (``workers.csv``)."""
+        self.run.write_workers(
+            pid,
+            [
+                {
+                    Wk.WORKER: d.get("worker", -1),
+                    Wk.NODE_ID: node,
+                    Wk.HOST: d.get("host", ""),
+                    Wk.ROWS: d["rows"],
+                    Wk.CPU_PERCENT: d["cpu_percent"],
+                }
+                for node, d in self._dist_done.items()
+            ],
+        )
 
     def _drive_distributed(self, ctx: PointContext, level: LoadLevel, target: _Target) -> float:
         """One point on Locust workers; returns the busiest worker's CPU percent."""

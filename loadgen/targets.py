@@ -24,6 +24,7 @@ import requests
 from pydantic import ValidationError
 
 from loadgen.results import PointStatus
+from loadgen.scalehook import warn_if_autoscaled
 from loadgen.servers import AUTO, DEFAULT_READY_PATHS, adapter_for
 from loadgen.spec import ServerConfig, TargetSpec
 from service.errors import TokenboothError
@@ -239,6 +240,7 @@ class RemoteTarget:
         self.target = target
         self.urls = list(target.urls)
         self.ready_via: dict[str, str] = {}
+        self._autoscalers_checked = False  # a kubectl scale hook vs an HPA: checked once
 
     @property
     def ready_paths(self) -> tuple[str, ...]:
@@ -257,6 +259,9 @@ class RemoteTarget:
 
     def apply(self, config: ServerConfig, timeout_s: float = 600.0) -> None:
         """Run the hook for ``config`` (if any) and wait for every URL to be ready."""
+        if self.target.hook and not self._autoscalers_checked:
+            self._autoscalers_checked = True
+            warn_if_autoscaled(self.target.hook)
         if self.target.hook:
             cmd = self.target.hook.format(
                 replicas=config.replicas,

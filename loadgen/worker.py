@@ -7,12 +7,15 @@ users send and measure the requests; rows stream back in ``tb_rows`` messages an
 ``tb_done`` carries the worker's own CPU use, so the master can tell when the load generator
 itself is the bottleneck.
 
-Run by the harness as ``python -m loadgen.worker --master-port P``.
+Run by the harness as ``python -m loadgen.worker --master-port P``, or on any host as
+``tokenbooth loadgen-worker --master-host H`` for a ``tokenbooth sweep --master`` (other hosts,
+a Kubernetes Deployment).
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import time
 from dataclasses import asdict
 from typing import Any
@@ -27,7 +30,7 @@ from loadgen.spec import LengthDist
 from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext
 from loadgen.workload import PromptItem
 
-__all__ = ["MSG_DONE", "MSG_POINT", "MSG_ROWS", "main", "point_message"]
+__all__ = ["MSG_DONE", "MSG_POINT", "MSG_ROWS", "main", "point_message", "serve"]
 
 MSG_POINT = "tb_point"
 MSG_ROWS = "tb_rows"
@@ -114,14 +117,14 @@ def _context(data: dict[str, Any]) -> PointContext:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Connect to the master and serve points until it quits."""
-    parser = argparse.ArgumentParser(prog="python -m loadgen.worker")
-    parser.add_argument("--master-host", default="127.0.0.1")
-    parser.add_argument("--master-port", type=int, required=True)
-    args = parser.parse_args(argv)
+def serve(master_host: str, master_port: int) -> int:
+    """Connect to the master and serve points until it quits; 0 then.
+
+    Locust retries the connection for about five minutes before it gives up (an error), so
+    workers may start before their master does.
+    """
     env = Environment(user_classes=[ClosedLoopUser, OpenLoopUser], events=locust.events)
-    runner = env.create_worker_runner(args.master_host, args.master_port)
+    runner = env.create_worker_runner(master_host, master_port)
     proc = psutil.Process()
 
     def on_point(environment: Environment, msg: Any, **_: Any) -> None:
@@ -145,11 +148,22 @@ def main(argv: list[str] | None = None) -> int:
         cpu1 = proc.cpu_times()
         wall = max(time.monotonic() - wall0, 1e-9)
         cpu = 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall
-        runner.send_message(MSG_DONE, {"cpu_percent": cpu, "rows": sent})
+        host = socket.gethostname()
+        report = {"cpu_percent": cpu, "rows": sent, "worker": ctx.worker, "host": host}
+        runner.send_message(MSG_DONE, report)
 
     runner.register_message(MSG_POINT, on_point)
     runner.greenlet.join()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m loadgen.worker --master-port P``: the sweep's own local workers."""
+    parser = argparse.ArgumentParser(prog="python -m loadgen.worker")
+    parser.add_argument("--master-host", default="127.0.0.1")
+    parser.add_argument("--master-port", type=int, required=True)
+    args = parser.parse_args(argv)
+    return serve(args.master_host, args.master_port)
 
 
 if __name__ == "__main__":

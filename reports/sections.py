@@ -19,6 +19,7 @@ import pandas as pd
 from loadgen.results import Col, Env, Gpu, Point, Tokenizer, TokensSource
 from loadgen.summary import SYNC_RATIO_WARN, SYNC_SHARE_WARN, SYNC_WINDOW_S
 from reports.analysis import CAPACITY_INTERPOLATION, KNEE_METHOD, Analysis, is_stage
+from reports.autoscaling import autoscaling_section
 from reports.capacity import CapacityModel, Holdout
 from reports.cells import ci, num, pct
 from reports.compare import Comparison
@@ -300,6 +301,7 @@ def points_section(analysis: Analysis) -> Section:
         *_loop_notes(pts),
         *_token_count_notes(pts, analysis.run.requests),
         *saturation_notes(pts),
+        *_gate_notes(analysis),
     ]
     unavailable = server_unavailable(analysis)
     if unavailable is not None:
@@ -340,6 +342,28 @@ def _loop_notes(pts: pd.DataFrame) -> list[str]:
             "send the next together and ride the same batch, so nobody waits for a batch: "
             "their TTFT understates what independent clients see. Prefer open-loop points, "
             "or set [load] think_time_s (a small random pause) and ramp_s."
+        )
+    return notes
+
+
+def _gate_notes(analysis: Analysis) -> list[str]:
+    """The calibration gate's verdicts (loadgen.calibration): points that asked too much."""
+    gate = analysis.run.environment.get(Env.LOADGEN_CEILING)
+    if not isinstance(gate, dict):
+        return []  # a run from before the gate
+    if not gate.get("ceiling"):
+        return ["Load generator: no calibrated ceiling (nginx missing): points were not gated."]
+    notes = [
+        f"Load generator: one process sustains about {gate['ceiling_rps']:.0f} req/s at "
+        f"{gate['chunks']:g} chunks per response here ({gate['ceiling']['source']}); points "
+        f"may ask up to {gate['safety']:g} of that per process ({gate['processes']} process(es)). "
+        "Its own CPU share per point is in the points data (loadgen_cpu_percent)."
+    ]
+    over = [k for k, v in (gate.get("points") or {}).items() if not v.get("ok", True)]
+    if over:
+        notes.append(
+            "Warning: the calibration gate judged these points beyond the load generator's "
+            f"ceiling: {', '.join(over)}; their latencies include the harness's own queueing."
         )
     return notes
 
@@ -816,8 +840,11 @@ def report_sections(
     sections = [recommendation_section(rec, holdout)]
     if comparison is not None:
         sections.append(comparison_section(comparison))
+    sections.append(capacity_section(analysis))
+    autoscaling = autoscaling_section(analysis)
+    if autoscaling is not None:
+        sections.append(autoscaling)
     sections += [
-        capacity_section(analysis),
         quality_section(analysis, quality if quality is not None else load_quality(analysis.run)),
         figures_section(analysis, model),
         points_section(analysis),

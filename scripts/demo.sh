@@ -3,7 +3,8 @@
 # local replicas, write a capacity report. Prints the report path last.
 # Pass a different spec as $1 (default: loadgen/examples/demo.toml).
 set -euo pipefail
-source "$(dirname "$0")/_env.sh" ""  # no extras (not this script's own arguments)
+# The load harness and the report stack (not this script's own arguments).
+source "$(dirname "$0")/_env.sh" "loadgen,reports"
 spec="${1:-loadgen/examples/demo.toml}"
 
 echo "== building the default model (SmolLM2-135M-Instruct -> CTranslate2 INT8)" >&2

@@ -2,9 +2,11 @@
 # The test command: installs everything the suite needs, then lint, types and tests.
 # Extra pytest arguments are passed through, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
-source "$(dirname "$0")/_env.sh" test
+source "$(dirname "$0")/_env.sh" "loadgen,reports,test"
 apt_install prometheus prometheus    # integration: real Prometheus scrapes the service
 apt_install chromium chromium        # reports: the HTML report is opened in headless Chromium
+apt_install nginx nginx              # bench loadgen / calibration: a canned SSE server
+apt_install haproxy haproxy          # integration: the compose proxy in front of two replicas
 # integration: llama.cpp's llama-server, the third-party peer (built once per machine, cached).
 # Like a missing tool in tests/conftest.py: a failed build fails CI and only warns elsewhere.
 if llama_server="$(bash scripts/build_llama_server.sh)"; then

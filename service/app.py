@@ -38,11 +38,13 @@ from service.routes.generation import chat_completions, completions
 from service.routes.ops import live, metrics, models, ready
 from service.settings import ServiceSettings
 from service.state import Phase, ServiceState
+from telemetry import names
 from telemetry.gpu import GpuSampler
 from telemetry.http import ConnectionMetrics
 from telemetry.logging import log_event
 from telemetry.loop import LoopLagMonitor
 from telemetry.metrics import ServiceMetrics, register_process_collectors
+from telemetry.startup import StartupClock, StartupMetrics
 from telemetry.tracing import TRACER_NAME, configure_tracing, exports_spans, shutdown_tracing
 
 __all__ = ["create_app", "get_state", "load_engine"]
@@ -136,13 +138,17 @@ def _api_key_guard(settings: ServiceSettings, *, protect: bool = True) -> list[A
     return [guard]
 
 
-async def _load(state: ServiceState, engine: Engine | None) -> None:
+async def _load(
+    state: ServiceState, engine: Engine | None, startup: StartupMetrics, clock: StartupClock
+) -> None:
     """Load and warm the model off the event loop, then mark the replica ready."""
     s = state.settings
     t0 = time.perf_counter()
+    clock.load_started()
     try:
         if engine is None:
             engine = await asyncio.to_thread(load_engine, s)
+        clock.model_loaded()
         state.engine = engine
         info = engine.info
         metrics = ServiceMetrics(
@@ -153,6 +159,8 @@ async def _load(state: ServiceState, engine: Engine | None) -> None:
             ttft_slo_seconds=None if s.ttft_slo_ms is None else s.ttft_slo_ms / 1000,
             tpot_slo_seconds=None if s.tpot_slo_ms is None else s.tpot_slo_ms / 1000,
             e2e_slo_seconds=None if s.e2e_slo_ms is None else s.e2e_slo_ms / 1000,
+            max_queue_size=s.max_queue_size,
+            metrics_compat=s.metrics_compat,
         )
         metrics.set_model_info(
             quantization=info.quantization, device=info.device, compute_type=info.compute_type
@@ -188,10 +196,16 @@ async def _load(state: ServiceState, engine: Engine | None) -> None:
         state.batcher = batcher
         if state.phase is Phase.LOADING:
             state.phase = Phase.READY
+        clock.ready()
+        startup.publish(clock)
         log_event(logger, "ready", ready_s=round(time.perf_counter() - t0, 3))
+        # log_event's way (fields as top-level keys), with the fields built as one mapping.
+        logger.info(names.EVENT_STARTUP, extra={"fields": clock.log_fields()})
     except Exception as exc:
         state.phase = Phase.FAILED
         state.failure = str(exc) if isinstance(exc, TokenboothError) else repr(exc)
+        # The phases that did finish (a load that took minutes and then failed is worth seeing).
+        startup.publish(clock)
         log_event(logger, "load_failed", level=logging.ERROR, error=state.failure)
 
 
@@ -222,6 +236,7 @@ def create_app(
     owns_provider = tracer_provider is None
     provider = tracer_provider if tracer_provider is not None else configure_tracing()
     register_process_collectors(registry)
+    startup = StartupMetrics(registry)
     state = ServiceState(
         settings=settings,
         registry=registry,
@@ -236,7 +251,9 @@ def create_app(
         sampler = GpuSampler(registry, interval_s=settings.gpu_sample_interval_s)
         async with sampler, LoopLagMonitor(registry):
             state.gpu_available = sampler.available
-            loader = asyncio.create_task(_load(state, engine), name="model-load")
+            loader = asyncio.create_task(
+                _load(state, engine, startup, StartupClock()), name="model-load"
+            )
             state.extra["loader"] = loader
             try:
                 yield

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from service.extras import missing_extra
 from service.settings import QUANTIZATIONS, ServiceSettings
 from telemetry.logging import configure_logging, log_event
 
@@ -195,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
             # A broken plugin must not take `serve` down with it; say so on every use.
             print(f"tokenbooth: subcommand {ep.name!r} unavailable: {exc}", file=sys.stderr)
             continue
+        before = set(sub.choices)
         register(sub)
+        # The extra named in the entry point ("... [loadgen]") is checked before the command
+        # runs (main), so a serving-only install gets one line naming it.
+        for name in set(sub.choices) - before:
+            sub.choices[name].set_defaults(_needs_extras=tuple(ep.extras))
     return parser
 
 
@@ -238,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             warn_api_key_flag(args)
             return serve(settings)
         if getattr(args, "func", None) is not None:
+            missing = missing_extra(args.command, getattr(args, "_needs_extras", ()))
+            if missing is not None:
+                print(f"tokenbooth: error: {missing}", file=sys.stderr)
+                return 2
             code: int = args.func(args)
             return code
     except TokenboothError as exc:

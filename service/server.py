@@ -39,6 +39,7 @@ __all__ = [
     "DrainingServer",
     "connection_limits",
     "serve",
+    "termination_budget_s",
 ]
 
 logger = logging.getLogger("tokenbooth.service")
@@ -51,6 +52,14 @@ SHUTDOWN_OVERHEAD_S: Final = 3.0
 """Signal to exit is at most ``drain_timeout_s`` plus this (the grace periods, engine close)."""
 FD_RESERVE: Final = 64
 """File descriptors kept free of connections: model files, logs, sockets to Prometheus/OTLP."""
+
+
+def termination_budget_s(drain_timeout_s: float, pre_stop_s: float = 0.0) -> float:
+    """Longest time from an orchestrator's stop to this process's exit: what its grace must exceed.
+
+    ``pre_stop_s`` runs before SIGTERM is sent (a Kubernetes preStop hook; 0 for Docker).
+    """
+    return pre_stop_s + drain_timeout_s + SHUTDOWN_OVERHEAD_S
 
 
 class DrainingServer(uvicorn.Server):
@@ -78,7 +87,7 @@ class DrainingServer(uvicorn.Server):
         state = get_state(self._app)
         state.drain_started_at = time.perf_counter()
         state.phase = Phase.DRAINING
-        _start_watchdog(self._drain_timeout_s + SHUTDOWN_OVERHEAD_S)
+        _start_watchdog(termination_budget_s(self._drain_timeout_s))
         batcher = state.batcher
         if batcher is not None:
             batcher.draining = True

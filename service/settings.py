@@ -9,6 +9,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import TokenboothError
+from telemetry.vllm_compat import MetricsCompat
 
 __all__ = ["QUANTIZATIONS", "ApiKeyFileError", "ServiceSettings", "read_api_key_file"]
 
@@ -142,6 +143,11 @@ class ServiceSettings(BaseSettings):
     log_json: bool = Field(default=True, description="JSON log lines (false: plain text)")
     gpu_sample_interval_s: float = Field(default=5.0, gt=0, description="NVML sampling period")
     trace_prompts: bool = Field(default=False, description="record prompt text on spans")
+    metrics_compat: MetricsCompat = Field(
+        default="none",
+        description="'vllm': also export vllm:* names (num_requests_waiting, TTFT, ...) for "
+        "vLLM dashboards, KEDA recipes and the Gateway API endpoint picker",
+    )
 
     # --- fake engine ---
     fake_ttft_ms: float = Field(default=50.0, ge=0, description="fake engine: time to first token")

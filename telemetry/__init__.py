@@ -9,6 +9,8 @@ The bottom layer of tokenbooth: it imports nothing from ``service``, ``loadgen``
 * :mod:`telemetry.tracing`: ``TracerProvider`` from ``OTEL_*`` env vars, W3C propagation.
 * :mod:`telemetry.logging`: JSON log lines bound to ``request_id`` / ``trace_id``.
 * :mod:`telemetry.gpu`: NVML sampler that reports absence instead of fake zeros.
+* :mod:`telemetry.vllm_compat`: vLLM's metric names for the same observations
+  (``--metrics-compat vllm``).
 """
 
 from telemetry.gpu import GpuSampler

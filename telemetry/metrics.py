@@ -31,6 +31,7 @@ from prometheus_client import (
 
 from telemetry import names
 from telemetry._exposition import render_openmetrics, render_prometheus
+from telemetry.vllm_compat import MetricsCompat, VllmCompatMetrics
 
 __all__ = [
     "CONTENT_TYPE_OPENMETRICS",
@@ -83,6 +84,10 @@ class ServiceMetrics:
         ttft_slo_seconds: Added as a TTFT bucket boundary so SLO attainment is exact.
         tpot_slo_seconds: Added as a boundary of the TPOT and inter-token-gap histograms.
         e2e_slo_seconds: Added as a request-duration bucket boundary.
+        max_queue_size: The batcher's queue limit, exported as ``tokenbooth_queue_capacity`` (the
+            denominator of the queue-saturation alert); ``None`` exports no value.
+        metrics_compat: ``"vllm"`` also exports vLLM's names for the same observations
+            (:mod:`telemetry.vllm_compat`); ``"none"`` only the native ones.
 
     Raises:
         ValueError: ``max_batch_size`` < 1 or an SLO is not a finite positive number.
@@ -98,6 +103,8 @@ class ServiceMetrics:
         ttft_slo_seconds: float | None = None,
         tpot_slo_seconds: float | None = None,
         e2e_slo_seconds: float | None = None,
+        max_queue_size: int | None = None,
+        metrics_compat: MetricsCompat = "none",
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -108,6 +115,9 @@ class ServiceMetrics:
         self._labels = (model, revision)
         self._error_types: set[str] = set()
         self._error_types_lock = threading.Lock()
+        self._vllm = (
+            VllmCompatMetrics(registry, model_name=model) if metrics_compat == "vllm" else None
+        )
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...], unit: str = "") -> Histogram:
             family = Histogram(
@@ -216,6 +226,15 @@ class ServiceMetrics:
         for outcome in names.OUTCOMES:
             self._requests.labels(*self._labels, outcome, names.ERROR_TYPE_NONE)
 
+        queue_capacity = Gauge(
+            names.TOKENBOOTH_QUEUE_CAPACITY,
+            "Requests that may wait before new ones are refused with 429 (max_queue_size).",
+            _SERVICE_LABELS,
+            registry=registry,
+        )
+        if max_queue_size is not None:
+            queue_capacity.labels(*self._labels).set(max_queue_size)
+
         # Info metrics add "_info" themselves; names.py holds the exposed name.
         self._model_info = Info(
             names.TOKENBOOTH_MODEL_INFO.removesuffix("_info"),
@@ -271,6 +290,8 @@ class ServiceMetrics:
         self._waiting.labels(*self._labels).set_function(lambda: float(waiting()))
         self._running.labels(*self._labels).set_function(lambda: float(running()))
         self._batches_running.labels(*self._labels).set_function(lambda: float(batches_running()))
+        if self._vllm is not None:
+            self._vllm.bind_queue_state(waiting, running)
 
     def observe_queue_wait(self, seconds: float, trace_id: str | None = None) -> None:
         """Record how long one request waited before its batch started."""
@@ -295,6 +316,8 @@ class ServiceMetrics:
     def observe_first_token(self, ttft_s: float, trace_id: str | None = None) -> None:
         """Record the time to first token of one request."""
         self._ttft.observe(ttft_s, exemplar=_exemplar(trace_id))
+        if self._vllm is not None:
+            self._vllm.observe_first_token(ttft_s)
 
     def observe_token_gap(self, gap_s: float, trace_id: str | None = None) -> None:
         """Record one gap between consecutive tokens (every gap, not a per-request mean)."""
@@ -341,6 +364,12 @@ class ServiceMetrics:
         self._generation_tokens.inc(completion_tokens)
         exemplar = _exemplar(trace_id)
         self._duration.observe(duration_s, exemplar=exemplar)
+        if self._vllm is not None:
+            self._vllm.observe_request_end(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                duration_s=duration_s,
+            )
         if ttft_s is not None and completion_tokens >= 2:
             # Clamped because duration and TTFT come from separate clock reads; a tiny negative
             # from rounding must not land below the lowest bucket as garbage.

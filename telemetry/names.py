@@ -43,6 +43,7 @@ __all__ = [
     "ERROR_TYPE_OTHER",
     "EVENT_LOOP_LAG_BUCKETS",
     "EVENT_REQUEST",
+    "EVENT_STARTUP",
     "EXEMPLAR_TRACE_ID",
     "GEN_AI_SERVER_REQUEST_DURATION",
     "GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN",
@@ -57,9 +58,11 @@ __all__ = [
     "LABEL_MODEL",
     "LABEL_MODEL_REVISION",
     "LABEL_OUTCOME",
+    "LABEL_PHASE",
     "LABEL_PYTHON_VERSION",
     "LABEL_QUANTIZATION",
     "LABEL_REASON",
+    "LABEL_REVISION",
     "LABEL_VERSION",
     "LOG_BATCH_SIZE",
     "LOG_COMPLETION_TOKENS",
@@ -96,6 +99,11 @@ __all__ = [
     "SPAN_PREFILL",
     "SPAN_QUEUE_WAIT",
     "SPAN_STREAM",
+    "STARTUP_PHASES",
+    "STARTUP_PHASE_INIT",
+    "STARTUP_PHASE_LOAD",
+    "STARTUP_PHASE_TOTAL",
+    "STARTUP_PHASE_WARMUP",
     "TIME_PER_OUTPUT_TOKEN_BUCKETS",
     "TIME_TO_FIRST_TOKEN_BUCKETS",
     "TOKENBOOTH_BATCHES_RUNNING",
@@ -118,10 +126,21 @@ __all__ = [
     "TOKENBOOTH_INTER_TOKEN_LATENCY",
     "TOKENBOOTH_MODEL_INFO",
     "TOKENBOOTH_PROMPT_TOKENS",
+    "TOKENBOOTH_QUEUE_CAPACITY",
     "TOKENBOOTH_QUEUE_WAIT",
     "TOKENBOOTH_REQUESTS",
     "TOKENBOOTH_REQUESTS_RUNNING",
     "TOKENBOOTH_REQUESTS_WAITING",
+    "TOKENBOOTH_STARTUP_DURATION",
+    "VLLM_E2E_REQUEST_LATENCY",
+    "VLLM_E2E_REQUEST_LATENCY_BUCKETS",
+    "VLLM_GENERATION_TOKENS",
+    "VLLM_LABEL_MODEL_NAME",
+    "VLLM_NUM_REQUESTS_RUNNING",
+    "VLLM_NUM_REQUESTS_WAITING",
+    "VLLM_PROMPT_TOKENS",
+    "VLLM_TIME_TO_FIRST_TOKEN",
+    "VLLM_TIME_TO_FIRST_TOKEN_BUCKETS",
     "server_span_name",
     "with_slo_boundaries",
 ]
@@ -168,6 +187,8 @@ TOKENBOOTH_BATCH_FILL_RATIO: Final = "tokenbooth_batch_fill_ratio"
 """Batch size divided by the configured maximum batch size, per executed batch."""
 TOKENBOOTH_REQUESTS_WAITING: Final = "tokenbooth_requests_waiting"
 """Requests queued and not yet in a batch, read live at scrape time."""
+TOKENBOOTH_QUEUE_CAPACITY: Final = "tokenbooth_queue_capacity"
+"""Requests that may wait (``max_queue_size``); one more gets a 429. Constant per process."""
 TOKENBOOTH_REQUESTS_RUNNING: Final = "tokenbooth_requests_running"
 """Requests in a batch that is executing, read live at scrape time."""
 TOKENBOOTH_BATCHES_RUNNING: Final = "tokenbooth_batches_running"
@@ -188,6 +209,8 @@ TOKENBOOTH_MODEL_INFO: Final = "tokenbooth_model_info"
 """Constant 1, labelled with what model is served and how."""
 TOKENBOOTH_BUILD_INFO: Final = "tokenbooth_build_info"
 """Constant 1, labelled with tokenbooth, Python and CTranslate2 versions."""
+TOKENBOOTH_STARTUP_DURATION: Final = "tokenbooth_startup_duration_seconds"
+"""Cold start of this process by ``phase`` (one of ``STARTUP_PHASES``), set once when ready."""
 TOKENBOOTH_GPU_AVAILABLE: Final = "tokenbooth_gpu_available"
 """1 when NVML reports at least one GPU, else 0; the GPU series exist only when 1."""
 TOKENBOOTH_GPU_UTILIZATION: Final = "tokenbooth_gpu_utilization_ratio"
@@ -200,6 +223,39 @@ TOKENBOOTH_GPU_POWER: Final = "tokenbooth_gpu_power_watts"
 """GPU board power draw."""
 TOKENBOOTH_GPU_TEMPERATURE: Final = "tokenbooth_gpu_temperature_celsius"
 """GPU core temperature."""
+
+# --------------------------------------------------------------------------------------------
+# vLLM-compatible names, exported in addition to the native ones with ``--metrics-compat vllm``
+# (telemetry/vllm_compat.py), so vLLM dashboards, KEDA recipes and the Gateway API Inference
+# Extension's endpoint picker read a tokenbooth replica unchanged. Names, the label and the
+# buckets as vLLM's v1 engine exports them: vllm-project/vllm vllm/v1/metrics/loggers.py at
+# commit 005a810bc40faa25b8870fbc8559c3462581eee3 (counters without ``_total`` there; the
+# exposition adds it). vLLM also adds an ``engine`` label (its data-parallel engine index);
+# tokenbooth has one engine per replica and leaves it out, as vLLM's v0 engine did.
+# --------------------------------------------------------------------------------------------
+
+VLLM_NUM_REQUESTS_RUNNING: Final = "vllm:num_requests_running"
+"""vLLM's name for :data:`TOKENBOOTH_REQUESTS_RUNNING`."""
+VLLM_NUM_REQUESTS_WAITING: Final = "vllm:num_requests_waiting"
+"""vLLM's name for :data:`TOKENBOOTH_REQUESTS_WAITING`."""
+VLLM_TIME_TO_FIRST_TOKEN: Final = "vllm:time_to_first_token_seconds"
+"""vLLM's name for :data:`GEN_AI_SERVER_TIME_TO_FIRST_TOKEN`."""
+VLLM_E2E_REQUEST_LATENCY: Final = "vllm:e2e_request_latency_seconds"
+"""vLLM's name for :data:`GEN_AI_SERVER_REQUEST_DURATION`."""
+VLLM_PROMPT_TOKENS: Final = "vllm:prompt_tokens_total"
+"""vLLM's name for :data:`TOKENBOOTH_PROMPT_TOKENS`."""
+VLLM_GENERATION_TOKENS: Final = "vllm:generation_tokens_total"
+"""vLLM's name for :data:`TOKENBOOTH_GENERATION_TOKENS`."""
+VLLM_LABEL_MODEL_NAME: Final = "model_name"
+"""vLLM's model label: the served model name (tokenbooth's ``model``)."""
+VLLM_TIME_TO_FIRST_TOKEN_BUCKETS: Final[tuple[float, ...]] = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+VLLM_E2E_REQUEST_LATENCY_BUCKETS: Final[tuple[float, ...]] = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+    240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
 
 # prometheus_client's process collector (not ours to define, named once so scrapes, the capacity
 # model and the dashboard agree on it).
@@ -257,6 +313,10 @@ LABEL_CTRANSLATE2_VERSION: Final = "ctranslate2_version"
 LABEL_REASON: Final = "reason"
 LABEL_GPU: Final = "gpu"
 LABEL_GPU_UUID: Final = "gpu_uuid"
+LABEL_PHASE: Final = "phase"
+LABEL_REVISION: Final = "revision"
+"""Target label, not exported: the rollout track (stable, canary) copied from the pod label of
+the same name by the ServiceMonitor and deploy/prometheus/prometheus-kubernetes.yml."""
 
 ERROR_TYPE_NONE: Final = ""
 """``error_type`` label value of requests that did not fail."""
@@ -372,6 +432,28 @@ LOG_QUEUE_WAIT_S: Final = "queue_wait_s"
 LOG_TTFT_S: Final = "ttft_s"
 LOG_DURATION_S: Final = "duration_s"
 
+# --------------------------------------------------------------------------------------------
+# Cold start (values of the ``phase`` label, and ``<phase>_s`` fields of the ``startup`` line).
+# init + load + warmup == total: consecutive intervals of one clock.
+# --------------------------------------------------------------------------------------------
+
+STARTUP_PHASE_INIT: Final = "init"
+"""Process start (the kernel's start time) to the model load beginning: interpreter, imports."""
+STARTUP_PHASE_LOAD: Final = "load"
+"""Building (if needed) and loading the model into the engine."""
+STARTUP_PHASE_WARMUP: Final = "warmup"
+"""Model loaded to ready: the warm-up generation and starting the batcher."""
+STARTUP_PHASE_TOTAL: Final = "total"
+"""Process start to ready: what a new replica costs before it takes traffic."""
+STARTUP_PHASES: Final[tuple[str, ...]] = (
+    STARTUP_PHASE_INIT,
+    STARTUP_PHASE_LOAD,
+    STARTUP_PHASE_WARMUP,
+    STARTUP_PHASE_TOTAL,
+)
+
+EVENT_STARTUP: Final = "startup"
+"""``event`` of the one log line a replica writes when it becomes ready, with its phases."""
 EVENT_REQUEST: Final = "request"
 """``event`` of the one log line written per finished or refused request."""
 REQUEST_LOG_FIELDS: Final[tuple[str, ...]] = (

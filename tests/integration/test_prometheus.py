@@ -165,6 +165,7 @@ def _substitute(expr: str) -> str:
         "$__rate_interval": "60s",
         "$model": ".*",
         "$instance": ".*",
+        "$revision": ".*",  # the variable's allValue: these replicas have no revision label
         "$ttft_slo": "0.5",
         "$tpot_slo": "0.1",
     }
@@ -309,8 +310,15 @@ def test_prometheus_scrapes_replicas_and_evaluates_rules_and_dashboard(
             "TokenboothQueueBackingUp",
             "TokenboothHighErrorRate",
             "TokenboothRequestsRejected",
+            "TokenboothTTFTBudgetBurnFast",
+            "TokenboothErrorBudgetBurnFast",
+            "TokenboothReplicasAbsent",
+            "TokenboothQueueSaturated",
+            "TokenboothGpuMemoryHigh",
         ):
             assert prom.query(alerts[quiet]) == [], quiet
+        # The queue-saturation denominator is exported by the healthy replica (max_queue_size).
+        assert prom.instances("instance:tokenbooth_queue_fill:ratio") == {good_instance}
 
         # --- every dashboard query runs; all but the GPU and failure panels have data ---
         exprs = _dashboard_exprs()

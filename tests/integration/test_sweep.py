@@ -31,9 +31,12 @@ from loadgen.results import (
     REQUEST_COLUMNS,
     SERVER_COLUMNS,
     Col,
+    ColdStartStatus,
+    Cs,
     Point,
     RunDir,
     Srv,
+    Wk,
 )
 from loadgen.summary import synchronised
 from service.launch import free_port
@@ -358,6 +361,21 @@ def test_sweep_writes_a_complete_run_dir(closed_run: tuple[RunDir, Path, float])
         # An in-flight warm-up request may already have had its first token by then.
         assert n <= ttft_count <= p[Point.SERVER_REQUESTS]
         assert p[Point.SERVER_GENERATION_TOKENS] == 8 * p[Point.SERVER_REQUESTS]
+
+
+@pytest.mark.slow
+def test_sweep_records_each_replicas_cold_start(closed_run: tuple[RunDir, Path, float]) -> None:
+    run, _, started = closed_run
+    cold = run.cold_start()
+    points = run.points()
+    # One row per local replica of every configuration, read as soon as they were ready.
+    assert set(cold[Cs.CONFIG_ID]) == set(points[Point.CONFIG_ID])
+    assert len(cold) == int(points.groupby(Point.CONFIG_ID)[Point.REPLICAS].first().sum())
+    assert (cold[Cs.STATUS] == ColdStartStatus.MEASURED).all(), cold[Cs.DETAIL].tolist()
+    parts = cold[Cs.INIT_S] + cold[Cs.LOAD_S] + cold[Cs.WARMUP_S]
+    assert ((parts - cold[Cs.TOTAL_S]).abs() < 1e-6).all()
+    assert (cold[[Cs.INIT_S, Cs.LOAD_S, Cs.WARMUP_S]] >= 0).all().all()
+    assert (cold[Cs.TOTAL_S] < time.time() - started).all()
 
 
 @pytest.mark.slow
@@ -701,3 +719,7 @@ def test_distributed_mode_splits_an_open_loop_schedule_over_locust_workers(
     assert np.allclose(np.diff(sched), 1 / 20.0, atol=1e-6)
     assert rows[Col.SCHEDULE_LAG_S].quantile(0.95) < 0.05
     assert "Locust distributed mode: 2 workers connected" in (out / "sweep.log").read_text()
+    # Each worker's share and CPU, as for workers on other hosts (test_distributed_hosts).
+    workers = run.workers()
+    assert sorted(workers[Wk.WORKER]) == [0, 1]
+    assert int(workers[Wk.ROWS].sum()) == len(rows)

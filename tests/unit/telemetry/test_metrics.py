@@ -87,7 +87,7 @@ def test_metric_names_are_prometheus_legal_and_unit_suffixed() -> None:
         for key, value in vars(names).items()
         if key.startswith(("GEN_AI_SERVER_", "TOKENBOOTH_")) and isinstance(value, str)
     ]
-    assert len(metric_names) == 27
+    assert len(metric_names) == 29
     for name in metric_names:
         assert re.fullmatch(r"[a-z_][a-z0-9_]*", name), name
     latency = [n for n in metric_names if "latency" in n or "time" in n or "duration" in n]
