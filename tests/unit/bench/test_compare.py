@@ -181,9 +181,11 @@ async def test_a_closed_loop_phase_measures_what_the_server_streams(sse_server: 
     assert 4.5 <= p.itl_p50_ms <= 12.0
     # Two users, each a request of ~25 ms (4 tokens): about 2 * 4 / 0.025 tok/s in the window.
     assert 150 <= p.tokens_per_s <= 360
-    # Only requests scheduled inside the window are measured, and each of them finished.
+    # Measured: sent after the warm-up (not a user's first) and before the window's end; each
+    # of them finished.
     measured = [r for r in phase.requests if r.measured]
-    assert all(phase.window[0] <= r.scheduled < phase.window[1] for r in measured)
+    t0 = phase.window[0] - phase.warmup_s
+    assert all(t0 + 0.1 - 1e-9 <= r.scheduled < phase.window[1] for r in measured)
     assert all(r.done_ok() for r in measured)
 
 
@@ -199,6 +201,22 @@ async def test_a_closed_loop_window_waits_for_every_users_first_request() -> Non
     assert p.warmup_s >= 0.3
     assert p.requests >= 3 and p.errors == 0
     assert 300 <= p.ttft_p50_ms <= 400
+    # No user's first request is a sample, and every user's second one is.
+    firsts = sorted(phase.requests, key=lambda r: r.scheduled)[:3]
+    assert not any(r.measured for r in firsts)
+    assert sum(r.measured for r in phase.requests) >= 3
+
+
+async def test_a_window_shorter_than_a_request_still_samples_every_user() -> None:
+    # 32 requests of ~0.3 s finishing together (a continuous-batching server) and a window of
+    # 0.1 s: counting only the sends inside the window would leave one sample or none.
+    async with _Server(_Script(first_s=0.3)) as server:
+        config = _config(duration_s=0.1, warmup_s=0.0)
+        phase = await compare._run_phase(
+            Level("closed", 32.0), Endpoint.from_url(server.url), _body, config, ramp_s=0.03, seed=0
+        )
+    p = phase_figures(phase, server="s", level="32", repeat=0, max_tokens=4)
+    assert p.requests >= 32 and p.errors == 0
 
 
 async def test_open_loop_latency_runs_from_the_scheduled_send() -> None:
