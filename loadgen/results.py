@@ -172,6 +172,7 @@ class Point:
     BATCH_WORKERS: Final = "batch_workers"
     INTRA_THREADS: Final = "intra_threads"
     QUANTIZATION: Final = "quantization"
+    BATCH_POLICY: Final = "batch_policy"  # service.settings.BATCH_POLICIES
     LOAD_MODE: Final = "load_mode"  # "concurrency" | "rate"
     ARRIVAL: Final = "arrival"  # "closed" | "constant" | "poisson"
     LOAD_LEVEL: Final = "load_level"  # concurrency, or offered requests/s

@@ -466,6 +466,7 @@ class SweepRunner:
             Point.BATCH_WORKERS: config.batch_workers,
             Point.INTRA_THREADS: config.intra_threads,
             Point.QUANTIZATION: config.quantization,
+            Point.BATCH_POLICY: config.batch_policy,
             Point.LOAD_MODE: level.mode,
             Point.ARRIVAL: level.arrival,
             # Open loop in requests/s, a sessions workload's sessions/s times its mean turns.

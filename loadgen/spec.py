@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 
 from loadgen.servers.kinds import AUTO, SERVER_KINDS
 from service.errors import TokenboothError
-from service.settings import QUANTIZATIONS
+from service.settings import BATCH_POLICIES, QUANTIZATIONS, TRITON_POLICY
 
 __all__ = [
     "RAMP_AUTO",
@@ -119,6 +119,7 @@ class ServerSpec:
     batch_workers: tuple[int, ...] = (1,)
     intra_threads: tuple[int, ...] = (1,)
     quantization: tuple[str, ...] = ("int8",)
+    batch_policy: tuple[str, ...] = (TRITON_POLICY,)
     env: dict[str, str] = field(default_factory=dict)
     # A listed subset instead of the cross product: each entry fixes some dimensions; the
     # others take their first listed value.
@@ -244,6 +245,7 @@ class ServerConfig:
     batch_workers: int
     intra_threads: int
     quantization: str
+    batch_policy: str = TRITON_POLICY
 
     @property
     def config_id(self) -> str:
@@ -254,9 +256,11 @@ class ServerConfig:
         """
         delay = float(self.max_batch_delay_ms)
         d = str(int(delay)) if delay.is_integer() else repr(delay)
+        # The default policy adds nothing, so ids of runs from before policies existed hold.
+        policy = "" if self.batch_policy == TRITON_POLICY else f"-{self.batch_policy}"
         return (
             f"r{self.replicas}-b{self.max_batch_size}-d{d}"
-            f"-w{self.batch_workers}-t{self.intra_threads}-{self.quantization}"
+            f"-w{self.batch_workers}-t{self.intra_threads}-{self.quantization}{policy}"
         )
 
 
@@ -324,6 +328,7 @@ class SweepSpec:
                     batch_workers=c.get("batch_workers", s.batch_workers[0]),
                     intra_threads=c.get("intra_threads", s.intra_threads[0]),
                     quantization=c.get("quantization", s.quantization[0]),
+                    batch_policy=c.get("batch_policy", s.batch_policy[0]),
                 )
                 for c in s.configs
             ]
@@ -336,6 +341,7 @@ class SweepSpec:
                 s.batch_workers,
                 s.intra_threads,
                 s.quantization,
+                s.batch_policy,
             )
         ]
 
@@ -758,6 +764,7 @@ _CONFIG_KEYS: dict[str, type] = {
     "batch_workers": int,
     "intra_threads": int,
     "quantization": str,
+    "batch_policy": str,
 }
 
 
@@ -781,6 +788,10 @@ def _config_list(ctx: _Ctx, value: Any) -> tuple[dict[str, Any], ...]:
             if k == "quantization" and v not in QUANTIZATIONS:
                 raise ctx.error(
                     "server", "configs", f"entry {i}: quantization must be one of {QUANTIZATIONS}"
+                )
+            if k == "batch_policy" and v not in BATCH_POLICIES:
+                raise ctx.error(
+                    "server", "configs", f"entry {i}: batch_policy must be one of {BATCH_POLICIES}"
                 )
             entry[k] = v
         out.append(entry)
@@ -984,6 +995,10 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
                     QUANTIZATIONS,
                 )
                 for q in (v if isinstance(v, list) else [v])
+            ),
+            "batch_policy": lambda v: tuple(
+                _choice(ctx, "server", "batch_policy", p, BATCH_POLICIES)
+                for p in (v if isinstance(v, list) else [v])
             ),
             "env": lambda v: _env_table(ctx, v),
             "configs": lambda v: _config_list(ctx, v),

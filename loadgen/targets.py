@@ -165,6 +165,7 @@ class LocalReplicas:
             "batch_workers": c.batch_workers,
             "intra_threads": c.intra_threads,
             "quantization": c.quantization,
+            "batch_policy": c.batch_policy,
             "request_timeout_s": self.request_timeout_s,
             # The harness decides load and lengths; the replica must not be what limits them.
             "max_tokens_cap": 4096,

@@ -187,6 +187,7 @@ async def _load(
                 max_queue_size=s.max_queue_size,
                 batch_workers=s.batch_workers,
                 request_timeout_s=s.request_timeout_s,
+                policy=s.batch_policy,
             ),
             metrics,
             state.tracer,

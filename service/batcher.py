@@ -33,6 +33,7 @@ from opentelemetry.trace import Link, Span, Tracer
 
 from service.errors import DrainingError, ErrorCode, QueueFullError
 from service.job import Finished, Job, Outcome
+from service.settings import ADAPTIVE_POLICY, TRITON_POLICY
 from telemetry import names
 from telemetry.logging import log_event
 
@@ -47,13 +48,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class BatcherConfig:
-    """Batching knobs, taken from ServiceSettings."""
+    """Batching knobs, taken from ServiceSettings.
+
+    ``policy`` "triton": a batch that is not full starts ``max_batch_delay_s`` after its oldest
+    request arrived. "adaptive": it starts once no request has joined it for
+    ``max_batch_delay_s`` (a burst of re-sending clients lands in one batch instead of being
+    cut after 5 ms into a partial batch and a whole-batch wait for the rest), but no later than
+    ``adaptive_hold_fraction`` of a recent batch's duration after its oldest request; and when
+    more requests wait than fit, the batch takes the oldest one plus those whose prompt
+    lengths are closest to it (CTranslate2 prefills only up to the shortest prompt of a batch
+    and feeds the rest one token per step).
+    """
 
     max_batch_size: int = 16
     max_batch_delay_s: float = 0.005
     max_queue_size: int = 256
     batch_workers: int = 2
     request_timeout_s: float = 300.0
+    policy: str = TRITON_POLICY
+    adaptive_hold_fraction: float = 0.05
 
 
 _SHUTDOWN = Finished(Outcome.ABORTED, ErrorCode.SHUTDOWN, "server shut down")
@@ -237,21 +250,50 @@ class Batcher:
                     continue
                 head_t = bucket[0].enqueued_at
                 full = len(bucket) >= cfg.max_batch_size
-                if full or now >= head_t + cfg.max_batch_delay_s:
+                due_at = self._due_at(bucket)
+                if full or now >= due_at:
                     key = (0 if full else 1, head_t)  # full buckets first, then oldest
                     if best_key is None or key < best_key:
                         best, best_key = bucket, key
                 else:
-                    next_deadline = min(next_deadline, head_t + cfg.max_batch_delay_s)
+                    next_deadline = min(next_deadline, due_at)
             if best is None:
                 self._arm_timer(next_deadline)
                 return
-            n = min(len(best), cfg.max_batch_size)
-            jobs = [best.popleft() for _ in range(n)]
+            jobs = self._take(best)
+            n = len(jobs)
             self._waiting -= n
             self._buckets = {k: v for k, v in self._buckets.items() if v}
             self._free_workers -= 1
             self._run_batch(jobs)
+
+    def _due_at(self, bucket: deque[Job]) -> float:
+        """When a bucket that is not full becomes due, under the configured policy."""
+        cfg = self.config
+        head_due = bucket[0].enqueued_at + cfg.max_batch_delay_s
+        if cfg.policy != ADAPTIVE_POLICY:
+            return head_due
+        quiet_due = bucket[-1].enqueued_at + cfg.max_batch_delay_s
+        recent = self._recent_batch_s
+        batch_s = sum(recent) / len(recent) if recent else 0.0
+        hold_cap = max(cfg.max_batch_delay_s, cfg.adaptive_hold_fraction * batch_s)
+        return min(quiet_due, bucket[0].enqueued_at + hold_cap)
+
+    def _take(self, bucket: deque[Job]) -> list[Job]:
+        """Pop the next batch from a due bucket: the oldest jobs, or (adaptive, when more wait
+        than fit) the oldest job and the jobs whose prompt lengths are closest to it."""
+        size = self.config.max_batch_size
+        if self.config.policy != ADAPTIVE_POLICY or len(bucket) <= size:
+            return [bucket.popleft() for _ in range(min(len(bucket), size))]
+        head = bucket.popleft()
+        n_head = len(head.prompt_tokens)
+        # Stable sort: among equal distances the older job goes first.
+        chosen = sorted(bucket, key=lambda j: abs(len(j.prompt_tokens) - n_head))[: size - 1]
+        picked = set(map(id, chosen))
+        rest = [j for j in bucket if id(j) not in picked]
+        bucket.clear()
+        bucket.extend(rest)
+        return [head, *(j for j in chosen)]
 
     def _arm_timer(self, deadline: float) -> None:
         if math.isinf(deadline) or deadline >= self._timer_at:

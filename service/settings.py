@@ -11,7 +11,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.errors import TokenboothError
 from telemetry.vllm_compat import MetricsCompat
 
-__all__ = ["QUANTIZATIONS", "ApiKeyFileError", "ServiceSettings", "read_api_key_file"]
+__all__ = [
+    "ADAPTIVE_POLICY",
+    "BATCH_POLICIES",
+    "QUANTIZATIONS",
+    "TRITON_POLICY",
+    "ApiKeyFileError",
+    "ServiceSettings",
+    "read_api_key_file",
+]
 
 QUANTIZATIONS: Final[tuple[str, ...]] = (
     "int8",
@@ -22,6 +30,14 @@ QUANTIZATIONS: Final[tuple[str, ...]] = (
     "int16",
 )
 """Weight quantizations a model can be built with (CTranslate2 ``quantization``)."""
+
+TRITON_POLICY: Final = "triton"
+"""A batch that is not full starts ``max_batch_delay_ms`` after its oldest request arrived."""
+ADAPTIVE_POLICY: Final = "adaptive"
+"""A batch that is not full starts once no request joined it for ``max_batch_delay_ms`` (held
+at most a few percent of a batch's duration), grouping prompts of similar length."""
+BATCH_POLICIES: Final[tuple[str, ...]] = (TRITON_POLICY, ADAPTIVE_POLICY)
+"""Batch formation policies (``service.batcher.BatcherConfig``)."""
 
 
 class ApiKeyFileError(TokenboothError):
@@ -70,6 +86,10 @@ class ServiceSettings(BaseSettings):
     max_batch_size: int = Field(default=16, ge=1, le=1024, description="requests per batch")
     max_batch_delay_ms: float = Field(
         default=5.0, ge=0.0, le=10_000.0, description="max wait after the first queued request"
+    )
+    batch_policy: str = Field(
+        default=TRITON_POLICY,
+        description=f"when a batch that is not full starts: {' | '.join(BATCH_POLICIES)}",
     )
     max_queue_size: int = Field(
         default=256, ge=1, description="requests admitted but not yet running; beyond: 429"
@@ -161,6 +181,13 @@ class ServiceSettings(BaseSettings):
         le=100,
         description="CPython GIL switch interval: how long the event loop can delay engine threads",
     )
+
+    @field_validator("batch_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        if value not in BATCH_POLICIES:
+            raise ValueError(f"must be one of {', '.join(BATCH_POLICIES)}")
+        return value
 
     @field_validator("quantization")
     @classmethod

@@ -601,3 +601,28 @@ def test_sessions_open_loop_levels_offer_requests_per_second() -> None:
         '[load]\nstages = [{duration_s = 5, rate = 1}]\n[workload]\nkind = "sessions"\nturns = 3\n'
     ).levels()
     assert stages[0].requests_per_s == 3.0
+
+
+def test_batch_policy_is_a_server_dimension_named_in_the_config_id() -> None:
+    spec = parse_spec(
+        textwrap.dedent(
+            """
+            [server]
+            batch_policy = ["triton", "adaptive"]
+            configs = [{ batch_policy = "adaptive", batch_workers = 2 }, { batch_workers = 3 }]
+            """
+        )
+    )
+    a, b = spec.configs()
+    assert a.batch_policy == "adaptive" and a.config_id.endswith("-int8-adaptive")
+    # The default policy adds nothing to the id: runs from before policies keep their ids.
+    assert b.batch_policy == "triton" and b.config_id == "r1-b8-d5-w3-t1-int8"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['[server]\nbatch_policy = ["fifo"]', '[server]\nconfigs = [{ batch_policy = "fifo" }]'],
+)
+def test_unknown_batch_policy_is_a_spec_error(text: str) -> None:
+    with pytest.raises(SpecError, match="batch_policy"):
+        parse_spec(text)
