@@ -89,7 +89,7 @@ async def test_adaptive_groups_similar_prompt_lengths(
 ) -> None:
     # One worker busy, then short and long prompts alternate in the queue; batches of 3: the
     # oldest (short) takes the other short ones, the long ones go together.
-    batcher, engine = await make_batcher(
+    batcher, _engine = await make_batcher(
         registry,
         max_batch_size=3,
         max_batch_delay_s=0.0,
@@ -113,7 +113,7 @@ async def test_adaptive_groups_similar_prompt_lengths(
 async def test_triton_takes_the_oldest_whatever_their_lengths(
     registry: CollectorRegistry, stoppable: list[Batcher]
 ) -> None:
-    batcher, engine = await make_batcher(
+    batcher, _engine = await make_batcher(
         registry, max_batch_size=3, max_batch_delay_s=0.0, batch_workers=1, policy=TRITON_POLICY
     )
     stoppable.append(batcher)
