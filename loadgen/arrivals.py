@@ -14,6 +14,7 @@ the next send, which keeps batch boundaries from lining the users up again.
 
 from __future__ import annotations
 
+import zlib
 from typing import Literal
 
 import numpy as np
@@ -24,6 +25,7 @@ from loadgen.spec import LengthDist
 __all__ = [
     "ArrivalKind",
     "arrival_offsets",
+    "level_seed",
     "probe_offsets",
     "ramp_offsets",
     "split_for_worker",
@@ -158,3 +160,12 @@ def think_times(
     if dist.dist == "uniform":
         return rng.uniform(dist.min, dist.max, size=n)
     return np.clip(rng.normal(dist.mean, dist.std, size=n), dist.min, dist.max)
+
+
+def level_seed(seed: int, level_key: str, repeat: int) -> int:
+    """The arrival seed of one load level's repeat, the same for every server configuration.
+
+    Configurations compared at one level then face the same send times (common random
+    numbers): a difference between them is theirs, not a luckier Poisson draw.
+    """
+    return seed + zlib.crc32(f"{level_key}|{repeat}".encode()) % 65_536

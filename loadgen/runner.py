@@ -34,7 +34,13 @@ from locust.clients import HttpSession
 from locust.env import Environment
 
 from loadgen import scrape
-from loadgen.arrivals import ArrivalKind, arrival_offsets, probe_offsets, ramp_offsets
+from loadgen.arrivals import (
+    ArrivalKind,
+    arrival_offsets,
+    level_seed,
+    probe_offsets,
+    ramp_offsets,
+)
 from loadgen.calibration import Gate, sweep_gate
 from loadgen.coldstart import read_cold_starts
 from loadgen.distributed import MasterOptions, check_external_workers
@@ -650,7 +656,7 @@ class SweepRunner:
                 else "poisson",
                 level.value,
                 run.warmup_s + run.duration_s,
-                seed=run.seed + pid,
+                seed=level_seed(run.seed, level.key, rep),
                 burstiness=self.spec.load.burstiness,
             )
             ctx.schedule = [t0 + float(o) for o in offsets]

@@ -201,3 +201,11 @@ def test_think_times_follow_their_distribution() -> None:
         LengthDist(dist="normal", mean=0.1, std=0.05, min=0.05, max=0.2), 20000, rng
     )
     assert normal.min() == 0.05 and normal.max() == 0.2  # clipped to [min, max]
+
+
+def test_level_seed_is_shared_by_configurations_and_differs_per_level_and_repeat() -> None:
+    from loadgen.arrivals import level_seed
+
+    assert level_seed(42, "rate=1/poisson", 0) == level_seed(42, "rate=1/poisson", 0)
+    seeds = {level_seed(42, k, r) for k in ("rate=1/poisson", "rate=2/poisson") for r in (0, 1)}
+    assert len(seeds) == 4
