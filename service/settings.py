@@ -166,7 +166,7 @@ class ServiceSettings(BaseSettings):
     metrics_compat: MetricsCompat = Field(
         default="none",
         description="'vllm': also export vllm:* names (num_requests_waiting, TTFT, ...) for "
-        "vLLM dashboards, KEDA recipes and the Gateway API endpoint picker",
+        "vLLM dashboards and KEDA recipes",
     )
 
     # --- fake engine ---

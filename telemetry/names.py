@@ -226,8 +226,9 @@ TOKENBOOTH_GPU_TEMPERATURE: Final = "tokenbooth_gpu_temperature_celsius"
 
 # --------------------------------------------------------------------------------------------
 # vLLM-compatible names, exported in addition to the native ones with ``--metrics-compat vllm``
-# (telemetry/vllm_compat.py), so vLLM dashboards, KEDA recipes and the Gateway API Inference
-# Extension's endpoint picker read a tokenbooth replica unchanged. Names, the label and the
+# (telemetry/vllm_compat.py), so vLLM dashboards and KEDA recipes read a tokenbooth replica's
+# TTFT, e2e latency, tokens and queue unchanged (not the Gateway API Inference Extension's
+# endpoint picker: it also needs vllm:kv_cache_usage_perc and LoRA info). Names, the label and the
 # buckets as vLLM's v1 engine exports them: vllm-project/vllm vllm/v1/metrics/loggers.py at
 # commit 005a810bc40faa25b8870fbc8559c3462581eee3 (counters without ``_total`` there; the
 # exposition adds it). vLLM also adds an ``engine`` label (its data-parallel engine index);

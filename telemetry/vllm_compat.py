@@ -1,10 +1,13 @@
 """vLLM-compatible metric names (``--metrics-compat vllm``), exported beside the native ones.
 
-With it on, a tokenbooth replica also answers to what vLLM dashboards, KEDA recipes and the
-Gateway API Inference Extension's endpoint picker query: ``vllm:num_requests_running`` and
+With it on, a tokenbooth replica also answers the TTFT, end-to-end latency, token and queue
+queries of vLLM dashboards and KEDA recipes: ``vllm:num_requests_running`` and
 ``vllm:num_requests_waiting`` (gauges), ``vllm:time_to_first_token_seconds`` and
 ``vllm:e2e_request_latency_seconds`` (histograms with vLLM's buckets), and
 ``vllm:prompt_tokens_total`` / ``vllm:generation_tokens_total``, each labelled ``model_name``.
+Not enough for the Gateway API Inference Extension's endpoint picker, which also needs
+``vllm:kv_cache_usage_perc`` and LoRA adapter info (there is no KV cache to report); no
+``engine`` label either.
 
 There is no second bookkeeping: :class:`telemetry.metrics.ServiceMetrics` forwards the same
 observation to :class:`VllmCompatMetrics` that it records natively, and the gauges read the same

@@ -65,6 +65,26 @@ def test_probe_periods_are_what_the_lead_time_assumes(kubectl: str, kustomizatio
     assert c["readinessProbe"]["periodSeconds"] == PROBE_PERIOD_S
 
 
+@pytest.mark.parametrize(
+    "kustomization",
+    ["base", "overlays/cpu", "overlays/gpu", "overlays/keda", "overlays/canary", "overlays/istio"],
+)
+def test_autoscaled_deployments_leave_the_replica_count_to_the_autoscaler(
+    kubectl: str, kustomization: str
+) -> None:
+    objects = render(kubectl, kustomization)
+    scaled = {
+        o["spec"]["scaleTargetRef"]["name"]
+        for o in objects
+        if o["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
+    }
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        name = deployment["metadata"]["name"]
+        # Autoscaled: a count in the manifest would reset the fleet on every apply.
+        # Not autoscaled (the canary): the manifest must say how many.
+        assert ("replicas" in deployment["spec"]) != (name in scaled), name
+
+
 def _seconds(duration: str) -> int:
     match = re.fullmatch(r"(\d+)s", duration)
     assert match, duration
@@ -90,7 +110,9 @@ def test_keda_overlay_replaces_the_hpa_with_a_scaled_object(kubectl: str) -> Non
     )
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior == scale_behaviour(REFERENCE_COLD_START_S).manifest()
-    assert spec["fallback"]["replicas"] <= spec["maxReplicaCount"]
+    # Blind (no series yet on a fresh install): hold the current count, never jump to the max.
+    assert spec["fallback"]["behavior"] == "currentReplicasIfHigher"
+    assert spec["fallback"]["replicas"] == spec["minReplicaCount"]
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "prometheus"
     assert trigger["metricType"] == "AverageValue"
@@ -98,7 +120,8 @@ def test_keda_overlay_replaces_the_hpa_with_a_scaled_object(kubectl: str) -> Non
     assert meta["serverAddress"].startswith("http://")
     assert re.fullmatch(
         rf'sum\({names.TOKENBOOTH_REQUESTS_WAITING}\{{job="tokenbooth",'
-        rf'namespace="{deployment["metadata"]["namespace"]}"\}}\)',
+        rf'namespace="{deployment["metadata"]["namespace"]}",'
+        rf'revision="{deployment["spec"]["selector"]["matchLabels"]["revision"]}"\}}\)',
         meta["query"],
     )
     # The same per-replica target as the HPA's Pods metric.
@@ -107,6 +130,8 @@ def test_keda_overlay_replaces_the_hpa_with_a_scaled_object(kubectl: str) -> Non
     assert meta["ignoreNullValues"] == "false"
     # The scaler's view lags by one scrape plus one poll: what the report's lead time assumes.
     monitor = one(objects, "ServiceMonitor")
+    # The query's revision label is only on the series if the monitor copies it from the pod.
+    assert "revision" in monitor["spec"]["podTargetLabels"]
     scrape_s = max(_seconds(e["interval"]) for e in monitor["spec"]["endpoints"])
     assert scrape_s + spec["pollingInterval"] == METRIC_LAG_S
 

@@ -526,6 +526,23 @@ def test_compose_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
+def test_compose_proxy_is_scraped_and_not_held_by_one_replica(compose: dict[str, Any]) -> None:
+    proxy = compose["services"]["proxy"]
+    # HAProxy checks the replicas itself: one unhealthy replica must not keep it from starting.
+    assert set(proxy["depends_on"]) == set(_replicas(compose))
+    assert {d["condition"] for d in proxy["depends_on"].values()} == {"service_started"}
+    prom = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "haproxy")
+    assert [t for sc in job["static_configs"] for t in sc["targets"]] == ["proxy:8404"]
+    cfg = (COMPOSE_FILE.parent / "haproxy.cfg").read_text()
+    assert "http-request use-service prometheus-exporter if { path /metrics }" in cfg
+    # L7 retries replay the request from the buffer, so the body must be buffered first.
+    lines = [line.strip() for line in cfg.splitlines()]
+    assert "option http-buffer-request" in lines
+    (retry_on,) = [line.split()[1:] for line in lines if line.startswith("retry-on")]
+    assert set(retry_on) == {"conn-failure", "empty-response", "junk-response", "503"}
+
+
 def test_compose_bind_mounts_exist(compose: dict[str, Any]) -> None:
     checked = 0
     for name, svc in compose["services"].items():

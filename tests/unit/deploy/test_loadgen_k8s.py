@@ -113,6 +113,8 @@ def test_master_job_runs_a_real_sweep_master_for_the_worker_deployment(
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports["locust"] == options.port == DEFAULT_MASTER_PORT
     assert pod["spec"]["restartPolicy"] == "Never"
+    # An injected non-native sidecar would keep the Job's pod running after the sweep ends.
+    assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
     assert _one(objects, "Job")["spec"]["activeDeadlineSeconds"] > 0
     # The spec comes from the generated ConfigMap, the run dir goes to the PVC.
     spec_volume = _mount(pod, str(args.spec))

@@ -326,7 +326,8 @@ def test_istio_sidecar_outlives_the_drain(scratch: Path, monkeypatch: pytest.Mon
     )
     settings = _settings_from_env(config["data"], monkeypatch)
     # The sidecar is signalled when the pod starts terminating, the app only after preStop.
-    assert drain_s >= pre_stop_s + settings.drain_timeout_s + SHUTDOWN_OVERHEAD_S
+    # Strictly more: a margin for the app's own shutdown running late.
+    assert drain_s > pre_stop_s + settings.drain_timeout_s + SHUTDOWN_OVERHEAD_S
     assert drain_s < pod["spec"]["terminationGracePeriodSeconds"]
 
 
@@ -339,7 +340,11 @@ def test_istio_metrics_are_scraped_as_the_rules_expect(scratch: Path) -> None:
     # job = the value of the pod label named by jobLabel: what rules.yml selects.
     assert labels[monitor["spec"]["jobLabel"]] == "tokenbooth"
     assert 'job="tokenbooth"' in (PROMETHEUS_DIR / "rules.yml").read_text(encoding="utf-8")
-    assert "accelerator" in monitor["spec"]["podTargetLabels"]
+    assert {"accelerator", "revision"} <= set(monitor["spec"]["podTargetLabels"])
+    # Selected by kube-prometheus-stack exactly as the ServiceMonitor it replaces.
+    service_monitor = _one(render("overlays/monitoring", scratch), "ServiceMonitor")
+    release = service_monitor["metadata"]["labels"]["release"]
+    assert monitor["metadata"]["labels"]["release"] == release
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     # The ServiceMonitor (port http) cannot scrape through STRICT mTLS: not in this overlay.
     assert not [o for o in objects if o["kind"] == "ServiceMonitor"]
