@@ -147,9 +147,11 @@ def start_llama_server(
     parallel: int,
     threads: int,
     ctx: int,
+    port: int | None = None,
     ready_timeout_s: float = 120.0,
 ) -> LlamaServer:
-    """Start ``binary`` on a free loopback port serving ``gguf``; return once it is ready.
+    """Start ``binary`` on loopback ``port`` (default: a free one) serving ``gguf``; return once
+    it is ready, in its own process group, dying with this process.
 
     ``parallel`` slots (``-np``), ``threads`` CPU threads (``-t``), ``ctx`` total context
     (``-c``), ``--metrics`` on so the benchmark can wait until it is idle.
@@ -161,7 +163,7 @@ def start_llama_server(
         str(binary),
         "--model", str(gguf),
         "--host", LOOPBACK,
-        "--port", str(free_port()),
+        "--port", str(free_port() if port is None else port),
         "--parallel", str(parallel),
         "--threads", str(threads),
         "--ctx-size", str(ctx),

@@ -14,23 +14,20 @@ import argparse
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 
-from service.launch import LOOPBACK, die_with_parent, free_port
+from bench.llama_server import LLAMA_SERVER_ENV, LlamaServer, LlamaServerError
+from bench.llama_server import start_llama_server as _start
+from service.launch import free_port
 from service.models.paths import default_gguf_path
 
 __all__ = [
     "LLAMA_SERVER_ENV",
-    "READY_PATH",
     "SLOT_TOKENS",
     "LlamaServer",
     "LlamaServerError",
@@ -41,19 +38,12 @@ __all__ = [
     "start_llama_server",
 ]
 
-LLAMA_SERVER_ENV: Final = "TOKENBOOTH_LLAMA_SERVER"
-"""The variable holding the path of the ``llama-server`` binary."""
-READY_PATH: Final = "/health"
-"""llama-server answers 503 here while it loads the model, 200 once it serves."""
 SLOT_TOKENS: Final = 512
 """Context per slot: a 64-token prompt and 64 generated tokens inside SmolLM2's chat template
 (whose default system prompt alone is about 30 tokens), with room to spare."""
 
 # llama.cpp reads every command-line option from a LLAMA_ARG_* variable too, so the host's
 # shell could otherwise reconfigure the peer behind the test's back.
-_OPTION_ENV_PREFIX: Final = "LLAMA_ARG_"
-_LOG_TAIL_LINES: Final = 20
-_STOP_TIMEOUT_S: Final = 10.0
 
 _RECORD_CHAT: Final[dict[str, Any]] = {
     "messages": [{"role": "user", "content": "Name three colours."}],
@@ -61,37 +51,6 @@ _RECORD_CHAT: Final[dict[str, Any]] = {
     "temperature": 0,
 }
 _RECORD_TOKENIZE: Final[dict[str, Any]] = {"content": "Hello world: 1234 tokens, counted twice."}
-
-
-class LlamaServerError(RuntimeError):
-    """llama-server exited, or never answered ready."""
-
-
-@dataclass(frozen=True)
-class LlamaServer:
-    """One running llama-server process: where it answers and where its output goes."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log_tail(self) -> str:
-        """The last lines of the server's log, to say why it failed."""
-        if not self.log_path.exists():
-            return ""
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-_LOG_TAIL_LINES:])
-
-    def stop(self, timeout_s: float = _STOP_TIMEOUT_S) -> None:
-        """SIGTERM the server's process group, SIGKILL it if it outlives ``timeout_s``."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(timeout=timeout_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
 
 def llama_server_binary(environ: Mapping[str, str] | None = None) -> Path | None:
@@ -108,37 +67,6 @@ def context_size(parallel: int) -> int:
     return parallel * SLOT_TOKENS
 
 
-def _server_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(_OPTION_ENV_PREFIX)}
-
-
-def _wait_ready(server: LlamaServer, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    # No proxy from the environment: the server is on loopback.
-    with httpx.Client(timeout=2, trust_env=False) as client:
-        while time.monotonic() < deadline:
-            code = server.process.poll()
-            if code is not None:
-                raise LlamaServerError(
-                    f"llama-server exited with code {code} before becoming ready; "
-                    f"last lines of {server.log_path}:\n{server.log_tail()}"
-                )
-            try:
-                response = client.get(server.url + READY_PATH)
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            else:
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}"
-            time.sleep(0.1)
-    raise LlamaServerError(
-        f"llama-server at {server.url} not ready after {timeout_s:.0f} s ({last}); "
-        f"last lines of {server.log_path}:\n{server.log_tail()}"
-    )
-
-
 def start_llama_server(
     *,
     binary: Path,
@@ -150,53 +78,22 @@ def start_llama_server(
     ctx: int | None = None,
     ready_timeout_s: float = 120.0,
 ) -> LlamaServer:
-    """Start llama-server on ``127.0.0.1:port`` serving ``gguf``; return once it is ready.
-
-    The server runs in its own process group (stopped as a whole by :meth:`LlamaServer.stop`)
-    and dies with this process. Its stdout and stderr go to ``log_path``.
-
-    Args:
-        binary: the ``llama-server`` executable.
-        gguf: the model file it serves.
-        port: loopback port to listen on.
-        log_path: file the server's output is appended to.
-        parallel: number of slots (``-np``): requests decoded together.
-        threads: CPU threads (``-t``).
-        ctx: total context (``-c``); default :func:`context_size` of ``parallel``.
-        ready_timeout_s: how long to wait for ``/health`` to answer 200.
+    """:func:`bench.llama_server.start_llama_server` with the tests' defaults: ``parallel``
+    slots of :data:`SLOT_TOKENS` context each unless ``ctx`` says otherwise.
 
     Raises:
         LlamaServerError: the server exited, or was not ready in time (it is stopped then).
     """
-    argv = [
-        str(binary),
-        "--model", str(gguf),
-        "--host", LOOPBACK,
-        "--port", str(port),
-        "--parallel", str(parallel),
-        "--threads", str(threads),
-        "--ctx-size", str(context_size(parallel) if ctx is None else ctx),
-        "--metrics",
-    ]  # fmt: skip
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    # The child holds its own descriptor; ours can close as soon as it is started.
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            argv,
-            env=_server_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    server = LlamaServer(f"http://{LOOPBACK}:{port}", process, log_path)
-    try:
-        _wait_ready(server, ready_timeout_s)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _start(
+        binary,
+        gguf,
+        log_path,
+        parallel=parallel,
+        threads=threads,
+        ctx=context_size(parallel) if ctx is None else ctx,
+        port=port,
+        ready_timeout_s=ready_timeout_s,
+    )
 
 
 @contextlib.contextmanager
