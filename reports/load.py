@@ -23,12 +23,16 @@ from loadgen.results import (
 )
 from loadgen.spec import SweepSpec, parse_spec
 from loadgen.summary import Stat
+from service.errors import TokenboothError
+from service.settings import BATCH_POLICIES, TRITON_POLICY
 
 __all__ = [
     "Rpt",
     "Run",
+    "RunDirError",
     "base_config_id",
     "base_config_label",
+    "batch_policy",
     "config_label",
     "load_run",
     "prepare_points",
@@ -136,6 +140,36 @@ class Run:
         return self.spec.run.name or self.path.name
 
 
+class RunDirError(TokenboothError):
+    """A run directory holds a value the report cannot interpret (named in the message)."""
+
+
+def batch_policy(row: pd.Series | dict[str, Any]) -> str:
+    """The batch formation policy a point's replicas ran (``service.settings.BATCH_POLICIES``).
+
+    Runs from before the service had policies have no value: they ran the Triton policy, the
+    only one there was (and still the default).
+
+    Args:
+        row: A points row.
+
+    Returns:
+        The policy.
+
+    Raises:
+        RunDirError: The row names a policy the service does not have.
+    """
+    value = row.get(Point.BATCH_POLICY)
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return TRITON_POLICY
+    if value not in BATCH_POLICIES:
+        raise RunDirError(
+            f"unknown batch_policy {value!r} in points.csv (config "
+            f"{row.get(Point.CONFIG_ID)!r}); the service's policies are {', '.join(BATCH_POLICIES)}"
+        )
+    return str(value)
+
+
 def _num(value: Any) -> float:
     try:
         out = float(value)
@@ -162,7 +196,11 @@ def base_config_id(row: pd.Series | dict[str, Any]) -> str:
         row: A points row.
 
     Returns:
-        For example ``b8-d5-w1-t1-int8``.
+        For example ``b8-d5-w1-t1-int8``, or ``b8-d5-w1-t1-int8-adaptive`` (the default
+        policy adds nothing, as in the config id).
+
+    Raises:
+        RunDirError: The row names an unknown batch policy.
     """
     quant = row.get(Point.QUANTIZATION)
     missing = quant is None or (isinstance(quant, float) and math.isnan(quant))
@@ -175,7 +213,9 @@ def base_config_id(row: pd.Series | dict[str, Any]) -> str:
             ("t", Point.INTRA_THREADS),
         )
     ]
-    return "-".join([*parts, "?" if missing else str(quant)])
+    policy = batch_policy(row)
+    suffix = [] if policy == TRITON_POLICY else [policy]
+    return "-".join([*parts, "?" if missing else str(quant), *suffix])
 
 
 def base_config_label(row: pd.Series | dict[str, Any]) -> str:
@@ -185,7 +225,11 @@ def base_config_label(row: pd.Series | dict[str, Any]) -> str:
         row: A points row.
 
     Returns:
-        For example ``int8 b8 d5ms w1 t1``.
+        For example ``int8 b8 d5ms w1 t1``, or ``int8 b8 d5ms w1 t1 adaptive`` (the default
+        batch policy is not named).
+
+    Raises:
+        RunDirError: The row names an unknown batch policy.
     """
     quant = row.get(Point.QUANTIZATION)
     quant_s = "?" if quant is None or (isinstance(quant, float) and math.isnan(quant)) else quant
@@ -199,6 +243,9 @@ def base_config_label(row: pd.Series | dict[str, Any]) -> str:
         v = _num(row.get(col))
         if math.isfinite(v):
             parts.append(f"{prefix}{v:g}{suffix}")
+    policy = batch_policy(row)
+    if policy != TRITON_POLICY:
+        parts.append(policy)
     return " ".join(parts)
 
 

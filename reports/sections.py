@@ -46,6 +46,7 @@ from reports.recommend import Recommendation
 from reports.search import saturation_notes, search_paragraphs
 from reports.server_view import server_rows, server_unavailable, server_view_table
 from reports.sessions import offered_rate, sessions_section
+from service.settings import BATCH_POLICIES
 
 __all__ = [
     "capacity_section",
@@ -484,6 +485,7 @@ def recommendation_section(rec: Recommendation, holdout: Holdout | None) -> Sect
 def _service_table(model: CapacityModel) -> Table:
     headers = [
         "configuration",
+        "batch policy",
         "prefill per batch",
         "decode step (a: active sequences)",
         "client overhead",
@@ -498,6 +500,7 @@ def _service_table(model: CapacityModel) -> Table:
     rows = [
         [
             st.label,
+            st.batch_policy,
             f"{st.prefill_s[0] * 1e3:.3g} + {st.prefill_s[1] * 1e3:.3g}·b ms",
             f"{st.step_s[0] * 1e3:.3g} + {st.step_s[1] * 1e3:.3g}·a ms",
             f"{st.client_overhead_s * 1e3:.3g} ms",
@@ -606,8 +609,9 @@ def model_section(
         "Capacity model",
         paragraphs=[
             "A batch-service queue per replica, fitted from the server's batch metrics and "
-            "replayed in a discrete-event simulation to predict replica counts and rates that "
-            "were not measured. Assumptions:",
+            "replayed in a discrete-event simulation, under each configuration's batch policy "
+            f"({' or '.join(BATCH_POLICIES)}), to predict replica counts and rates that were "
+            "not measured. Assumptions:",
         ],
         bullets=bullets,
         tables=tables,

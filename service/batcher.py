@@ -33,7 +33,12 @@ from opentelemetry.trace import Link, Span, Tracer
 
 from service.errors import DrainingError, ErrorCode, QueueFullError
 from service.job import Finished, Job, Outcome
-from service.settings import ADAPTIVE_POLICY, TRITON_POLICY
+from service.settings import (
+    ADAPTIVE_HOLD_FRACTION,
+    ADAPTIVE_POLICY,
+    RECENT_BATCHES,
+    TRITON_POLICY,
+)
 from telemetry import names
 from telemetry.logging import log_event
 
@@ -66,7 +71,7 @@ class BatcherConfig:
     batch_workers: int = 2
     request_timeout_s: float = 300.0
     policy: str = TRITON_POLICY
-    adaptive_hold_fraction: float = 0.05
+    adaptive_hold_fraction: float = ADAPTIVE_HOLD_FRACTION
 
 
 _SHUTDOWN = Finished(Outcome.ABORTED, ErrorCode.SHUTDOWN, "server shut down")
@@ -111,7 +116,7 @@ class Batcher:
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._eos_ids = engine.codec.eos_token_ids
-        self._recent_batch_s: deque[float] = deque(maxlen=32)
+        self._recent_batch_s: deque[float] = deque(maxlen=RECENT_BATCHES)
         self.draining = False
         self._ended = False  # end_all() ran: jobs submitted later end at once
         metrics.bind_queue_state(

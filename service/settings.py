@@ -12,9 +12,11 @@ from service.errors import TokenboothError
 from telemetry.vllm_compat import MetricsCompat
 
 __all__ = [
+    "ADAPTIVE_HOLD_FRACTION",
     "ADAPTIVE_POLICY",
     "BATCH_POLICIES",
     "QUANTIZATIONS",
+    "RECENT_BATCHES",
     "TRITON_POLICY",
     "ApiKeyFileError",
     "ServiceSettings",
@@ -38,6 +40,12 @@ ADAPTIVE_POLICY: Final = "adaptive"
 at most a few percent of a batch's duration), grouping prompts of similar length."""
 BATCH_POLICIES: Final[tuple[str, ...]] = (TRITON_POLICY, ADAPTIVE_POLICY)
 """Batch formation policies (``service.batcher.BatcherConfig``)."""
+ADAPTIVE_HOLD_FRACTION: Final = 0.05
+"""Adaptive policy: a batch that is not full is held at most this share of a recent batch's
+duration after its oldest request (never less than ``max_batch_delay_ms``)."""
+RECENT_BATCHES: Final = 32
+"""Finished batches whose mean duration is "a recent batch's duration" (adaptive hold, and the
+``Retry-After`` of a full queue)."""
 
 
 class ApiKeyFileError(TokenboothError):

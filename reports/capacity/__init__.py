@@ -1,8 +1,11 @@
 """Capacity model: a batch-service queue fitted from the sweep, simulated for unmeasured loads.
 
-Each replica is the service's dynamic batcher: requests queue, a free batch worker takes up to
-``max_batch_size`` of them as soon as that many wait or ``max_batch_delay`` after the oldest
-arrived, and the batch runs on CTranslate2's static ``generate_batch``: one prefill over the
+Each replica is the service's dynamic batcher under the configuration's batch policy: requests
+queue, a free batch worker takes up to ``max_batch_size`` of them as soon as that many wait or
+the batch is due (Triton: ``max_batch_delay`` after the oldest arrived; adaptive: once no
+request joined for ``max_batch_delay``, capped at a share of a recent batch's duration, taking
+the closest prompt lengths when more wait than fit; :class:`~reports.capacity.simulate.Formation`),
+and the batch runs on CTranslate2's static ``generate_batch``: one prefill over the
 prompts up to the shortest one, then decode steps, the longer prompts' remaining tokens forced
 through the first of them, until its last request is done. The model fits, per base
 configuration (what one replica runs), the prefill and decode-step times from the server's own

@@ -32,7 +32,7 @@ from reports.capacity.race import catch_probability
 from reports.capacity.results import LOCUST_START_SPREAD_S, ServiceTimes, Window
 from reports.capacity.simulate import simulate
 from reports.capacity.steps import FloatArray, decode_step_table, interpolate_steps
-from reports.load import Rpt
+from reports.load import Rpt, batch_policy
 
 __all__ = ["START_SPREAD_CANDIDATES", "calibrate_start", "fit_service", "tokens_from_points"]
 
@@ -269,6 +269,7 @@ def fit_service(
         catch_next_batch_p=catch_p,
         worker_cpu_cores=worker_cpu,
         loadgen_cpu_s_per_request=loadgen_per_request,
+        batch_policy=batch_policy(first),
     )
 
 

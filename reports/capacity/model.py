@@ -20,13 +20,26 @@ from reports.capacity.results import Holdout, Prediction, ServiceTimes, Window
 from reports.capacity.simulate import Sim, simulate
 from reports.capacity.steps import FloatArray
 from reports.load import Rpt
+from service.settings import (
+    ADAPTIVE_HOLD_FRACTION,
+    ADAPTIVE_POLICY,
+    RECENT_BATCHES,
+    TRITON_POLICY,
+)
 
 __all__ = ["ASSUMPTIONS", "CapacityModel", "fit_points"]
 
 ASSUMPTIONS: Final[tuple[str, ...]] = (
-    "Static dynamic batching as in service/batcher.py: a batch forms when max_batch_size requests "
-    "wait or max_batch_delay after the oldest arrived, only when a batch worker is free, and "
-    "holds its worker until its last request finishes (no continuous batching).",
+    "Static dynamic batching as in service/batcher.py, under each configuration's batch policy. "
+    f"A batch forms when max_batch_size requests wait or, with fewer, under {TRITON_POLICY!r} "
+    f"max_batch_delay after the oldest arrived, and under {ADAPTIVE_POLICY!r} once no request "
+    "has joined for max_batch_delay but no later than the larger of max_batch_delay and "
+    f"{ADAPTIVE_HOLD_FRACTION:.0%} of the replica's mean batch duration over its last "
+    f"{RECENT_BATCHES} batches after the oldest; when more wait than fit, {ADAPTIVE_POLICY!r} "
+    "takes the oldest and those with the closest prompt lengths (first come, first served "
+    "where the run recorded no prompt lengths). Either way a batch forms only when a batch "
+    "worker is free, and holds its worker until its last request finishes (no continuous "
+    "batching).",
     "CTranslate2's generate_batch prefills the prompts up to the shortest one, then forces the "
     "longer prompts' remaining tokens through ordinary decode steps: a request's first token "
     "comes (its prompt - the batch's shortest prompt) steps after the prefill, its last one "

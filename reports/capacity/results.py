@@ -16,6 +16,7 @@ import pandas as pd
 
 from loadgen.spec import RunSpec, SLOSpec, SweepSpec
 from reports.capacity.steps import decode_step_table, interpolate_steps
+from service.settings import ADAPTIVE_HOLD_FRACTION, BATCH_POLICIES, TRITON_POLICY
 
 __all__ = ["LOCUST_START_SPREAD_S", "Holdout", "Prediction", "ServiceTimes", "Window"]
 
@@ -79,6 +80,13 @@ class ServiceTimes:
         worker_cpu_cores: Measured CPU cores per busy batch worker, the replica's request
             handling included (NaN: not recorded).
         loadgen_cpu_s_per_request: The load generator's CPU seconds per request.
+        batch_policy: The batcher's formation policy (``service.settings.BATCH_POLICIES``).
+        adaptive_hold_fraction: Adaptive policy: the longest a batch that is not full is held,
+            as a share of the replica's recent batch duration (the service's default; a run
+            does not record it, the service does not expose it as a setting).
+
+    Raises:
+        ValueError: ``batch_policy`` is not one of the service's policies.
     """
 
     base_config_id: str
@@ -103,6 +111,15 @@ class ServiceTimes:
     catch_next_batch_p: float = 0.0
     worker_cpu_cores: float = math.nan
     loadgen_cpu_s_per_request: float = 0.0
+    batch_policy: str = TRITON_POLICY
+    adaptive_hold_fraction: float = ADAPTIVE_HOLD_FRACTION
+
+    def __post_init__(self) -> None:
+        if self.batch_policy not in BATCH_POLICIES:
+            raise ValueError(
+                f"{self.base_config_id}: unknown batch policy {self.batch_policy!r}; "
+                f"the service's policies are {', '.join(BATCH_POLICIES)}"
+            )
 
     @property
     def cpu_per_worker(self) -> float:

@@ -1,11 +1,15 @@
 """Discrete-event replay of the service's batch queue over one point's measured window.
 
-Each replica is the dynamic batcher of ``service/batcher.py``: requests queue, a free batch
-worker takes up to ``max_batch_size`` of them as soon as that many wait or ``max_batch_delay``
-after the oldest arrived, and the batch holds its worker until its last request is done
-(:mod:`reports.capacity.steps` times its tokens). Requests arrive open loop (Poisson or
-constant) or from closed-loop users with zero think time, spread over the replicas by the
-sweep's balancing rule, and are measured the way the harness measures them.
+Each replica is the dynamic batcher of ``service/batcher.py`` under the configuration's batch
+policy (:class:`Formation`): requests queue, and a free batch worker takes up to
+``max_batch_size`` of them as soon as that many wait or the policy finds the batch due: Triton
+``max_batch_delay`` after the oldest arrived; adaptive once no request joined for
+``max_batch_delay``, at most a share of the replica's recent batch duration after the oldest,
+taking the oldest and the closest prompt lengths when more wait than fit. The batch holds its
+worker until its last request is done (:mod:`reports.capacity.steps` times its tokens).
+Requests arrive open loop (Poisson or constant) or from closed-loop users with zero think time,
+spread over the replicas by the sweep's balancing rule, and are measured the way the harness
+measures them.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -22,8 +26,9 @@ import numpy as np
 
 from reports.capacity.results import ServiceTimes, Window
 from reports.capacity.steps import request_steps, step_clock
+from service.settings import ADAPTIVE_POLICY, BATCH_POLICIES, RECENT_BATCHES
 
-__all__ = ["Sim", "simulate"]
+__all__ = ["Formation", "Sim", "simulate"]
 
 SIM_MAX_REQUESTS: Final = 4000
 """Measured requests per simulated window at most (the window's own cap when smaller)."""
@@ -56,6 +61,93 @@ class Sim:
     tokens: list[int] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
     busy: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Formation:
+    """When a replica's waiting requests become a batch, and which of them.
+
+    The replay of ``service.batcher.Batcher._due_at`` and ``Batcher._take`` over simulated
+    requests (indices into per-request arrival times and prompt lengths). Under
+    ``adaptive`` a batch that is not full is due once no request joined it for
+    ``max_batch_delay_s``, but no later than ``max(max_batch_delay_s, hold_fraction x mean of
+    the replica's last RECENT_BATCHES batch durations)`` after its oldest request (a replica
+    with no finished batch yet holds at most ``max_batch_delay_s``, as the batcher does); when
+    more wait than fit it takes the oldest and those with the closest prompt lengths. The
+    prompt lengths are the simulation's draws from the measured (prompt, output) pairs; where
+    the run recorded none they are all 0 and the choice is first come, first served.
+
+    Attributes:
+        policy: ``service.settings.BATCH_POLICIES``.
+        max_batch_size: Batcher limit.
+        max_batch_delay_s: Batcher delay.
+        hold_fraction: Adaptive hold limit, a share of a recent batch's duration.
+    """
+
+    policy: str
+    max_batch_size: int
+    max_batch_delay_s: float
+    hold_fraction: float
+
+    def __post_init__(self) -> None:
+        if self.policy not in BATCH_POLICIES:
+            raise ValueError(
+                f"unknown batch policy {self.policy!r}; the service's policies are "
+                f"{', '.join(BATCH_POLICIES)}"
+            )
+
+    @classmethod
+    def of(cls, st: ServiceTimes) -> Formation:
+        """The formation rule of the replicas ``st`` describes."""
+        return cls(
+            st.batch_policy, st.max_batch_size, st.max_batch_delay_s, st.adaptive_hold_fraction
+        )
+
+    def due_at(
+        self, queue: Sequence[int], arrive: Sequence[float], recent: Sequence[float]
+    ) -> float:
+        """When a non-empty queue that is not full becomes due.
+
+        Args:
+            queue: Waiting requests, oldest first.
+            arrive: Arrival time of every request.
+            recent: Durations of the replica's latest finished batches (at most
+                ``RECENT_BATCHES``).
+
+        Returns:
+            The time.
+        """
+        delay = self.max_batch_delay_s
+        head = arrive[queue[0]]
+        if self.policy != ADAPTIVE_POLICY:
+            return head + delay
+        quiet_due = arrive[queue[-1]] + delay
+        batch_s = sum(recent) / len(recent) if recent else 0.0
+        return min(quiet_due, head + max(delay, self.hold_fraction * batch_s))
+
+    def take(self, queue: deque[int], prompts: Sequence[int]) -> list[int]:
+        """Pop the next batch off a due queue.
+
+        Args:
+            queue: Waiting requests, oldest first; what the batch takes leaves it.
+            prompts: Prompt tokens of every request.
+
+        Returns:
+            The batch: the oldest requests, or (adaptive, more waiting than fit) the oldest and
+            those whose prompt lengths are closest to its own, nearest first.
+        """
+        size = self.max_batch_size
+        if self.policy != ADAPTIVE_POLICY or len(queue) <= size:
+            return [queue.popleft() for _ in range(min(len(queue), size))]
+        head = queue.popleft()
+        n_head = prompts[head]
+        # Stable sort: among equal distances the older request goes first.
+        chosen = sorted(queue, key=lambda i: abs(prompts[i] - n_head))[: size - 1]
+        picked = set(chosen)
+        rest = [i for i in queue if i not in picked]
+        queue.clear()
+        queue.extend(rest)
+        return [head, *chosen]
 
 
 def simulate(
@@ -148,6 +240,10 @@ class _Replay:
         self.free = [st.batch_workers] * replicas
         self.outstanding = [0] * replicas
         self.deadline_at = [math.inf] * replicas
+        self.form = Formation.of(st)
+        # Per replica, as the batcher keeps them: durations of its latest finished batches.
+        self.recent: list[deque[float]] = [deque(maxlen=RECENT_BATCHES) for _ in range(replicas)]
+        self.batch_owner: list[int] = []  # replica of each batch, by index into sim.busy
 
     def run(self) -> tuple[Sim, list[int], float]:
         """Seed the first sends, play every event up to the horizon, read the measured requests."""
@@ -196,10 +292,15 @@ class _Replay:
             r = self.owner[data]
             self.queues[r].append(data)
             self._dispatch(r, t)
-        elif kind in (_DEADLINE, _BATCH_DONE):
-            if kind == _BATCH_DONE:
-                self.free[data] += 1
+        elif kind == _DEADLINE:
             self._dispatch(data, t)
+        elif kind == _BATCH_DONE:
+            # As the batcher: the batch's duration (start to worker release) joins the recent
+            # ones, then the worker frees and the queue is looked at again.
+            r = self.batch_owner[data]
+            self.recent[r].append(t - self.sim.busy[data][0])
+            self.free[r] += 1
+            self._dispatch(r, t)
         else:  # _FINISH
             self.outstanding[self.owner[data]] -= 1
             if self.concurrency is not None:
@@ -241,13 +342,13 @@ class _Replay:
 
     def _dispatch(self, r: int, t: float) -> None:
         q = self.queues[r]
-        big_b, delay = self.st.max_batch_size, self.st.max_batch_delay_s
+        form = self.form
         while self.free[r] > 0 and q:
-            head = self.arrive[q[0]]
-            if len(q) >= big_b or t >= head + delay - _EPS:
-                self._start_batch(r, t, [q.popleft() for _ in range(min(len(q), big_b))])
+            due = form.due_at(q, self.arrive, self.recent[r])
+            if len(q) >= form.max_batch_size or t >= due - _EPS:
+                self._start_batch(r, t, form.take(q, self.prompts))
             else:
-                due = head + delay
+                # Adaptive deadlines move with each arrival; an outdated one only re-dispatches.
                 if self.deadline_at[r] != due:
                     self.deadline_at[r] = due
                     self._push(due, _DEADLINE, r)
@@ -274,8 +375,9 @@ class _Replay:
                     release = done_at + self.st.client_overhead_s + _RELEASE_S
         if self.start <= t < self.end:
             sim.batch_sizes.append(len(batch))
+        self._push(release, _BATCH_DONE, len(sim.busy))
         sim.busy.append((t, done_at))
-        self._push(release, _BATCH_DONE, r)
+        self.batch_owner.append(r)
 
     def _result(self) -> tuple[Sim, list[int], float]:
         sim = self.sim

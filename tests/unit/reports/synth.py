@@ -75,6 +75,7 @@ class SynthPoint:
     batch_workers: int = 1
     intra_threads: int = 1
     quantization: str = "int8"
+    batch_policy: str | None = None  # None: not recorded, as in runs from before policies
     itl_s: float = 0.02
     tokens: int = 16
     errors: int = 0
@@ -356,6 +357,7 @@ def write_run(
                 Point.BATCH_WORKERS: p.batch_workers,
                 Point.INTRA_THREADS: p.intra_threads,
                 Point.QUANTIZATION: p.quantization,
+                Point.BATCH_POLICY: p.batch_policy,
                 Point.LOAD_MODE: p.load_mode,
                 Point.ARRIVAL: "constant" if p.load_mode == "rate" else "closed",
                 Point.LOAD_LEVEL: p.load_level,

@@ -6,14 +6,17 @@ significant digits, a key does not) stay two configurations through every stage.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from loadgen.results import Point
 from reports.analysis import Analysis, analyze
 from reports.capacity import fit_analysis
 from reports.compare import compare
-from reports.load import Rpt, config_label, load_run
+from reports.load import Rpt, RunDirError, config_label, load_run
 from reports.recommend import recommend
+from service.settings import ADAPTIVE_POLICY, TRITON_POLICY
 from tests.unit.reports import synth
 
 SAME_LABEL = "int8 b8 d5ms w1 t1 ×1"
@@ -71,3 +74,42 @@ def test_model_recommendation_and_comparison_keep_them_apart(twins: Analysis) ->
     assert not cmp.unmatched
     assert set(cmp.table[Rpt.CONFIG_KEY]) == {"cA", "cB"}
     assert len(cmp.capacity) == 2
+
+
+@pytest.fixture(scope="module")
+def policies(tmp_path_factory: pytest.TempPathFactory) -> Analysis:
+    """Configurations "cT" (triton batch policy) and "cA" (adaptive), all else the same."""
+    pts = [
+        synth.SynthPoint(key, r, r, t, batch_size=1 + r / 2, batch_policy=policy)
+        for key, policy in (("cT", TRITON_POLICY), ("cA", ADAPTIVE_POLICY))
+        for r, t in zip(RATES, synth.KNEE_TTFT, strict=True)
+    ]
+    run = synth.write_run(tmp_path_factory.mktemp("runs") / "policies", pts, name="policies")
+    return analyze(load_run(run))
+
+
+def test_batch_policy_keeps_configurations_apart_into_the_model(policies: Analysis) -> None:
+    by_key = policies.points.drop_duplicates(Rpt.CONFIG_KEY).set_index(Rpt.CONFIG_KEY)
+    # The default policy adds nothing to the key, as in the sweep's config_id.
+    assert by_key.loc["cT", Rpt.BASE_CONFIG_ID] == "b8-d5-w1-t1-int8"
+    assert by_key.loc["cA", Rpt.BASE_CONFIG_ID] == "b8-d5-w1-t1-int8-adaptive"
+    assert by_key.loc["cA", Rpt.BASE_CONFIG] == "int8 b8 d5ms w1 t1 adaptive"
+    model = fit_analysis(policies)
+    assert {base: st.batch_policy for base, st in model.services.items()} == {
+        "b8-d5-w1-t1-int8": TRITON_POLICY,
+        "b8-d5-w1-t1-int8-adaptive": ADAPTIVE_POLICY,
+    }
+    assert all(st.fit_points == len(RATES) for st in model.services.values())
+
+
+def test_a_run_without_batch_policies_ran_triton(twins: Analysis) -> None:
+    assert twins.points[Point.BATCH_POLICY].isna().all()
+    model = fit_analysis(twins)
+    assert {st.batch_policy for st in model.services.values()} == {TRITON_POLICY}
+
+
+def test_an_unknown_batch_policy_in_a_run_dir_is_named(tmp_path: Path) -> None:
+    pts = [synth.SynthPoint("cX", 1.0, 1.0, 0.1, batch_policy="fifo")]
+    run = synth.write_run(tmp_path / "fifo", pts, name="fifo")
+    with pytest.raises(RunDirError, match=r"unknown batch_policy 'fifo'.*'cX'"):
+        load_run(run)
