@@ -26,11 +26,13 @@ __all__ = [
     "ArrivalKind",
     "arrival_offsets",
     "level_seed",
+    "point_offsets",
     "probe_offsets",
     "ramp_offsets",
     "split_for_worker",
     "think_times",
     "unit_arrivals",
+    "warmup_start",
 ]
 
 
@@ -118,6 +120,44 @@ def probe_offsets(
     warm = unit_arrivals(kind, rate * warmup_s, burstiness=burstiness, seed=seed + 1) / rate
     unit = unit_arrivals(kind, rate * duration_s, burstiness=burstiness, seed=seed)
     return np.concatenate([warm[warm < warmup_s], warmup_s + unit / rate])
+
+
+def warmup_start(offsets: npt.ArrayLike, warmup_s: float, max_requests: int) -> int:
+    """Index of the first send a point keeps: all but the last ``max_requests`` of the sends
+    due before ``warmup_s`` are dropped (``offsets`` sorted, seconds from the point's start).
+
+    ``[run] max_requests`` bounds what a point sends, warm-up included, not only the measured
+    window. The warm-up sends kept are the last ones, so the warm-up still ends right before the
+    window and the target is warm when measuring starts.
+    """
+    times = np.asarray(offsets, dtype=np.float64)
+    warm = int(np.searchsorted(times, warmup_s, side="left"))
+    return max(0, warm - max(max_requests, 0))
+
+
+def point_offsets(
+    kind: ArrivalKind,
+    rate: float,
+    warmup_s: float,
+    duration_s: float,
+    *,
+    max_requests: int,
+    seed: int,
+    burstiness: float = 1.0,
+    probe: bool = False,
+) -> npt.NDArray[np.float64]:
+    """Send times of one open-loop point at ``rate``: its warm-up, then its measured window.
+
+    One arrival sequence over ``warmup_s + duration_s`` (:func:`arrival_offsets`), or with
+    ``probe`` an SLO-search probe's (:func:`probe_offsets`). At most ``max_requests`` of the
+    sends fall in the warm-up (:func:`warmup_start`); the measured ones are all kept, and the
+    users stop after ``max_requests`` of them.
+    """
+    if probe:
+        times = probe_offsets(kind, rate, warmup_s, duration_s, seed=seed, burstiness=burstiness)
+    else:
+        times = arrival_offsets(kind, rate, warmup_s + duration_s, seed=seed, burstiness=burstiness)
+    return times[warmup_start(times, warmup_s, max_requests) :]
 
 
 def split_for_worker(

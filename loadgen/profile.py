@@ -33,6 +33,7 @@ from locust import LoadTestShape
 from locust.env import Environment
 
 from loadgen import scrape
+from loadgen.arrivals import warmup_start
 from loadgen.results import Col, Point, PointStatus
 from loadgen.spec import LoadLevel, ServerConfig
 from loadgen.stages import StageProfile, spawn_rates, users_reached
@@ -141,6 +142,8 @@ def run_profile(
         offsets = profile.schedule(
             spec.load.arrival, burstiness=spec.load.burstiness, seed=run.seed + pids[0]
         )
+        # The lead is the warm-up: at most max_requests of it, as for any open-loop point.
+        offsets = offsets[warmup_start(offsets, lead, run.max_requests) :]
         ctx.schedule = [t0 + float(o) for o in offsets]
     windows = [(t0 + a, t0 + b) for a, b in profile.windows()]
     # The server's view of each stage: snapshots at every boundary (stage k: k to k + 1).

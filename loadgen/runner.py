@@ -36,9 +36,8 @@ from locust.env import Environment
 from loadgen import scrape
 from loadgen.arrivals import (
     ArrivalKind,
-    arrival_offsets,
     level_seed,
-    probe_offsets,
+    point_offsets,
     ramp_offsets,
 )
 from loadgen.calibration import Gate, sweep_gate
@@ -573,20 +572,28 @@ class SweepRunner:
 
     def _probe_offsets(self, level: LoadLevel) -> npt.NDArray[np.float64]:
         """An SLO-search probe's send times: the configuration's one seeded rate-1 sequence
-        scaled to ``level`` (:func:`loadgen.arrivals.probe_offsets`), the same for every probe."""
-        run, load = self.spec.run, self.spec.load
+        scaled to ``level`` (:func:`loadgen.arrivals.probe_offsets`), the same for every probe,
+        with at most ``max_requests`` warm-up sends (:func:`loadgen.arrivals.point_offsets`)."""
+        return self._rate_offsets(level, seed=self.spec.run.seed, probe=True)
+
+    def _rate_offsets(
+        self, level: LoadLevel, *, seed: int, probe: bool = False
+    ) -> npt.NDArray[np.float64]:
+        """An open-loop point's send times at ``level`` (:func:`loadgen.arrivals.point_offsets`):
+        warm-up then window, the warm-up bounded by ``max_requests`` like the window."""
+        run, arrival = self.spec.run, level.arrival
         kind: ArrivalKind = (
-            "constant"
-            if load.arrival == "constant"
-            else ("gamma" if load.arrival == "gamma" else "poisson")
+            "constant" if arrival == "constant" else ("gamma" if arrival == "gamma" else "poisson")
         )
-        return probe_offsets(
+        return point_offsets(
             kind,
             level.value,
             run.warmup_s,
             run.duration_s,
-            seed=run.seed,
-            burstiness=load.burstiness,
+            max_requests=run.max_requests,
+            seed=seed,
+            burstiness=self.spec.load.burstiness,
+            probe=probe,
         )
 
     def _point_row(self, key: str) -> dict[str, Any]:
@@ -643,22 +650,13 @@ class SweepRunner:
         if closed:
             ctx.user_starts = [t0 + float(o) for o in ramp_offsets(int(level.value), ramp)]
         elif self._trace is not None:
+            # plan_replay bounded the warm-up by max_requests; items follow its requests 1:1.
             ctx.schedule = [t0 + o for o in self._trace.offsets_s]
             ctx.schedule_items = list(range(len(items)))
         elif self.spec.load.mode == "slo_search":
             ctx.schedule = [t0 + float(o) for o in self._probe_offsets(level)]
         else:
-            offsets = arrival_offsets(
-                "constant"
-                if level.arrival == "constant"
-                else "gamma"
-                if level.arrival == "gamma"
-                else "poisson",
-                level.value,
-                run.warmup_s + run.duration_s,
-                seed=level_seed(run.seed, level.key, rep),
-                burstiness=self.spec.load.burstiness,
-            )
+            offsets = self._rate_offsets(level, seed=level_seed(run.seed, level.key, rep))
             ctx.schedule = [t0 + float(o) for o in offsets]
         self.progress(
             {
@@ -994,7 +992,9 @@ class SweepRunner:
         base = point_message(ctx, target.urls, self.spec.target.balance)
         for k, client_id in enumerate(clients):
             data = dict(base)
-            data["max_requests"] = ctx.max_requests // n + (1 if k < ctx.max_requests % n else 0)
+            data["max_requests"] = _share(ctx.max_requests, k, n)
+            # The ramp probe was warm-up too: the workers' warm-up budgets add up to the rest.
+            data["sent_warmup"] = _share(ctx.sent_warmup, k, n)
             # Each worker on its own stretch of the workload: no prompt sent twice at once.
             # With sessions the index counts sessions (PointContext.next_session), not items.
             stretch = len(ctx.sessions) if ctx.sessions else len(ctx.items)
@@ -1028,6 +1028,11 @@ class SweepRunner:
 
 class _ReplicaDied(Exception):
     pass
+
+
+def _share(total: int, k: int, n: int) -> int:
+    """Worker ``k`` of ``n``'s part of ``total``: the parts differ by at most one, sum to it."""
+    return total // n + (1 if k < total % n else 0)
 
 
 def _served_model(url: str, headers: dict[str, str]) -> str:

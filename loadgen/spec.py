@@ -78,6 +78,9 @@ class RunSpec:
     name: str = "sweep"
     duration_s: float = 20.0
     warmup_s: float = 3.0
+    # Per point: the window ends after this many measured requests, and the warm-up sends at
+    # most this many too (open loop keeps the schedule's last ones before the window; closed-
+    # loop users wait for the window): a point sends at most 2 x max_requests in all.
     max_requests: int = 2000
     repeats: int = 1
     seed: int = 42

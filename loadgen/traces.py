@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from loadgen.arrivals import warmup_start
 from loadgen.spec import TRACE_FORMATS, LoadLevel, RunSpec, WorkloadSpec
 from loadgen.workload import PromptItem, TokenCounter, WorkloadError, synthetic_text
 
@@ -212,8 +213,10 @@ def plan_replay(
 ) -> TraceReplay:
     """The part of a trace one point replays, bounded like any open-loop point.
 
-    Requests due in the first ``warmup_s`` are warm-up; the replay stops at ``warmup_s +
-    duration_s`` or after ``max_requests`` measured ones, whichever comes first. The offered
+    Requests due in the first ``warmup_s`` are warm-up, of which only the last
+    ``max_requests`` are kept (:func:`loadgen.arrivals.warmup_start`: the bound covers what is
+    sent, and the target is still warm when the window opens); the replay stops at ``warmup_s
+    + duration_s`` or after ``max_requests`` measured ones, whichever comes first. The offered
     rate is that of the measured requests: ``(n - 1) / (last - first offset)``, which is
     exactly ``r`` for sends ``1/r`` apart, like an open-loop point's rate.
 
@@ -233,6 +236,8 @@ def plan_replay(
         offsets.append(t)
         if t >= run.warmup_s:
             measured.append(t)
+    start = warmup_start(offsets, run.warmup_s, run.max_requests)
+    kept, offsets = kept[start:], offsets[start:]
     span = measured[-1] - measured[0] if len(measured) >= 2 else 0.0
     if span <= 0:
         raise TraceError(

@@ -385,7 +385,8 @@ class PointContext:
     timeout_s: float
     measure_from: float  # wall clock: requests sent before this are warm-up
     stop_at: float  # wall clock: no request is sent after this
-    max_requests: int  # measured requests, then stop
+    # Measured requests, then stop; warm-up sends are bounded by it too (sent_warmup).
+    max_requests: int
     schedule: list[float] | None = None  # open loop: absolute wall-clock send times
     # Trace replay: the index into items each scheduled send carries (None: the next item).
     schedule_items: list[int] | None = None
@@ -398,6 +399,9 @@ class PointContext:
     headers: dict[str, str] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     sent_measured: int = 0
+    # Sends before measure_from (the runner's ramp probe included), at most max_requests: a
+    # closed-loop user then waits for the window (hold_warmup), an open-loop arrival is dropped.
+    sent_warmup: int = 0
     # Open loop with sessions: measured sessions whose first turn was sent, the count the
     # schedule's arrivals (session starts) are compared with (sent_measured counts every turn).
     sessions_started: int = 0
@@ -430,6 +434,19 @@ class PointContext:
             self.stopped = True
             return False
         return True
+
+    def warmup_spent(self, due: float | None = None) -> bool:
+        """True when a send due at ``due`` (``None``: now) would be warm-up and the warm-up
+        budget (``max_requests`` sends, like the window's) is spent."""
+        at = time.time() if due is None else due
+        return at < self.measure_from and self.sent_warmup >= self.max_requests
+
+    def hold_warmup(self) -> None:
+        """Closed loop: once the warm-up budget is spent, wait until the window opens (or the
+        point stops), so the next send is measured instead of one more warm-up request."""
+        while not self.stopped and self.warmup_spent():
+            # Re-checked after each sleep: a timer on the hub's cached clock may fire early.
+            gevent.sleep(min(max(self.measure_from - time.time(), 0.001), 1.0))
 
     def start_of(self, user: int) -> float | None:
         """Wall-clock time of a closed-loop user's first send (``None``: at once).
@@ -465,6 +482,8 @@ class PointContext:
         measured = (scheduled_at if scheduled_at is not None else time.time()) >= self.measure_from
         if measured:
             self.sent_measured += 1
+        else:
+            self.sent_warmup += 1
         self.in_flight += 1
         try:
             row = measure_request(
@@ -522,6 +541,13 @@ class PointContext:
                     gevent.sleep(pause)
             if not self.may_send():
                 return
+            if self.warmup_spent(due):
+                if scheduled_at is not None:
+                    # Open loop: a later turn would be sent late, as warm-up, in the window.
+                    return
+                self.hold_warmup()
+                if not self.may_send():
+                    return
             if not state.turns_done and (scheduled_at or 0.0) >= self.measure_from:
                 self.sessions_started += 1  # open loop only: closed loop has no schedule
             tally = StreamTally(chat=self.api == "chat", keep_text=True)
@@ -547,7 +573,8 @@ class ClosedLoopUser(User):
     :attr:`PointContext.think_time` (none by default, as in GuideLLM and AIPerf: the ramp alone
     de-synchronises the start, and ``points.csv``'s sync share says whether the point stayed so).
     With a sessions workload each task is a whole session, and the think time falls between
-    sessions (``[workload] turn_think_time_s`` between its turns).
+    sessions (``[workload] turn_think_time_s`` between its turns). Users send warm-up requests
+    as fast as the target answers, so after ``max_requests`` of them they wait for the window.
     """
 
     host = "http://unused.invalid"
@@ -569,6 +596,7 @@ class ClosedLoopUser(User):
 
     @task
     def request(self) -> None:
+        self.ctx.hold_warmup()
         if not self.ctx.may_send():
             raise StopUser()
         if self.ctx.sessions:
@@ -599,6 +627,8 @@ class OpenLoopUser(User):
                 gevent.sleep(delay)
             if not ctx.may_send():
                 break
+            if ctx.warmup_spent(due):
+                continue  # warm-up sessions' later turns spent the warm-up budget
             if ctx.sessions:
                 pool.spawn(ctx.run_session, session, -1, due)
             else:

@@ -42,7 +42,8 @@ def point_message(ctx: PointContext, urls: list[str], balance: str) -> dict[str,
     """Serialize a point's shared context for a worker.
 
     The runner sets ``schedule`` (and a trace's ``schedule_items``), ``user_starts``,
-    ``max_requests``, ``next_index`` and ``worker`` per worker.
+    ``max_requests``, ``sent_warmup`` (its share of the warm-up already sent, which counts
+    against the worker's warm-up budget), ``next_index`` and ``worker`` per worker.
     """
     return {
         "api": ctx.api,
@@ -64,6 +65,7 @@ def point_message(ctx: PointContext, urls: list[str], balance: str) -> dict[str,
         "measure_from": ctx.measure_from,
         "stop_at": ctx.stop_at,
         "max_requests": ctx.max_requests,
+        "sent_warmup": ctx.sent_warmup,
         "schedule": ctx.schedule,
         "schedule_items": ctx.schedule_items,
         "headers": ctx.headers,
@@ -98,6 +100,7 @@ def _context(data: dict[str, Any]) -> PointContext:
         measure_from=data["measure_from"],
         stop_at=data["stop_at"],
         max_requests=data["max_requests"],
+        sent_warmup=data.get("sent_warmup", 0),  # absent from an older master's message
         schedule=data["schedule"],
         schedule_items=data.get("schedule_items"),
         headers=data["headers"],

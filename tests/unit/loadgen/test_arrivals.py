@@ -9,7 +9,16 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from loadgen.arrivals import arrival_offsets, ramp_offsets, split_for_worker, think_times
+from loadgen.arrivals import (
+    ArrivalKind,
+    arrival_offsets,
+    point_offsets,
+    probe_offsets,
+    ramp_offsets,
+    split_for_worker,
+    think_times,
+    warmup_start,
+)
 from loadgen.spec import LengthDist
 
 RATE = 50.0
@@ -135,6 +144,41 @@ def test_max_requests_caps_the_schedule_keeping_its_start(kind: str) -> None:
     np.testing.assert_array_equal(capped, full[:17])
     more = arrival_offsets(kind, 20.0, 10.0, max_requests=10_000, seed=5)  # type: ignore[arg-type]
     np.testing.assert_array_equal(more, full)
+
+
+@pytest.mark.parametrize("kind", ["poisson", "constant", "gamma"])
+@pytest.mark.parametrize("probe", [False, True])
+def test_a_point_sends_at_most_max_requests_in_its_warm_up_the_last_ones(
+    kind: ArrivalKind, probe: bool
+) -> None:
+    """2,000 req/s with a 5 s warm-up is 10,000 warm-up sends; max_requests = 100 keeps 100."""
+    rate, warmup, duration, cap = 2000.0, 5.0, 1.0, 100
+    got = point_offsets(
+        kind, rate, warmup, duration, max_requests=cap, seed=9, burstiness=0.5, probe=probe
+    )
+    full = (
+        probe_offsets(kind, rate, warmup, duration, seed=9, burstiness=0.5)
+        if probe
+        else arrival_offsets(kind, rate, warmup + duration, seed=9, burstiness=0.5)
+    )
+    warm_full = full[full < warmup]
+    assert warm_full.size > 50 * cap  # the uncapped warm-up this bound is for
+    warm = got[got < warmup]
+    assert warm.size == cap
+    np.testing.assert_array_equal(warm, warm_full[-cap:])  # the last ones: warm at the window
+    assert warmup - warm[-1] < 10 / rate
+    # The measured part is untouched (the users stop after max_requests of it).
+    np.testing.assert_array_equal(got[got >= warmup], full[full >= warmup])
+
+
+def test_warmup_start_drops_only_warm_up_sends_beyond_the_budget() -> None:
+    offsets = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]  # warm-up below 2.0: four sends
+    assert warmup_start(offsets, 2.0, 10) == 0
+    assert warmup_start(offsets, 2.0, 4) == 0
+    assert warmup_start(offsets, 2.0, 3) == 1
+    assert warmup_start(offsets, 2.0, 0) == 4  # no warm-up at all, the window whole
+    assert warmup_start(offsets, 0.0, 1) == 0  # no warm-up to bound
+    assert warmup_start([], 2.0, 1) == 0
 
 
 def test_invalid_arguments() -> None:

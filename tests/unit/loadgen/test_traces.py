@@ -227,8 +227,13 @@ def test_replay_stops_at_the_window_and_at_max_requests() -> None:
     assert len(replay.requests) == 40  # offsets 0.0 .. 3.9 s
     assert replay.offered_rps == pytest.approx(10.0)  # measured: 1.0 .. 3.9 s, 30 sends
     capped = plan_replay(reqs, TRACE_WORKLOAD, replace(run, max_requests=5))
-    assert len(capped.requests) == 10 + 5  # warm-up sends, then 5 measured
+    # max_requests bounds the warm-up too: its last 5 sends (0.5 .. 0.9 s), then 5 measured.
+    assert len(capped.requests) == 5 + 5
+    assert capped.offsets_s[0] == pytest.approx(0.5)
     assert capped.offsets_s[-1] == pytest.approx(1.4)
+    # Requests and offsets stay aligned (the runner's schedule_items index the requests).
+    assert capped.offsets_s == pytest.approx([r.offset_s for r in capped.requests])
+    assert capped.offered_rps == pytest.approx(10.0)
 
 
 def test_a_window_with_under_two_sends_is_an_error() -> None:
