@@ -72,7 +72,7 @@ def _register_loadgen(bench_sub: argparse._SubParsersAction[argparse.ArgumentPar
     lg.add_argument(
         "--rates",
         type=_rate_list,
-        default=[250.0, 500.0, 750.0, 1000.0, 1250.0, 1500.0],
+        default=[1000.0, 2000.0, 3000.0, 3500.0, 4000.0, 5000.0],
         help="comma-separated constant arrival rates of the one-process ladder (req/s)",
     )
     lg.add_argument("--duration", type=float, default=4.0, help="seconds per point")

@@ -11,6 +11,9 @@ open-loop arrivals) in a subprocess, bounded in requests and seconds:
 2. 25/50/100 % of that ceiling: TTFT and ITL error, alternating with GuideLLM at the same rate
    where GuideLLM is installed (its own venv under ``~/.cache/tokenbooth/peers/``);
 3. the ladder again with ``--workers N``: do workers scale up to the cores?
+
+It also prints the calibration gate's estimate (:mod:`loadgen.calibration`, closed-loop
+saturation) beside the ceiling the ladder held: their ratio is what ``SAFETY`` must stay under.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from loadgen.calibration import SAFETY
 from loadgen.canned_server import CANNED_MODEL, CannedServer, canned_nginx
 from loadgen.results import Point, RunDir
 
@@ -218,6 +222,18 @@ def _guidellm(
     )
 
 
+def _gate_saturation(chunks: int) -> float:
+    """The calibration gate's own estimate (closed-loop saturation, req/s at ``chunks``), measured
+    the way a sweep measures it, in a fresh process (it imports Locust, which patches gevent)."""
+    code = (
+        "import locust, sys\n"
+        "from loadgen.calibration import measure_ceiling\n"
+        f"print(measure_ceiling(1.0).rps({chunks}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def _ceiling(rows: list[Row]) -> float:
     held = [r.offered_rps for r in rows if r.holds]
     return max(held) if held else math.nan
@@ -255,6 +271,7 @@ def run_loadgen_bench(
     with tempfile.TemporaryDirectory(prefix="tb-bench-loadgen-") as d, canned_nginx(chunks) as srv:
         tmp = Path(d)
         rtt = raw_rtt_ms(srv.url)
+        gate = _gate_saturation(chunks)
         ladder = _sweep(tmp, "ladder-1", srv, rates, duration_s, 0)
         rows += ladder
         ceiling = _ceiling(ladder)
@@ -292,6 +309,10 @@ def run_loadgen_bench(
     print(
         f"ceiling, 1 process: {ceiling:.0f} req/s = {ceiling * chunks:.0f} streamed tokens/s "
         f"(goal 1000 req/s and 50000 tokens/s)"
+    )
+    print(
+        f"calibration gate: closed-loop saturation {gate:.0f} req/s at {chunks} chunks; the "
+        f"ladder held {ceiling / gate:.2f} of it (the gate allows {SAFETY:g} of it per process)"
     )
     if multi:
         print(

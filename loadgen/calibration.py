@@ -6,7 +6,7 @@ at two stream lengths, with the real request path (:func:`loadgen.users.measure_
 requests, SSE parsing, row building). Each measurement gives a per-request CPU cost; two of
 them fit ``cost(n) = fixed + per_chunk * n``, so the ceiling for any output length is
 ``1 / cost(n)`` requests/s. The result is cached per machine (hostname, CPU count, tokenbooth
-version) under ``~/.cache/tokenbooth/``.
+version, a digest of the request path's source) under ``~/.cache/tokenbooth/``.
 
 A point asks for more than the harness can give when its expected request rate exceeds
 ``ceiling x SAFETY`` (x workers, at most the cores): open loop, its offered rate; closed loop,
@@ -17,6 +17,7 @@ point has no estimate and is not judged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -165,6 +166,19 @@ def measure_ceiling(seconds: float = 1.0) -> Ceiling:
     return fit_ceiling(points[0], points[1])
 
 
+# The modules a request's harness cost comes from: a change to any of them is a new ceiling.
+_REQUEST_PATH: Final = ("users.py", "transport.py", "sse.py", "tokenize.py", "gcguard.py")
+
+
+def _code_key() -> str:
+    """A digest of the request path's source, so a cached ceiling never outlives its code."""
+    digest = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in _REQUEST_PATH:
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def _cache_path() -> Path:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -172,7 +186,7 @@ def _cache_path() -> Path:
         ver = version("tokenbooth")
     except PackageNotFoundError:
         ver = "unknown"
-    key = f"{socket.gethostname()}-{os.cpu_count()}cpu-{ver}"
+    key = f"{socket.gethostname()}-{os.cpu_count()}cpu-{ver}-{_code_key()}"
     return Path.home() / ".cache" / "tokenbooth" / f"loadgen-ceiling-{key}.json"
 
 

@@ -30,7 +30,6 @@ import numpy as np
 import numpy.typing as npt
 import psutil
 import requests
-from locust.clients import HttpSession
 from locust.env import Environment
 
 from loadgen import scrape
@@ -44,6 +43,7 @@ from loadgen.calibration import Gate, sweep_gate
 from loadgen.coldstart import read_cold_starts
 from loadgen.distributed import MasterOptions, check_external_workers
 from loadgen.environment import environment_metadata
+from loadgen.gcguard import GcGuard
 from loadgen.master import locust_master
 from loadgen.profile import run_profile
 from loadgen.quality import run_quality_eval
@@ -59,7 +59,14 @@ from loadgen.summary import SYNC_WINDOW_S, server_summary, summarize_point, sync
 from loadgen.targets import LocalReplicas, RemoteTarget, TargetError
 from loadgen.timeslices import ScrapeLog, bin_timeslices
 from loadgen.traces import TraceReplay, plan_replay, read_trace, trace_prompts
-from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext, new_session
+from loadgen.users import (
+    Balancer,
+    ClosedLoopUser,
+    OpenLoopUser,
+    PointContext,
+    Session,
+    new_session,
+)
 from loadgen.worker import MSG_POINT, point_message
 from loadgen.workload import (
     FAKE_ENGINE_WORDS,
@@ -162,7 +169,7 @@ class SweepRunner:
         self._adapter: Adapter = TOKENBOOTH
         # Where the next point starts in the workload (PointContext.next_index), run-wide.
         self._prompt_cursor = 0
-        self._probe_session: HttpSession | None = None  # sends closed-loop ramp probes
+        self._probe_session: Session | None = None  # sends closed-loop ramp probes
         # [workload] kind = "sessions": the session plans, built per configuration (its counter).
         self._sessions: list[SessionPlan] | None = None
         # [workload] kind = "trace": the one replay each configuration runs (read up front, so
@@ -923,33 +930,35 @@ class SweepRunner:
         env.tokenbooth = ctx  # type: ignore[attr-defined]
         runner = env.create_local_runner()
         users = 1 if level.mode == "rate" else int(level.value)
-        runner.start(users, spawn_rate=max(users, 1) * 100.0, wait=False)
-        hard_stop = ctx.stop_at + ctx.timeout_s + 5.0
-        last_progress = last_watch = 0.0
-        saturated = ""
-        while time.time() < hard_stop:
-            gevent.sleep(0.05)
-            if target.alive() is not None:
-                ctx.stopped = True
-                break
-            now = time.time()
-            watching = watch is not None and not ctx.stopped
-            if watching and ctx.measure_from <= now < ctx.stop_at and now - last_watch >= 0.25:
-                last_watch = now  # a few samples a second are plenty for a trend
-                assert watch is not None
-                saturated = self._watch(ctx, watch, level, now)
-            if ctx.stopped or time.time() >= ctx.stop_at:
-                ctx.stopped = True
-                if ctx.in_flight == 0:
+        with GcGuard() as guard:
+            runner.start(users, spawn_rate=max(users, 1) * 100.0, wait=False)
+            hard_stop = ctx.stop_at + ctx.timeout_s + 5.0
+            last_progress = last_watch = 0.0
+            saturated = ""
+            while time.time() < hard_stop:
+                gevent.sleep(0.05)
+                guard.tick()
+                if target.alive() is not None:
+                    ctx.stopped = True
                     break
-            now = time.time()
-            if now - last_progress >= 0.5:
-                last_progress = now
-                self.progress(
-                    {"event": "point_progress", "rows": ctx.rows, "in_flight": ctx.in_flight}
-                )
-        runner.quit()
-        runner.greenlet.join(timeout=10)
+                now = time.time()
+                watching = watch is not None and not ctx.stopped
+                if watching and ctx.measure_from <= now < ctx.stop_at and now - last_watch >= 0.25:
+                    last_watch = now  # a few samples a second are plenty for a trend
+                    assert watch is not None
+                    saturated = self._watch(ctx, watch, level, now)
+                if ctx.stopped or time.time() >= ctx.stop_at:
+                    ctx.stopped = True
+                    if ctx.in_flight == 0:
+                        break
+                now = time.time()
+                if now - last_progress >= 0.5:
+                    last_progress = now
+                    self.progress(
+                        {"event": "point_progress", "rows": ctx.rows, "in_flight": ctx.in_flight}
+                    )
+            runner.quit()
+            runner.greenlet.join(timeout=10)
         return saturated
 
     @staticmethod

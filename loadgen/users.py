@@ -8,33 +8,28 @@ token (content, or reasoning text where a server streams it), every inter-token 
 latency, token counts (the server's ``usage`` cross-checked against the streamed chunks, or the
 chunks when it sends none; see :func:`loadgen.tokenize.request_tokens`), status, error text,
 target replica, and the ``X-Request-ID`` and W3C ``traceparent`` it sent, so server traces and
-logs join the client's rows. The stream itself is read by :mod:`loadgen.sse`. A send that fails
+logs join the client's rows. Requests go over :mod:`loadgen.transport`; the stream itself is read
+by :mod:`loadgen.sse`. A send that fails
 because the server had closed a pooled keep-alive connection is repeated once on a fresh one and
 counted in ``retries``, never as a server error.
 """
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import math
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import gevent
 import msgspec
 import numpy as np
 from gevent.pool import Pool
 from locust import User, constant, task
-from locust.clients import HttpSession
 from locust.exception import StopUser
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.response import HTTPResponse
 
 from loadgen.arrivals import think_times
 from loadgen.results import Col
@@ -42,6 +37,7 @@ from loadgen.sessions import NO_SESSION, NO_TURN, SessionPlan, SessionState, ses
 from loadgen.spec import LengthDist
 from loadgen.sse import StreamTally, error_message
 from loadgen.tokenize import request_tokens
+from loadgen.transport import DEFAULT_CONNECTIONS, Exchange, StreamClient, TransportError
 from loadgen.workload import PromptItem
 
 __all__ = [
@@ -49,6 +45,7 @@ __all__ = [
     "ClosedLoopUser",
     "OpenLoopUser",
     "PointContext",
+    "Session",
     "measure_request",
     "new_session",
 ]
@@ -86,120 +83,31 @@ class Balancer:
         self.outstanding[url] -= 1
 
 
-class _TimedAdapter(HTTPAdapter):
-    """Stamps each request with the moment it is handed to the connection.
+class Session:
+    """One user's (or dispatcher's) connections and Locust's request event: what a send needs.
 
-    requests and Locust spend a millisecond or more preparing a request (URL, headers,
-    cookies, events) before any byte is written; latency measured from before that work
-    would charge the client's own overhead to the server.
+    Requests go through :class:`loadgen.transport.StreamClient`; each finished request is
+    reported to Locust's ``request`` event (type, name, response time, length, failure), so
+    Locust's own statistics and listeners see every request the harness makes.
     """
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _HTTPSPool}
+    def __init__(self, client: StreamClient, request_event: Any) -> None:
+        self.client = client
+        self.request_event = request_event
 
-    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        request.tb_sent = time.perf_counter()
-        return super().send(request, *args, **kwargs)
-
-
-# How a send on a pooled keep-alive connection that the server has already closed fails, before
-# any byte of a response: its FIN reads as an empty status line (RemoteDisconnected, which is
-# http.client's BadStatusLine for that case), its RST as a reset or abort, a write into it as a
-# broken pipe. Servers close idle connections on their own schedule and without notice
-# (llama.cpp's cpp-httplib after 5 s, CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND), so a connection can
-# die between leaving the pool and carrying the next request.
-_STALE_CONNECTION_ERRORS: Final = (
-    http.client.RemoteDisconnected,
-    ConnectionResetError,
-    ConnectionAbortedError,
-    BrokenPipeError,
-)
-_RESENT_AT: Final = "tb_resent_at"
-"""Set on the response, or on the error of a resend that failed too: when the resend went out."""
+    def close(self) -> None:
+        """Close the session's connections."""
+        self.client.close()
 
 
-class _ResendingConnection(HTTPConnection):
-    """Sends a request again, once, on a fresh socket when a reused one proves closed.
-
-    Only a socket that already carried a request, and only a failure before any response byte:
-    the server had closed the connection, so it never read the request and the resend is no
-    second request to it. Done here, below requests and Locust, so that Locust sees one request
-    and reports one outcome.
-    """
-
-    _tb_sends = 0  # requests sent on the current socket
-    _tb_resend: tuple[tuple[Any, ...], dict[str, Any]] | None = None
-
-    def connect(self) -> None:
-        super().connect()
-        self._tb_sends = 0
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        reused = self.sock is not None and self._tb_sends > 0
-        body = kwargs.get("body", args[2] if len(args) > 2 else None)
-        # A body that is an iterator or a file cannot be sent twice; ours are bytes.
-        resendable = reused and isinstance(body, bytes | None)
-        self._tb_resend = (args, kwargs) if resendable else None
-        super().request(*args, **kwargs)
-        self._tb_sends += 1
-
-    # urllib3 narrows http.client's return type the same way, and ignores the same error.
-    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
-        try:
-            return super().getresponse()
-        except _STALE_CONNECTION_ERRORS:
-            if self._tb_resend is None:
-                raise
-        args, kwargs = self._tb_resend
-        self.close()
-        resent_at = time.perf_counter()
-        try:
-            self.request(*args, **kwargs)  # on a fresh socket: no further resend
-            response = super().getresponse()
-        except Exception as exc:
-            setattr(exc, _RESENT_AT, resent_at)
-            raise
-        setattr(response, _RESENT_AT, resent_at)
-        return response
-
-
-class _ResendingHTTPSConnection(_ResendingConnection, HTTPSConnection):
-    """:class:`_ResendingConnection` over TLS."""
-
-
-class _Pool(HTTPConnectionPool):
-    ConnectionCls = _ResendingConnection
-
-
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _ResendingHTTPSConnection
-
-
-def _resent_at(resp: Any) -> float | None:
-    """When the request was sent again on a fresh connection, or None when it was not."""
-    at = getattr(resp.raw, _RESENT_AT, None)
-    # Without a response Locust hands back the requests error; urllib3's cause is in its context.
-    err = resp.error
-    for _ in range(8):
-        if at is not None or err is None:
-            break
-        at = getattr(err, _RESENT_AT, None)
-        err = err.__cause__ or err.__context__
-    return at
-
-
-def new_session(environment: Any, pool_size: int = 1024) -> HttpSession:
-    """A Locust HttpSession (fires Locust request events) with a pool sized for open loop."""
-    session = HttpSession("http://unused.invalid", environment.events.request, None)
-    adapter = _TimedAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+def new_session(environment: Any, pool_size: int = DEFAULT_CONNECTIONS) -> Session:
+    """A session that fires ``environment``'s Locust request events, with ``pool_size``
+    connections per target at most (open loop needs many, a closed-loop user one)."""
+    return Session(StreamClient(pool_size), environment.events.request)
 
 
 def measure_request(
-    session: HttpSession,
+    session: Session,
     url: str,
     api: str,
     body: dict[str, Any],
@@ -255,7 +163,7 @@ def measure_request(
 
 
 def _stream(
-    session: HttpSession,
+    session: Session,
     url: str,
     path: str,
     payload: bytes,
@@ -263,51 +171,47 @@ def _stream(
     timeout_s: float,
     tally: StreamTally,
 ) -> tuple[int, float | None, int]:
-    """POST one request and feed its body to ``tally``.
+    """POST one request, feed its body to ``tally`` and report it to Locust's request event.
 
     Returns:
-        The HTTP status (0: no response), the ``time.perf_counter`` of the send when stamped,
-        and how often the send was repeated on a fresh connection (0 or 1).
+        The HTTP status (0: no response), the ``time.perf_counter`` of the send (``None``: no
+        byte was written), and how often the send was repeated on a fresh connection (0 or 1).
 
     A repeated send is timed from the repeat: the first went out on a connection the server
     had already closed and never read, so the time lost on it is the client's, not the
     server's. In open loop it still shows, as schedule lag (and in the from-schedule columns).
     """
-    status = 0
-    sent: float | None = None
-    retries = 0
+    wall = time.time()
+    started = time.perf_counter()
     try:
-        with session.post(
-            url + path,
-            data=payload,
-            headers=headers,
-            stream=True,
-            catch_response=True,
-            timeout=timeout_s,
-            name=path,
-        ) as resp:
-            sent = getattr(resp.request, "tb_sent", None)
-            resent = _resent_at(resp)
-            if resent is not None:
-                sent, retries = resent, 1
-            status = resp.status_code
-            if status == 0:
-                # No response at all: Locust returns the requests error rather than raising it.
-                tally.error = f"{type(resp.error).__name__}: {resp.error}"
-                resp.failure(tally.error)
-            elif status != 200:
-                tally.error = error_message(resp.content) or resp.text[:300]
-                resp.failure(f"HTTP {status}: {tally.error}")
-            else:
-                for data in resp.iter_content(chunk_size=None):
-                    tally.feed(data, time.perf_counter())
-                if tally.error:
-                    resp.failure(tally.error)
-                else:
-                    resp.success()
-    except Exception as exc:
+        ex = session.client.post(
+            url, path, payload, headers, timeout_s=timeout_s, on_data=tally.feed
+        )
+    except TransportError as exc:  # a request that cannot be sent: no byte went out
         tally.error = f"{type(exc).__name__}: {exc}"
-    return status, sent, retries
+        ex = Exchange(0, None, 0, tally.error, b"", 0)
+    if ex.status == 0:
+        tally.error = ex.error
+    elif ex.status != 200:
+        detail = error_message(ex.body) or ex.body.decode(errors="replace")[:300]
+        tally.error = detail or f"HTTP {ex.status} with an empty body"
+    elif ex.error:
+        tally.error = tally.error or ex.error  # the connection broke mid-stream
+    failure = None
+    if tally.error:
+        failure = RuntimeError(f"HTTP {ex.status}: {tally.error}" if ex.status else tally.error)
+    session.request_event.fire(
+        request_type="POST",
+        name=path,
+        response_time=1000 * (time.perf_counter() - started),
+        response_length=ex.received,
+        response=None,
+        context={},
+        exception=failure,
+        start_time=wall,
+        url=url + path,
+    )
+    return ex.status, ex.sent_at, ex.retries
 
 
 def _timings(
@@ -458,7 +362,7 @@ class PointContext:
 
     def send(
         self,
-        session: HttpSession,
+        session: Session,
         user: int,
         scheduled_at: float | None,
         item: PromptItem | None = None,
@@ -520,7 +424,7 @@ class PointContext:
         self.next_index += 1
         return index, sessions[index % len(sessions)]
 
-    def run_session(self, session: HttpSession, user: int, scheduled_at: float | None) -> None:
+    def run_session(self, session: Session, user: int, scheduled_at: float | None) -> None:
         """Send one session's turns in order, each after the previous reply and a think time.
 
         Closed loop (``scheduled_at`` None) a user runs one session after another. Open loop

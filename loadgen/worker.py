@@ -25,6 +25,7 @@ import locust
 import psutil
 from locust.env import Environment
 
+from loadgen.gcguard import GcGuard
 from loadgen.sessions import SessionPlan
 from loadgen.spec import LengthDist
 from loadgen.users import Balancer, ClosedLoopUser, OpenLoopUser, PointContext
@@ -140,14 +141,16 @@ def serve(master_host: str, master_port: int) -> int:
         cpu0, wall0 = proc.cpu_times(), time.monotonic()
         sent = 0
         hard_stop = ctx.stop_at + ctx.timeout_s + 5.0
-        while True:
-            gevent.sleep(_FLUSH_S)
-            done = (ctx.stopped or time.time() >= ctx.stop_at) and ctx.in_flight == 0
-            if len(ctx.rows) > sent:
-                runner.send_message(MSG_ROWS, {"rows": ctx.rows[sent:]})
-                sent = len(ctx.rows)
-            if done or time.time() >= hard_stop:
-                break
+        with GcGuard() as guard:
+            while True:
+                gevent.sleep(_FLUSH_S)
+                guard.tick()
+                done = (ctx.stopped or time.time() >= ctx.stop_at) and ctx.in_flight == 0
+                if len(ctx.rows) > sent:
+                    runner.send_message(MSG_ROWS, {"rows": ctx.rows[sent:]})
+                    sent = len(ctx.rows)
+                if done or time.time() >= hard_stop:
+                    break
         cpu1 = proc.cpu_times()
         wall = max(time.monotonic() - wall0, 1e-9)
         cpu = 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall
