@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import gevent.socket
 from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
-from geventhttpclient.response import HTTPConnectionClosed, HTTPSocketPoolResponse
+from geventhttpclient.response import HTTPConnectionClosed, HTTPResponse, HTTPSocketPoolResponse
 
 __all__ = ["DEFAULT_CONNECTIONS", "NO_RESPONSE", "Exchange", "StreamClient", "TransportError"]
 
@@ -45,14 +45,14 @@ DEFAULT_CONNECTIONS: Final = 1024
 _BLOCK: Final = 64 * 1024  # bytes per socket read
 _ERROR_BODY_LIMIT: Final = 64 * 1024  # bytes of a non-200 body kept for its error message
 _USER_AGENT: Final = "tokenbooth-loadgen"
+_FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
 NO_RESPONSE: Final = "the server closed the connection without a response"
 """How :attr:`Exchange.error` begins when the connection closed before any response byte."""
 
-# How a send on a pooled connection the server had already closed fails before any response
-# byte: its FIN reads as an empty status line (HTTPConnectionClosed), its RST as a reset, a
-# write into it as a broken pipe.
+# How the write of a send on a pooled connection the server had already closed fails: a reset
+# or a broken pipe. Reading the reply, the response raises HTTPConnectionClosed for a FIN or an
+# RST that came before any response byte (and only then).
 _STALE: Final = (
-    HTTPConnectionClosed,
     ConnectionResetError,
     ConnectionAbortedError,
     BrokenPipeError,
@@ -84,6 +84,14 @@ class Exchange:
 
 class _StreamResponse(HTTPSocketPoolResponse):
     """A pooled response whose body can be read as it arrives."""
+
+    def _on_message_complete(self) -> None:
+        # The library hands the socket back at every message's end, an interim 1xx's too: the
+        # final response would then be read from a pooled socket another request may take,
+        # and its body would read as empty. Only the final response's end releases it here.
+        HTTPResponse._on_message_complete(self)
+        if self.get_code() >= 200:
+            self.release()
 
     def read_some(self) -> bytes:
         """The body bytes that have arrived: what is parsed already, else one socket read's
@@ -208,14 +216,18 @@ class StreamClient:
                     retries = 1
                     continue
                 return Exchange(0, sent, retries, _closed(exc), b"", 0)
-            except Exception as exc:
-                origin.pool.release_socket(sock)
+            except BaseException as exc:
+                origin.pool.release_socket(sock)  # a socket kept past here is a slot lost for good
+                if not isinstance(exc, Exception):
+                    raise  # the greenlet was killed (a point's end) or a gevent.Timeout fired
                 return Exchange(0, sent, retries, _describe(exc), b"", 0)
             self._carried.add(sock)
             try:
                 # Reads the status line and headers; on failure it releases the socket itself.
                 resp = _StreamResponse(sock, origin.pool, block_size=_BLOCK, method="POST")
-            except _STALE as exc:
+            except HTTPConnectionClosed as exc:
+                # Raised only when the FIN or RST came before any response byte; a reset after
+                # some (a plain ConnectionResetError) means the server read the request: no resend.
                 if reused and not retries:
                     retries = 1
                     continue
@@ -247,19 +259,31 @@ def _read_body(
 
 
 def _request_head(origin: _Origin, path: str, length: int, headers: Mapping[str, str]) -> bytes:
-    lines = [
-        f"POST {origin.base_path}{path} HTTP/1.1",
-        f"Host: {origin.host_header}",
-        f"User-Agent: {_USER_AGENT}",
-        "Accept-Encoding: identity",
-        f"Content-Length: {length}",
-    ]
+    """The request line and headers. A caller's Host, User-Agent or Accept-Encoding replaces
+    the transport's own (a Host for virtual hosting behind an address, say); the body's framing
+    is the transport's alone."""
+    given = {name.lower() for name in headers}
+    framing = given & _FRAMING_HEADERS
+    if framing:
+        raise TransportError(f"the transport sets {sorted(framing)} itself; drop the header")
+    lines = [f"POST {origin.base_path}{path} HTTP/1.1"]
+    for name, value in (
+        ("Host", origin.host_header),
+        ("User-Agent", _USER_AGENT),
+        ("Accept-Encoding", "identity"),
+    ):
+        if name.lower() not in given:
+            lines.append(f"{name}: {value}")
+    lines.append(f"Content-Length: {length}")
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise TransportError(f"header {name!r} holds a line break or a colon in its name")
         lines.append(f"{name}: {value}")
     lines += ("", "")
-    return "\r\n".join(lines).encode("latin-1")
+    try:
+        return "\r\n".join(lines).encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise TransportError(f"the request line or a header is not latin-1: {exc}") from None
 
 
 def _closed(exc: BaseException) -> str:
