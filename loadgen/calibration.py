@@ -44,9 +44,13 @@ __all__ = [
 
 logger = logging.getLogger("tokenbooth.loadgen")
 
-# Above ~70 % of its saturation throughput the harness's own queueing adds measurable time to
-# TTFT and send lag (bench loadgen's 100 % rows show it); below it the error stays small.
-SAFETY: Final = 0.7
+# What share of its closed-loop saturation one harness process holds open loop (rate achieved
+# within 2 %, send lag p95 <= 10 ms): `tokenbooth bench loadgen` prints it; 0.59 on this 2-core
+# VM (3,500 of 5,941 req/s at 64 chunks; 4,000 did not hold). Open loop costs more than the
+# closed-loop estimate: a dispatcher greenlet, a greenlet spawn per send, timers, and rows
+# kept for the whole point. Kept under the measured share, so the gate never allows a rate the
+# harness was seen to miss.
+SAFETY: Final = 0.55
 _SHORT_CHUNKS: Final = 1
 _LONG_CHUNKS: Final = 64
 
