@@ -32,6 +32,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, Tracer
 
 from service.errors import DrainingError, ErrorCode, QueueFullError
+from service.formation import adaptive_due_at
 from service.job import Finished, Job, Outcome
 from service.settings import (
     ADAPTIVE_HOLD_FRACTION,
@@ -59,7 +60,9 @@ class BatcherConfig:
     request arrived. "adaptive": it starts once no request has joined it for
     ``max_batch_delay_s`` (a burst of re-sending clients lands in one batch instead of being
     cut after 5 ms into a partial batch and a whole-batch wait for the rest), but no later than
-    ``adaptive_hold_fraction`` of a recent batch's duration after its oldest request; and when
+    ``adaptive_hold_fraction`` of a recent batch's duration after its oldest request (after a
+    batch ends, the quiet gap is longer and counts from that end: :func:`adaptive_due_at`);
+    and when
     more requests wait than fit, the batch takes the oldest one plus those whose prompt
     lengths are closest to it (CTranslate2 prefills only up to the shortest prompt of a batch
     and feeds the rest one token per step).
@@ -117,6 +120,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._eos_ids = engine.codec.eos_token_ids
         self._recent_batch_s: deque[float] = deque(maxlen=RECENT_BATCHES)
+        self._last_done_at = -math.inf  # perf_counter when the latest batch finished
         self.draining = False
         self._ended = False  # end_all() ran: jobs submitted later end at once
         metrics.bind_queue_state(
@@ -278,11 +282,16 @@ class Batcher:
         head_due = bucket[0].enqueued_at + cfg.max_batch_delay_s
         if cfg.policy != ADAPTIVE_POLICY:
             return head_due
-        quiet_due = bucket[-1].enqueued_at + cfg.max_batch_delay_s
         recent = self._recent_batch_s
         batch_s = sum(recent) / len(recent) if recent else 0.0
         hold_cap = max(cfg.max_batch_delay_s, cfg.adaptive_hold_fraction * batch_s)
-        return min(quiet_due, bucket[0].enqueued_at + hold_cap)
+        return adaptive_due_at(
+            bucket[0].enqueued_at,
+            bucket[-1].enqueued_at,
+            self._last_done_at,
+            cfg.max_batch_delay_s,
+            hold_cap,
+        )
 
     def _take(self, bucket: deque[Job]) -> list[Job]:
         """Pop the next batch from a due bucket: the oldest jobs, or (adaptive, when more wait
@@ -422,6 +431,7 @@ class Batcher:
             ended = time.perf_counter()
             prefill_end = first_step_at[0] if first_step_at else ended
             self._recent_batch_s.append(ended - started)
+            self._last_done_at = ended
             self.metrics.observe_batch(
                 size=len(jobs),
                 formation_delay_s=formation_delay,

@@ -26,6 +26,7 @@ import numpy as np
 
 from reports.capacity.results import ServiceTimes, Window
 from reports.capacity.steps import request_steps, step_clock
+from service.formation import adaptive_due_at
 from service.settings import ADAPTIVE_POLICY, BATCH_POLICIES, RECENT_BATCHES
 
 __all__ = ["Formation", "Sim", "simulate"]
@@ -70,8 +71,10 @@ class Formation:
     The replay of ``service.batcher.Batcher._due_at`` and ``Batcher._take`` over simulated
     requests (indices into per-request arrival times and prompt lengths). Under
     ``adaptive`` a batch that is not full is due once no request joined it for
-    ``max_batch_delay_s``, but no later than ``max(max_batch_delay_s, hold_fraction x mean of
-    the replica's last RECENT_BATCHES batch durations)`` after its oldest request (a replica
+    ``max_batch_delay_s`` (longer, and counted from the end of the replica's latest batch,
+    while it fills right after one: :func:`service.formation.adaptive_due_at`, the batcher's
+    own rule), but no later than ``max(max_batch_delay_s, hold_fraction x mean of the
+    replica's last RECENT_BATCHES batch durations)`` after its oldest request (a replica
     with no finished batch yet holds at most ``max_batch_delay_s``, as the batcher does); when
     more wait than fit it takes the oldest and those with the closest prompt lengths. The
     prompt lengths are the simulation's draws from the measured (prompt, output) pairs; where
@@ -104,7 +107,11 @@ class Formation:
         )
 
     def due_at(
-        self, queue: Sequence[int], arrive: Sequence[float], recent: Sequence[float]
+        self,
+        queue: Sequence[int],
+        arrive: Sequence[float],
+        recent: Sequence[float],
+        last_done: float = -math.inf,
     ) -> float:
         """When a non-empty queue that is not full becomes due.
 
@@ -113,6 +120,8 @@ class Formation:
             arrive: Arrival time of every request.
             recent: Durations of the replica's latest finished batches (at most
                 ``RECENT_BATCHES``).
+            last_done: When the replica's latest batch finished (adaptive holds for the
+                re-sends of its clients).
 
         Returns:
             The time.
@@ -121,9 +130,9 @@ class Formation:
         head = arrive[queue[0]]
         if self.policy != ADAPTIVE_POLICY:
             return head + delay
-        quiet_due = arrive[queue[-1]] + delay
         batch_s = sum(recent) / len(recent) if recent else 0.0
-        return min(quiet_due, head + max(delay, self.hold_fraction * batch_s))
+        hold_cap = max(delay, self.hold_fraction * batch_s)
+        return adaptive_due_at(head, arrive[queue[-1]], last_done, delay, hold_cap)
 
     def take(self, queue: deque[int], prompts: Sequence[int]) -> list[int]:
         """Pop the next batch off a due queue.
@@ -243,6 +252,7 @@ class _Replay:
         self.form = Formation.of(st)
         # Per replica, as the batcher keeps them: durations of its latest finished batches.
         self.recent: list[deque[float]] = [deque(maxlen=RECENT_BATCHES) for _ in range(replicas)]
+        self.last_done = [-math.inf] * replicas  # when each replica's latest batch finished
         self.batch_owner: list[int] = []  # replica of each batch, by index into sim.busy
 
     def run(self) -> tuple[Sim, list[int], float]:
@@ -299,6 +309,7 @@ class _Replay:
             # ones, then the worker frees and the queue is looked at again.
             r = self.batch_owner[data]
             self.recent[r].append(t - self.sim.busy[data][0])
+            self.last_done[r] = t
             self.free[r] += 1
             self._dispatch(r, t)
         else:  # _FINISH
@@ -344,7 +355,7 @@ class _Replay:
         q = self.queues[r]
         form = self.form
         while self.free[r] > 0 and q:
-            due = form.due_at(q, self.arrive, self.recent[r])
+            due = form.due_at(q, self.arrive, self.recent[r], self.last_done[r])
             if len(q) >= form.max_batch_size or t >= due - _EPS:
                 self._start_batch(r, t, form.take(q, self.prompts))
             else:

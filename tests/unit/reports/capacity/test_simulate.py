@@ -113,13 +113,18 @@ def test_triton_cuts_a_burst_at_the_delay_adaptive_holds_it_to_the_cap() -> None
     # Triton: a batch starts 5 ms after its oldest request, holding it and the one 3 ms later.
     assert set(triton.batch_sizes) == {2}
     # Adaptive: no 5 ms pause ever comes, so a batch is held to the cap, the service's share
-    # of the replica's recent batch duration after its oldest request.
+    # of the replica's recent batch duration after its oldest request, or after the end of the
+    # latest batch when its requests waited through it (service.formation.adaptive_due_at):
+    # never less than the cap's worth of the burst.
     durations = {round(end - start, 9) for start, end in adaptive.busy}
     assert len(durations) == 1
     cap = max(EVEN.max_batch_delay_s, ADAPTIVE_HOLD_FRACTION * durations.pop())
     assert cap > 2 * BURST_GAP_S  # the test is only meaningful if the cap exceeds the delay
     expected = math.floor(cap / BURST_GAP_S + 1e-9) + 1
-    assert set(adaptive.batch_sizes) == {expected}
+    assert min(adaptive.batch_sizes) == expected  # the first, held from its oldest request
+    # Later ones from the latest batch's end: the requests that waited through it, plus the
+    # cap's worth of the burst after it.
+    assert max(adaptive.batch_sizes) >= 2 * expected - 4
     assert expected > 2
 
 

@@ -1,0 +1,32 @@
+"""Batch formation rules as pure functions: the batcher runs them, the capacity model replays them.
+
+Kept apart from :mod:`service.batcher` so that :mod:`reports.capacity.simulate` can call the
+very rule the service applies (reports never import the batcher or the engine).
+"""
+
+from __future__ import annotations
+
+from service.settings import ADAPTIVE_BURST_QUIET
+
+__all__ = ["adaptive_due_at"]
+
+
+def adaptive_due_at(
+    head: float, newest: float, last_done: float, delay_s: float, hold_cap_s: float
+) -> float:
+    """When a non-full bucket is due under the adaptive policy (times on one clock).
+
+    Once no request has joined for the quiet gap, counted from the newest join or from the
+    end of the latest batch, whichever is later; at most ``hold_cap_s`` after the later of the
+    oldest request's arrival and that end. The quiet gap is ``delay_s``, or
+    ``ADAPTIVE_BURST_QUIET`` times it when the bucket is filling within the hold limit after a
+    batch ended: the clients of that batch re-sending (closed loop) come in a burst, and
+    requests that waited through the batch are held for them instead of leaving as a partial
+    batch that strands the burst behind a whole batch. A lone request long after the last
+    batch waits ``delay_s`` only. The capacity model replays this same function.
+    """
+    since_done = newest - last_done
+    if since_done > hold_cap_s:  # no batch ended lately (or never: last_done is -inf)
+        return min(newest + delay_s, head + hold_cap_s)
+    anchor = max(newest, last_done)
+    return min(anchor + delay_s * ADAPTIVE_BURST_QUIET, max(head, last_done) + hold_cap_s)
