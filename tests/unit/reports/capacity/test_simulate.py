@@ -12,7 +12,12 @@ import pytest
 
 from reports.capacity import CapacityModel, ServiceTimes, Window
 from reports.capacity.simulate import Formation, Sim, simulate
-from service.settings import ADAPTIVE_HOLD_FRACTION, ADAPTIVE_POLICY, TRITON_POLICY
+from service.settings import (
+    ADAPTIVE_BURST_QUIET,
+    ADAPTIVE_HOLD_FRACTION,
+    ADAPTIVE_POLICY,
+    TRITON_POLICY,
+)
 
 STAGGERED = ServiceTimes(
     base_config_id="staggered",
@@ -182,6 +187,34 @@ def test_adaptive_due_time() -> None:
     assert adaptive.due_at([0, 1, 2], arrive, [0.5, 1.5]) == pytest.approx(0.011)
     # Cap below the quiet time: 5 % of 0.16 s is 8 ms.
     assert adaptive.due_at([0, 1, 2], arrive, [0.16]) == pytest.approx(0.008)
+
+
+def test_adaptive_due_time_after_a_batch_ended() -> None:
+    delay = 0.005
+    triton = Formation(TRITON_POLICY, 8, delay, 0.05)
+    adaptive = replace(triton, policy=ADAPTIVE_POLICY)
+    recent = [1.0]  # 5 % of 1 s: a 50 ms hold cap
+    cap = 0.05
+    quiet = ADAPTIVE_BURST_QUIET * delay
+    queue = [0, 1, 2]
+    resends = [1.000, 1.008, 1.016]  # 8 ms apart: more than one delay, less than the quiet
+    assert delay < 0.008 < quiet
+    # The latest batch ended 1 ms before the first: the newest came within the cap after it,
+    # so the batch waits the burst quiet gap after the newest.
+    assert adaptive.due_at(queue, resends, recent, 0.999) == pytest.approx(1.016 + quiet)
+    # ... but never longer than the cap after the oldest.
+    late = [1.000, 1.020, 1.040]
+    assert 1.040 + quiet > 1.000 + cap
+    assert adaptive.due_at(queue, late, recent, 0.999) == pytest.approx(1.000 + cap)
+    # Long before (more than the cap before the newest), or no batch ended yet: one delay.
+    assert adaptive.due_at(queue, resends, recent, 0.9) == pytest.approx(1.016 + delay)
+    assert adaptive.due_at(queue, resends, recent) == pytest.approx(1.016 + delay)
+    # Requests that waited through a batch ending now: held the quiet gap from its end for
+    # its clients' re-sends, not sent off at once as a partial batch.
+    assert adaptive.due_at(queue, resends, recent, 1.020) == pytest.approx(1.020 + quiet)
+    # Triton ignores it all: one delay after the oldest.
+    for last_done in (0.9, 0.999, 1.020, -math.inf):
+        assert triton.due_at(queue, resends, recent, last_done) == pytest.approx(1.000 + delay)
 
 
 def test_adaptive_groups_prompt_lengths_in_the_replay() -> None:
