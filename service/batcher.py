@@ -121,6 +121,7 @@ class Batcher:
         self._eos_ids = engine.codec.eos_token_ids
         self._recent_batch_s: deque[float] = deque(maxlen=RECENT_BATCHES)
         self._last_done_at = -math.inf  # perf_counter when the latest batch finished
+        self._last_done_size = 0  # and how many requests it held
         self.draining = False
         self._ended = False  # end_all() ran: jobs submitted later end at once
         metrics.bind_queue_state(
@@ -285,12 +286,19 @@ class Batcher:
         recent = self._recent_batch_s
         batch_s = sum(recent) / len(recent) if recent else 0.0
         hold_cap = max(cfg.max_batch_delay_s, cfg.adaptive_hold_fraction * batch_s)
+        last_done = self._last_done_at
+        joined = 0  # requests that joined since the latest batch ended (the bucket is in order)
+        for job in reversed(bucket):
+            if job.enqueued_at < last_done or joined >= self._last_done_size:
+                break
+            joined += 1
         return adaptive_due_at(
             bucket[0].enqueued_at,
             bucket[-1].enqueued_at,
-            self._last_done_at,
+            last_done,
             cfg.max_batch_delay_s,
             hold_cap,
+            returned_all=joined >= self._last_done_size,
         )
 
     def _take(self, bucket: deque[Job]) -> list[Job]:
@@ -432,6 +440,7 @@ class Batcher:
             prefill_end = first_step_at[0] if first_step_at else ended
             self._recent_batch_s.append(ended - started)
             self._last_done_at = ended
+            self._last_done_size = len(jobs)
             self.metrics.observe_batch(
                 size=len(jobs),
                 formation_delay_s=formation_delay,

@@ -12,7 +12,13 @@ __all__ = ["adaptive_due_at"]
 
 
 def adaptive_due_at(
-    head: float, newest: float, last_done: float, delay_s: float, hold_cap_s: float
+    head: float,
+    newest: float,
+    last_done: float,
+    delay_s: float,
+    hold_cap_s: float,
+    *,
+    returned_all: bool = False,
 ) -> float:
     """When a non-full bucket is due under the adaptive policy (times on one clock).
 
@@ -23,10 +29,12 @@ def adaptive_due_at(
     batch ended: the clients of that batch re-sending (closed loop) come in a burst, and
     requests that waited through the batch are held for them instead of leaving as a partial
     batch that strands the burst behind a whole batch. A lone request long after the last
-    batch waits ``delay_s`` only. The capacity model replays this same function.
+    batch waits ``delay_s`` only, and so does a bucket that ``returned_all``: as many requests
+    joined it since that end as the ended batch held (a lone closed-loop user's next request is
+    no burst to wait for). The capacity model replays this same function.
     """
     since_done = newest - last_done
-    if since_done > hold_cap_s:  # no batch ended lately (or never: last_done is -inf)
+    if returned_all or since_done > hold_cap_s:  # no burst to wait for (last_done -inf: none)
         return min(newest + delay_s, head + hold_cap_s)
     anchor = max(newest, last_done)
     return min(anchor + delay_s * ADAPTIVE_BURST_QUIET, max(head, last_done) + hold_cap_s)

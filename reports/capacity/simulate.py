@@ -112,6 +112,7 @@ class Formation:
         arrive: Sequence[float],
         recent: Sequence[float],
         last_done: float = -math.inf,
+        last_size: int = 0,
     ) -> float:
         """When a non-empty queue that is not full becomes due.
 
@@ -122,6 +123,8 @@ class Formation:
                 ``RECENT_BATCHES``).
             last_done: When the replica's latest batch finished (adaptive holds for the
                 re-sends of its clients).
+            last_size: How many requests that batch held (once as many joined since, the
+                hold ends).
 
         Returns:
             The time.
@@ -132,7 +135,14 @@ class Formation:
             return head + delay
         batch_s = sum(recent) / len(recent) if recent else 0.0
         hold_cap = max(delay, self.hold_fraction * batch_s)
-        return adaptive_due_at(head, arrive[queue[-1]], last_done, delay, hold_cap)
+        joined = 0  # as the batcher counts them: queued since last_done, newest first
+        for k in reversed(queue):
+            if arrive[k] < last_done or joined >= last_size:
+                break
+            joined += 1
+        return adaptive_due_at(
+            head, arrive[queue[-1]], last_done, delay, hold_cap, returned_all=joined >= last_size
+        )
 
     def take(self, queue: deque[int], prompts: Sequence[int]) -> list[int]:
         """Pop the next batch off a due queue.
@@ -253,7 +263,9 @@ class _Replay:
         # Per replica, as the batcher keeps them: durations of its latest finished batches.
         self.recent: list[deque[float]] = [deque(maxlen=RECENT_BATCHES) for _ in range(replicas)]
         self.last_done = [-math.inf] * replicas  # when each replica's latest batch finished
+        self.last_size = [0] * replicas  # and how many requests it held
         self.batch_owner: list[int] = []  # replica of each batch, by index into sim.busy
+        self.batch_len: list[int] = []  # and its size
 
     def run(self) -> tuple[Sim, list[int], float]:
         """Seed the first sends, play every event up to the horizon, read the measured requests."""
@@ -310,6 +322,7 @@ class _Replay:
             r = self.batch_owner[data]
             self.recent[r].append(t - self.sim.busy[data][0])
             self.last_done[r] = t
+            self.last_size[r] = self.batch_len[data]
             self.free[r] += 1
             self._dispatch(r, t)
         else:  # _FINISH
@@ -355,7 +368,7 @@ class _Replay:
         q = self.queues[r]
         form = self.form
         while self.free[r] > 0 and q:
-            due = form.due_at(q, self.arrive, self.recent[r], self.last_done[r])
+            due = form.due_at(q, self.arrive, self.recent[r], self.last_done[r], self.last_size[r])
             if len(q) >= form.max_batch_size or t >= due - _EPS:
                 self._start_batch(r, t, form.take(q, self.prompts))
             else:
@@ -389,6 +402,7 @@ class _Replay:
         self._push(release, _BATCH_DONE, len(sim.busy))
         sim.busy.append((t, done_at))
         self.batch_owner.append(r)
+        self.batch_len.append(len(batch))
 
     def _result(self) -> tuple[Sim, list[int], float]:
         sim = self.sim

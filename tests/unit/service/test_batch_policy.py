@@ -149,12 +149,17 @@ LONE_DELAY_S = 0.050
 EPS = 1e-6
 
 
-async def _before(batcher: Batcher, engine: RecordingEngine, when: str) -> None:
-    """Run the previous batch ``when`` says, and forget it in ``engine.batches``."""
+async def _before(
+    batcher: Batcher, engine: RecordingEngine, when: str, size: int = BURST_SIZE
+) -> None:
+    """Run the previous batch ``when`` says, of ``size`` requests (whose clients may re-send),
+    and forget it in ``engine.batches``."""
     if when == NO_BATCH:
         return
     sent = time.perf_counter()
-    await finished(submit(batcher, "previous", max_tokens=LONG_BATCH_TOKENS))
+    previous = [submit(batcher, "previous", max_tokens=LONG_BATCH_TOKENS) for _ in range(size)]
+    for job in previous:
+        await finished(job)
     if when == LONG_AFTER:
         # The hold cap is the batch's duration (hold fraction 1), shorter than this wait.
         await asyncio.sleep(1.5 * (time.perf_counter() - sent))
@@ -201,12 +206,14 @@ async def test_resends_right_after_a_batch_share_one_under_adaptive(
 
 
 @pytest.mark.parametrize(
-    ("policy", "when", "waits_burst_quiet"),
+    ("policy", "when", "previous", "waits_burst_quiet"),
     [
-        (ADAPTIVE_POLICY, NO_BATCH, False),
-        (ADAPTIVE_POLICY, LONG_AFTER, False),
-        (ADAPTIVE_POLICY, RIGHT_AFTER, True),
-        (TRITON_POLICY, RIGHT_AFTER, False),
+        (ADAPTIVE_POLICY, NO_BATCH, 0, False),
+        (ADAPTIVE_POLICY, LONG_AFTER, 2, False),
+        (ADAPTIVE_POLICY, RIGHT_AFTER, 2, True),
+        # A lone closed-loop user: its next request is all the ended batch's clients.
+        (ADAPTIVE_POLICY, RIGHT_AFTER, 1, False),
+        (TRITON_POLICY, RIGHT_AFTER, 2, False),
     ],
 )
 async def test_a_lone_request_waits_one_delay_unless_it_follows_a_batch(
@@ -214,6 +221,7 @@ async def test_a_lone_request_waits_one_delay_unless_it_follows_a_batch(
     stoppable: list[Batcher],
     policy: str,
     when: str,
+    previous: int,
     waits_burst_quiet: bool,
 ) -> None:
     # A request that comes long after the last batch finished (or before any) starts one delay
@@ -229,7 +237,7 @@ async def test_a_lone_request_waits_one_delay_unless_it_follows_a_batch(
         adaptive_hold_fraction=1.0,
     )
     stoppable.append(batcher)
-    await _before(batcher, engine, when)
+    await _before(batcher, engine, when, previous)
     job = submit(batcher, "lone")
     await finished(job)
     wait = job.queue_wait_s
@@ -258,11 +266,13 @@ async def test_a_batch_ending_on_another_worker_does_not_cut_the_burst(
         adaptive_hold_fraction=2.0,  # the cap (2 x the short batch, ~0.5 s) outlasts the burst
     )
     stoppable.append(batcher)
-    long_done = asyncio.ensure_future(
-        finished(submit(batcher, "long", max_tokens=LONG_BATCH_TOKENS))
-    )
+    # The batches hold more clients than re-send below: their re-sends are still awaited.
+    long_batch = [submit(batcher, "long", max_tokens=LONG_BATCH_TOKENS) for _ in range(3)]
+    long_done = asyncio.ensure_future(asyncio.gather(*(finished(j) for j in long_batch)))
     await asyncio.sleep(2 * BURST_DELAY_S)  # the long batch has started
-    await finished(submit(batcher, "short", max_tokens=LONG_BATCH_TOKENS // 2))
+    short = [submit(batcher, "short", max_tokens=LONG_BATCH_TOKENS // 2) for _ in range(16)]
+    for job in short:
+        await finished(job)
     assert not long_done.done()
     engine.batches.clear()
     jobs: list[Job] = []
