@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 
 from loadgen.servers.kinds import AUTO, SERVER_KINDS
 from service.errors import TokenboothError
-from service.settings import BATCH_POLICIES, QUANTIZATIONS, TRITON_POLICY
+from service.settings import BATCH_POLICIES, DEFAULT_BATCH_POLICY, QUANTIZATIONS, TRITON_POLICY
 
 __all__ = [
     "RAMP_AUTO",
@@ -122,7 +122,7 @@ class ServerSpec:
     batch_workers: tuple[int, ...] = (1,)
     intra_threads: tuple[int, ...] = (1,)
     quantization: tuple[str, ...] = ("int8",)
-    batch_policy: tuple[str, ...] = (TRITON_POLICY,)
+    batch_policy: tuple[str, ...] = (DEFAULT_BATCH_POLICY,)
     env: dict[str, str] = field(default_factory=dict)
     # A listed subset instead of the cross product: each entry fixes some dimensions; the
     # others take their first listed value.
@@ -248,7 +248,7 @@ class ServerConfig:
     batch_workers: int
     intra_threads: int
     quantization: str
-    batch_policy: str = TRITON_POLICY
+    batch_policy: str = DEFAULT_BATCH_POLICY
 
     @property
     def config_id(self) -> str:

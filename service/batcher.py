@@ -37,8 +37,8 @@ from service.job import Finished, Job, Outcome
 from service.settings import (
     ADAPTIVE_HOLD_FRACTION,
     ADAPTIVE_POLICY,
+    DEFAULT_BATCH_POLICY,
     RECENT_BATCHES,
-    TRITON_POLICY,
 )
 from telemetry import names
 from telemetry.logging import log_event
@@ -56,16 +56,15 @@ logger = logging.getLogger(__name__)
 class BatcherConfig:
     """Batching knobs, taken from ServiceSettings.
 
-    ``policy`` "triton": a batch that is not full starts ``max_batch_delay_s`` after its oldest
-    request arrived. "adaptive": it starts once no request has joined it for
-    ``max_batch_delay_s`` (a burst of re-sending clients lands in one batch instead of being
-    cut after 5 ms into a partial batch and a whole-batch wait for the rest), but no later than
-    ``adaptive_hold_fraction`` of a recent batch's duration after its oldest request (after a
-    batch ends, the quiet gap is longer and counts from that end: :func:`adaptive_due_at`);
-    and when
-    more requests wait than fit, the batch takes the oldest one plus those whose prompt
-    lengths are closest to it (CTranslate2 prefills only up to the shortest prompt of a batch
-    and feeds the rest one token per step).
+    ``policy`` (default ``service.settings.DEFAULT_BATCH_POLICY``) "triton": a batch that is not
+    full starts ``max_batch_delay_s`` after its oldest request arrived. "adaptive": it starts
+    once no request has joined it for ``max_batch_delay_s`` (a burst of re-sending clients lands
+    in one batch instead of being cut after 5 ms into a partial batch and a whole-batch wait for
+    the rest), but no later than ``adaptive_hold_fraction`` of a recent batch's duration after
+    its oldest request (after a batch ends, the quiet gap is longer and counts from that end:
+    :func:`adaptive_due_at`); and when more requests wait than fit, the batch takes the oldest
+    one plus those whose prompt lengths are closest to it (CTranslate2 prefills only up to the
+    shortest prompt of a batch and feeds the rest one token per step).
     """
 
     max_batch_size: int = 16
@@ -73,7 +72,7 @@ class BatcherConfig:
     max_queue_size: int = 256
     batch_workers: int = 2
     request_timeout_s: float = 300.0
-    policy: str = TRITON_POLICY
+    policy: str = DEFAULT_BATCH_POLICY
     adaptive_hold_fraction: float = ADAPTIVE_HOLD_FRACTION
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "ADAPTIVE_HOLD_FRACTION",
     "ADAPTIVE_POLICY",
     "BATCH_POLICIES",
+    "DEFAULT_BATCH_POLICY",
     "QUANTIZATIONS",
     "RECENT_BATCHES",
     "TRITON_POLICY",
@@ -41,6 +42,11 @@ ADAPTIVE_POLICY: Final = "adaptive"
 at most a few percent of a batch's duration), grouping prompts of similar length."""
 BATCH_POLICIES: Final[tuple[str, ...]] = (TRITON_POLICY, ADAPTIVE_POLICY)
 """Batch formation policies (``service.batcher.BatcherConfig``)."""
+DEFAULT_BATCH_POLICY: Final = ADAPTIVE_POLICY
+"""What measured best (README, "Benchmarks"; `tokenbooth bench compare` triton vs adaptive, one
+run): equal at 1 stream and under Poisson 1 and 2 req/s (ratios 0.96-1.04, within the spread),
+and at 32 closed-loop streams TTFT p50 / p95 911 / 1,025 ms against 2,579 / 3,847 with full
+batches and 3 % more tokens/s. ``triton`` stays available for Triton's semantics."""
 ADAPTIVE_HOLD_FRACTION: Final = 0.05
 """Adaptive policy: a batch that is not full is held at most this share of a recent batch's
 duration after its oldest request (never less than ``max_batch_delay_ms``)."""
@@ -103,7 +109,7 @@ class ServiceSettings(BaseSettings):
         default=5.0, ge=0.0, le=10_000.0, description="max wait after the first queued request"
     )
     batch_policy: str = Field(
-        default=TRITON_POLICY,
+        default=DEFAULT_BATCH_POLICY,
         description=f"when a batch that is not full starts: {' | '.join(BATCH_POLICIES)}",
     )
     max_queue_size: int = Field(

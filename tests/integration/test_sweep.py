@@ -320,11 +320,11 @@ def test_sweep_writes_a_complete_run_dir(closed_run: tuple[RunDir, Path, float])
     assert points[Point.LOAD_LEVEL].tolist() == [1.0, 2.0]
     assert points[Point.STATUS].tolist() == ["ok", "ok"]
     assert points[Point.VALID].tolist() == [True, True]
-    assert points[Point.CONFIG_ID].tolist() == ["r1-b16-d0-w1-t1-int8"] * 2
+    assert points[Point.CONFIG_ID].tolist() == ["r1-b16-d0-w1-t1-int8-adaptive"] * 2
     assert (points[Point.STARTED_AT] >= started).all()
     assert run.state()["done"] == [
-        "r1-b16-d0-w1-t1-int8|concurrency=1/closed|0",
-        "r1-b16-d0-w1-t1-int8|concurrency=2/closed|0",
+        "r1-b16-d0-w1-t1-int8-adaptive|concurrency=1/closed|0",
+        "r1-b16-d0-w1-t1-int8-adaptive|concurrency=2/closed|0",
     ]
 
     for pid in (0, 1):
@@ -501,7 +501,7 @@ def open_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
 def test_open_loop_within_capacity_holds_its_rate_on_schedule(open_run: RunDir) -> None:
     p = point(open_run, 0)
     req = requests_of(open_run, 0)
-    assert p[Point.CONFIG_ID] == "r1-b16-d5-w1-t1-int8"
+    assert p[Point.CONFIG_ID] == "r1-b16-d5-w1-t1-int8-adaptive"
     assert p[Point.STATUS] == "ok"
     assert bool(p[Point.VALID]), p[Point.INVALID_REASON]
     assert p[Point.OFFERED_RPS] == 20.0
@@ -530,7 +530,9 @@ def test_open_loop_within_capacity_holds_its_rate_on_schedule(open_run: RunDir) 
 def test_open_loop_above_capacity_shows_growing_latency(open_run: RunDir) -> None:
     within, above = point(open_run, 0), point(open_run, 1)
     req = requests_of(open_run, 1).sort_values(Col.SCHEDULED_AT)
-    assert above[Point.CONFIG_ID] == "r1-b1-d5-w1-t1-int8"  # one request at a time: ~12 req/s
+    assert (
+        above[Point.CONFIG_ID] == "r1-b1-d5-w1-t1-int8-adaptive"
+    )  # one request at a time: ~12 req/s
     print(
         f"above capacity: offered {above[Point.OFFERED_RPS]:g} achieved "
         f"{above[Point.ACHIEVED_RPS]:.2f} req/s, TTFT p95 {above[Point.TTFT_P95_S] * 1000:.0f} ms"

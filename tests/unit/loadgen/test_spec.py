@@ -141,7 +141,7 @@ def test_configs_are_the_cross_product_in_spec_order() -> None:
     assert configs[0] == ServerConfig(1, 4, 0.0, 1, 1, "int8")
     assert configs[1] == ServerConfig(1, 4, 0.0, 1, 1, "float32")
     assert configs[-1] == ServerConfig(2, 16, 2.5, 1, 2, "float32")
-    assert configs[-1].config_id == "r2-b16-d2.5-w1-t2-float32"
+    assert configs[-1].config_id == "r2-b16-d2.5-w1-t2-float32-adaptive"  # the default policy
     # A scalar is a one-element dimension; integers in a float list become floats.
     assert spec.server.batch_workers == (1,)
     assert spec.server.max_batch_delay_ms == (0.0, 2.5)
@@ -411,8 +411,8 @@ def test_config_ids_are_exact_so_close_delays_stay_apart() -> None:
     def cid(delay: float) -> str:
         return ServerConfig(1, 8, delay, 1, 1, "int8").config_id
 
-    assert cid(5.0) == "r1-b8-d5-w1-t1-int8"
-    assert cid(2.5) == "r1-b8-d2.5-w1-t1-int8"
+    assert cid(5.0) == "r1-b8-d5-w1-t1-int8-adaptive"
+    assert cid(2.5) == "r1-b8-d2.5-w1-t1-int8-adaptive"
     assert cid(0.1234567) != cid(0.1234568)
 
 

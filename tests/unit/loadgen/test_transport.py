@@ -847,9 +847,7 @@ def test_a_bad_header_through_the_users_is_a_row_error_and_the_next_request_stil
     assert not srv.requests[0].header("X-Injected")
 
 
-def test_a_callers_host_header_replaces_ours_and_framing_headers_are_refused() -> (
-    None
-):
+def test_a_callers_host_header_replaces_ours_and_framing_headers_are_refused() -> None:
     origin = transport._Origin(None, "127.0.0.1:9", "")  # type: ignore[arg-type]
     head = transport._request_head(origin, "/v1/x", 2, {"host": "api.example", "X-A": "1"})
     lines = head.decode().split("\r\n")

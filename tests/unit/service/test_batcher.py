@@ -16,6 +16,7 @@ from service.engine import SamplingOptions, StepCallback
 from service.errors import DrainingError, ErrorCode, QueueFullError
 from service.fake_engine import FakeEngine
 from service.job import Finished, Job, Outcome, TextDelta
+from service.settings import TRITON_POLICY
 from telemetry import names
 from telemetry.metrics import ServiceMetrics
 
@@ -48,7 +49,10 @@ async def make_batcher(
     registry: CollectorRegistry, *, itl_s: float = ITL_S, **config: Any
 ) -> tuple[Batcher, RecordingEngine]:
     engine = RecordingEngine(ttft_s=TTFT_S, itl_s=itl_s)
-    cfg = BatcherConfig(**{"max_batch_size": 4, "max_batch_delay_s": 0.0, **config})
+    # Triton's semantics unless a test asks for another policy: these tests pin them down.
+    cfg = BatcherConfig(
+        **{"max_batch_size": 4, "max_batch_delay_s": 0.0, "policy": TRITON_POLICY, **config}
+    )
     metrics = ServiceMetrics(
         registry, model="fake-model", revision="fake", max_batch_size=cfg.max_batch_size
     )

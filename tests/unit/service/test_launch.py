@@ -74,7 +74,7 @@ def _non_default_settings() -> ServiceSettings:
         gpu_sample_interval_s=1.25,
         trace_prompts=True,
         metrics_compat="vllm",
-        batch_policy="adaptive",
+        batch_policy="triton",
         fake_ttft_ms=1.5,
         fake_itl_ms=0.25,
         fake_context_length=64,
