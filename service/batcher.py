@@ -32,7 +32,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, Tracer
 
 from service.errors import DrainingError, ErrorCode, QueueFullError
-from service.formation import adaptive_due_at
+from service.formation import adaptive_due_at, returned_all
 from service.job import Finished, Job, Outcome
 from service.settings import (
     ADAPTIVE_HOLD_FRACTION,
@@ -286,18 +286,16 @@ class Batcher:
         batch_s = sum(recent) / len(recent) if recent else 0.0
         hold_cap = max(cfg.max_batch_delay_s, cfg.adaptive_hold_fraction * batch_s)
         last_done = self._last_done_at
-        joined = 0  # requests that joined since the latest batch ended (the bucket is in order)
-        for job in reversed(bucket):
-            if job.enqueued_at < last_done or joined >= self._last_done_size:
-                break
-            joined += 1
+        back = returned_all(
+            (j.enqueued_at for j in reversed(bucket)), last_done, self._last_done_size
+        )
         return adaptive_due_at(
             bucket[0].enqueued_at,
             bucket[-1].enqueued_at,
             last_done,
             cfg.max_batch_delay_s,
             hold_cap,
-            returned_all=joined >= self._last_done_size,
+            returned_all=back,
         )
 
     def _take(self, bucket: deque[Job]) -> list[Job]:

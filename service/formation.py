@@ -6,9 +6,11 @@ very rule the service applies (reports never import the batcher or the engine).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from service.settings import ADAPTIVE_BURST_QUIET
 
-__all__ = ["adaptive_due_at"]
+__all__ = ["adaptive_due_at", "returned_all"]
 
 
 def adaptive_due_at(
@@ -38,3 +40,14 @@ def adaptive_due_at(
         return min(newest + delay_s, head + hold_cap_s)
     anchor = max(newest, last_done)
     return min(anchor + delay_s * ADAPTIVE_BURST_QUIET, max(head, last_done) + hold_cap_s)
+
+
+def returned_all(arrivals_newest_first: Iterable[float], last_done: float, last_size: int) -> bool:
+    """Whether as many requests joined since the latest batch ended (at ``last_done``) as it
+    held (``last_size``): its clients are all back. Reads at most ``last_size`` arrivals."""
+    joined = 0
+    for at in arrivals_newest_first:
+        if joined >= last_size or at < last_done:
+            break
+        joined += 1
+    return joined >= last_size

@@ -26,7 +26,7 @@ import numpy as np
 
 from reports.capacity.results import ServiceTimes, Window
 from reports.capacity.steps import request_steps, step_clock
-from service.formation import adaptive_due_at
+from service.formation import adaptive_due_at, returned_all
 from service.settings import ADAPTIVE_POLICY, BATCH_POLICIES, RECENT_BATCHES
 
 __all__ = ["Formation", "Sim", "simulate"]
@@ -135,13 +135,9 @@ class Formation:
             return head + delay
         batch_s = sum(recent) / len(recent) if recent else 0.0
         hold_cap = max(delay, self.hold_fraction * batch_s)
-        joined = 0  # as the batcher counts them: queued since last_done, newest first
-        for k in reversed(queue):
-            if arrive[k] < last_done or joined >= last_size:
-                break
-            joined += 1
+        back = returned_all((arrive[k] for k in reversed(queue)), last_done, last_size)
         return adaptive_due_at(
-            head, arrive[queue[-1]], last_done, delay, hold_cap, returned_all=joined >= last_size
+            head, arrive[queue[-1]], last_done, delay, hold_cap, returned_all=back
         )
 
     def take(self, queue: deque[int], prompts: Sequence[int]) -> list[int]:
