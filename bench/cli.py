@@ -12,7 +12,7 @@ from pathlib import Path
 from bench.compare_cli import register_compare
 from service.cli import add_settings_flags, settings_from_args
 
-__all__ = ["register", "run_abuse", "run_engine", "run_loadgen"]
+__all__ = ["register", "run_abuse", "run_engine", "run_int8", "run_loadgen"]
 
 _ABUSE_SCENARIOS = ("slowloris", "stalled", "large-prompt", "drain")  # bench.abuse.SCENARIOS
 
@@ -48,6 +48,47 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _register_abuse(bench_sub)
     _register_loadgen(bench_sub)
     register_compare(bench_sub)
+    _register_int8(bench_sub)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text}") from exc
+
+
+def _register_int8(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    int8 = bench_sub.add_parser(
+        "int8",
+        help="int8 weight-code bounds (127 vs 64) on each CPU GEMM backend: perplexity and "
+        "tasks against float32",
+    )
+    int8.add_argument(
+        "--model", type=Path, default=None, metavar="SOURCE", help="GGUF file or HF dir"
+    )
+    int8.add_argument(
+        "--codes",
+        type=_int_list,
+        default=None,
+        help="comma-separated bounds (default: CTranslate2's 127 and tokenbooth's own)",
+    )
+    int8.add_argument(
+        "--backends",
+        type=lambda text: [b for b in text.split(",") if b],
+        default=["onednn", "mkl"],
+        help="comma-separated of onednn, mkl (MKL is slow on AMD CPUs)",
+    )
+    int8.add_argument("--models-dir", type=Path, default=None, help="model cache directory")
+    int8.set_defaults(func=run_int8)
+
+
+def run_int8(args: argparse.Namespace) -> int:
+    """Run ``bench int8`` with the parsed flags."""
+    from bench.int8_codes import run_int8_bench
+
+    bounds = {} if args.codes is None else {"code_bounds": args.codes}
+    return run_int8_bench(args.model, backends=args.backends, models_dir=args.models_dir, **bounds)
 
 
 def _rate_list(text: str) -> list[float]:

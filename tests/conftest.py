@@ -152,13 +152,26 @@ def live_server() -> Iterator[Callable[[Litestar], LiveServer]]:
 
 
 @pytest.fixture(scope="session")
-def real_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def real_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the real model's builds live: ``$TOKENBOOTH_TEST_MODELS_DIR`` or one per session."""
+    cache = os.environ.get("TOKENBOOTH_TEST_MODELS_DIR")
+    return Path(cache) if cache else tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def real_model_dir(real_models_dir: Path) -> Path:
     """The default SmolLM2 model, converted to CTranslate2 INT8 (cached across runs if possible)."""
     from service.models import build_model
 
-    cache = os.environ.get("TOKENBOOTH_TEST_MODELS_DIR")
-    models_dir = Path(cache) if cache else tmp_path_factory.mktemp("models")
-    return build_model(None, quantization="int8", models_dir=models_dir)
+    return build_model(None, quantization="int8", models_dir=real_models_dir)
+
+
+@pytest.fixture(scope="session")
+def real_float32_dir(real_models_dir: Path) -> Path:
+    """The default SmolLM2 model in float32: the reference int8 is measured against."""
+    from service.models import build_model
+
+    return build_model(None, quantization="float32", models_dir=real_models_dir)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Literal, overload
 
 from service.errors import ModelBuildError
 from service.models.convert import convert_gguf
+from service.models.int8 import WEIGHT_CODE_MAX
 from service.models.manifest import (
     MANIFEST_FORMAT_VERSION,
     ModelManifest,
@@ -62,6 +63,7 @@ def build_model(
     output: Path | None = None,
     models_dir: Path | None = None,
     force: bool = False,
+    int8_code_max: int = WEIGHT_CODE_MAX,
 ) -> Path:
     """Build (or find) a servable CTranslate2 model directory and return its path.
 
@@ -69,13 +71,22 @@ def build_model(
     torch), a CTranslate2 directory (returned as is, gaining a manifest if it lacks one) or a
     Hugging Face directory (converted with ``transformers``, the ``hf`` extra). Without
     ``output`` the result is cached in ``models_dir/<name>-<quantization>`` and rebuilt only
-    when the source digest changes or ``force`` is set.
+    when the source digest changes or ``force`` is set. ``int8_code_max`` bounds int8 weight
+    codes (:mod:`service.models.int8`); another bound than the default needs ``output``, so
+    the cache only ever holds default builds.
 
     Raises:
-        ModelBuildError: Unknown quantization, unusable source or a failed conversion.
+        ModelBuildError: Unknown quantization, unusable source, a failed conversion, or an
+            ``int8_code_max`` outside 1..127 or off the default without ``output``.
         MissingDependencyError: A Hugging Face source without ``transformers`` installed.
     """
     check_quantization(quantization)
+    if not 1 <= int8_code_max <= 127:
+        raise ModelBuildError(f"int8 code bound must be within 1..127, not {int8_code_max}")
+    if int8_code_max != WEIGHT_CODE_MAX and output is None:
+        raise ModelBuildError(
+            f"an int8 code bound other than {WEIGHT_CODE_MAX} needs an output directory"
+        )
     src = default_gguf_path() if source is None else Path(source).expanduser()
     if not src.exists():
         raise ModelBuildError(f"model source {src} does not exist")
@@ -91,12 +102,13 @@ def build_model(
     )
     with build_lock(target):
         source_sha256 = sha256_file(src) if is_gguf else sha256_dir(src)
-        if not force and _up_to_date(target, source_sha256, quantization) is not None:
+        expected_codes = int8_code_max if quantization.startswith("int8") else 0
+        if not force and _up_to_date(target, source_sha256, quantization, expected_codes):
             logger.info("model %s is up to date (%s)", target, source_sha256[:12])
             return target
         if output is not None:
             check_replaceable(target, force=force)
-        _build_into(target, src, name, source_sha256, quantization, is_gguf=is_gguf)
+        _build_into(target, src, name, source_sha256, quantization, int8_code_max, is_gguf=is_gguf)
     return target
 
 
@@ -158,7 +170,9 @@ def _check_convertible(src: Path) -> bool:
     )
 
 
-def _up_to_date(target: Path, source_sha256: str, quantization: str) -> ModelManifest | None:
+def _up_to_date(
+    target: Path, source_sha256: str, quantization: str, int8_code_max: int
+) -> ModelManifest | None:
     """Return the target's manifest when it is a complete build of this exact source."""
     if not (target / MODEL_BIN_FILENAME).is_file() or not (target / TOKENIZER_FILENAME).is_file():
         return None
@@ -170,22 +184,35 @@ def _up_to_date(target: Path, source_sha256: str, quantization: str) -> ModelMan
         manifest.source_sha256 == source_sha256
         and manifest.quantization == quantization
         and manifest.format_version == MANIFEST_FORMAT_VERSION
+        # Every nonzero row reaches the bound, so model.bin's largest code is the bound.
+        and manifest.int8_code_max == int8_code_max
     ):
         return manifest
     return None
 
 
 def _build_into(
-    target: Path, src: Path, name: str, source_sha256: str, quantization: str, *, is_gguf: bool
+    target: Path,
+    src: Path,
+    name: str,
+    source_sha256: str,
+    quantization: str,
+    int8_code_max: int,
+    *,
+    is_gguf: bool,
 ) -> None:
     """Convert in a staging directory and publish it as ``target`` (call under the lock)."""
     started = time.perf_counter()
     logger.info("building %s (%s) from %s into %s", name, quantization, src, target)
     with staging_dir(target) as staging:
         if is_gguf:
-            manifest = _build_from_gguf(src, staging, name, source_sha256, quantization)
+            manifest = _build_from_gguf(
+                src, staging, name, source_sha256, quantization, int8_code_max
+            )
         else:
-            manifest = build_from_hf(src, staging, name, source_sha256, quantization)
+            manifest = build_from_hf(
+                src, staging, name, source_sha256, quantization, int8_code_max=int8_code_max
+            )
         write_manifest(staging, manifest)
         publish(staging, target)
     logger.info(
@@ -198,9 +225,9 @@ def _build_into(
 
 
 def _build_from_gguf(
-    src: Path, staging: Path, name: str, source_sha256: str, quantization: str
+    src: Path, staging: Path, name: str, source_sha256: str, quantization: str, int8_code_max: int
 ) -> ModelManifest:
-    converted = convert_gguf(src, staging, quantization)
+    converted = convert_gguf(src, staging, quantization, int8_code_max=int8_code_max)
     vocab = converted.vocab
     return new_manifest(
         staging,

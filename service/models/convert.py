@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from service.errors import ModelBuildError
 from service.models.gguf import Float32Array, dequantize_tensor, open_gguf, unpermute_rotary
+from service.models.int8 import WEIGHT_CODE_MAX, requantize_int8_weights
 from service.models.tokenizer import Vocab, vocab_from_gguf, write_tokenizer_files
 
 __all__ = [
@@ -170,8 +171,13 @@ def _fill_layer(layer: Any, prefix: str, shape: LlamaShape, take: _Take) -> None
     layer.ffn.linear_1.weight = take(prefix + "ffn_down.weight", (hidden, ffn))
 
 
-def save_spec(spec: Any, output_dir: Path, quantization: str) -> None:
+def save_spec(
+    spec: Any, output_dir: Path, quantization: str, *, int8_code_max: int = WEIGHT_CODE_MAX
+) -> None:
     """Validate, quantize and save a spec, as ``ctranslate2.converters.Converter`` does.
+
+    INT8 weights get codes bounded by ``int8_code_max``; the default is one no x86 int8 GEMM
+    saturates (:mod:`service.models.int8`), 127 is CTranslate2's own converter's.
 
     Raises:
         ModelBuildError: CTranslate2 rejects the spec.
@@ -179,7 +185,7 @@ def save_spec(spec: Any, output_dir: Path, quantization: str) -> None:
     started = time.perf_counter()
     try:
         spec.validate()
-        spec.optimize(quantization=quantization)
+        requantize_int8_weights(spec, quantization, int8_code_max)
         spec.save(str(output_dir))
     except ValueError as exc:
         raise ModelBuildError(f"CTranslate2 rejected the converted model: {exc}") from exc
@@ -259,8 +265,12 @@ class Converted:
     parameter_count: int
 
 
-def convert_gguf(source: Path, output_dir: Path, quantization: str) -> Converted:
+def convert_gguf(
+    source: Path, output_dir: Path, quantization: str, *, int8_code_max: int = WEIGHT_CODE_MAX
+) -> Converted:
     """Write a CTranslate2 model and its tokenizer files converted from a Llama GGUF.
+
+    ``int8_code_max`` bounds int8 weight codes, as in :func:`save_spec`.
 
     Raises:
         ModelBuildError: The GGUF cannot be read, is not a supported Llama, lacks a
@@ -292,6 +302,6 @@ def convert_gguf(source: Path, output_dir: Path, quantization: str) -> Converted
             + ", ".join(sorted(remaining)[:8])
         )
     logger.info("dequantized %s in %.2fs", source.name, time.perf_counter() - started)
-    save_spec(built.spec, output_dir, quantization)
+    save_spec(built.spec, output_dir, quantization, int8_code_max=int8_code_max)
     write_tokenizer_files(vocab, output_dir)
     return Converted(shape=shape, vocab=vocab, parameter_count=built.parameter_count)

@@ -46,6 +46,7 @@ __all__ = [
     "QUALITY_CSV",
     "EvalData",
     "EvalTask",
+    "Measured",
     "agreement",
     "answer_correct",
     "default_output",
@@ -54,6 +55,7 @@ __all__ = [
     "first_divergence",
     "format_table",
     "load_eval_data",
+    "measure",
     "perplexity",
     "run_eval_command",
     "score_windows",
@@ -178,7 +180,7 @@ def answer_correct(answer: str, accepted: Sequence[str]) -> bool:
 
 
 @dataclass(frozen=True)
-class _Measured:
+class Measured:
     """One variant's raw results, before comparison with the reference."""
 
     model_name: str
@@ -251,14 +253,19 @@ def _greedy(
     return [list(r.sequences_ids[0]) for r in results]
 
 
-def _measure(
+def measure(
     model_dir: Path,
     quantization: str,
     data: EvalData,
     *,
     device: str,
     agreement_tokens: int,
-) -> _Measured:
+) -> Measured:
+    """Load one built variant and measure it on ``data``: perplexity, continuations, tasks, cost.
+
+    Raises:
+        ModelBuildError: CTranslate2 cannot load the directory.
+    """
     import ctranslate2
 
     files = load_model_files(model_dir)
@@ -292,7 +299,7 @@ def _measure(
     finally:
         del generator
         gc.collect()
-    return _Measured(
+    return Measured(
         model_name=files.manifest.name,
         quantization=quantization,
         compute_type=actual_type,
@@ -351,7 +358,7 @@ def evaluate(
     data = data or load_eval_data()
     src = default_gguf_path() if source is None else source
     variants: list[VariantQuality] = []
-    reference: _Measured | None = None
+    reference: Measured | None = None
     for quantization in order:
         model_dir = build_model(source, quantization=quantization, models_dir=models_dir)
         if model_dir.resolve() == src.resolve():
@@ -360,7 +367,7 @@ def evaluate(
                 "to build each quantization from"
             )
         logger.info("measuring %s (%s)", model_dir, quantization)
-        measured = _measure(
+        measured = measure(
             model_dir, quantization, data, device=device, agreement_tokens=agreement_tokens
         )
         reference = reference or measured

@@ -26,7 +26,8 @@ __all__ = [
     "write_manifest",
 ]
 
-MANIFEST_FORMAT_VERSION: Final = 1
+MANIFEST_FORMAT_VERSION: Final = 2
+"""2: int8 builds hold codes bounded by 64 (service.models.int8) and record it; 1 held 127."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class ModelManifest:
     """What a model directory holds and where it came from (``tokenbooth_manifest.json``).
 
     ``context_length`` is 0 when the source does not say (a foreign CTranslate2 directory).
-    ``revision`` identifies the weights: it changes with the source file or the quantization.
+    ``revision`` identifies the weights: it changes with the source file, the quantization or
+    ``int8_code_max``, the largest int8 weight code in ``model.bin`` (0 without int8 weights).
     """
 
     name: str
@@ -52,11 +54,13 @@ class ModelManifest:
     revision: str
     format_version: int = MANIFEST_FORMAT_VERSION
     add_bos_token: bool = False
+    int8_code_max: int = 0
 
     @staticmethod
-    def compute_revision(source_sha256: str, quantization: str) -> str:
-        """Return the 12-hex revision for a source digest and a quantization."""
-        return hashlib.sha256((source_sha256 + quantization).encode("utf-8")).hexdigest()[:12]
+    def compute_revision(source_sha256: str, quantization: str, int8_code_max: int = 0) -> str:
+        """Return the 12-hex revision for a source digest, a quantization and int8 code range."""
+        key = source_sha256 + quantization + (f"/codes{int8_code_max}" if int8_code_max else "")
+        return hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
 
     def to_json(self) -> str:
         """Serialise to the JSON text stored in ``tokenbooth_manifest.json``."""
@@ -83,6 +87,10 @@ class ModelManifest:
         )
         int_fields = ("parameter_count", "context_length", "vocab_size", "format_version")
         values: dict[str, Any] = {}
+        code_max = data.get("int8_code_max", 0)
+        if not isinstance(code_max, int) or isinstance(code_max, bool):
+            raise ModelBuildError("model manifest: field 'int8_code_max' must be an integer")
+        values["int8_code_max"] = code_max
         for key in str_fields:
             value = data.get(key)
             if not isinstance(value, str):
@@ -151,9 +159,10 @@ def new_manifest(
     parameter_count: int | None = None,
 ) -> ModelManifest:
     """Describe a finished model directory; ``parameter_count`` None: count from model.bin."""
+    summary = scan_model_bin(model_dir / MODEL_BIN_FILENAME)
     if parameter_count is None:
-        summary = scan_model_bin(model_dir / MODEL_BIN_FILENAME)
         parameter_count = summary.parameter_count if summary else 0
+    code_max = summary.int8_code_max if summary else 0
     return ModelManifest(
         name=name,
         source=str(source),
@@ -167,8 +176,9 @@ def new_manifest(
         vocab_size=_vocabulary_size(model_dir),
         bos_token=bos_token,
         eos_tokens=list(eos_tokens),
-        revision=ModelManifest.compute_revision(source_sha256, quantization),
+        revision=ModelManifest.compute_revision(source_sha256, quantization, code_max),
         add_bos_token=add_bos_token,
+        int8_code_max=code_max,
     )
 
 

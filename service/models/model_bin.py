@@ -30,10 +30,13 @@ class ModelBinSummary:
 
     parameter_count: int
     quantization: str
+    int8_code_max: int = 0
+    """Largest ``|code|`` of the int8 matrices (0 without any): 127 from CTranslate2's own
+    converter, at most :data:`~service.models.int8.WEIGHT_CODE_MAX` from tokenbooth's."""
 
 
 def scan_model_bin(path: Path) -> ModelBinSummary | None:
-    """Count parameters and infer the stored quantization from a ``model.bin`` header walk.
+    """Count parameters, infer the stored quantization and bound the int8 codes of ``model.bin``.
 
     Scalars and ``*_scale`` / ``*_zero`` quantization constants are not parameters. Aliases
     count once: they are tied weights, or (rarely) tensors that happen to be identical, such
@@ -54,6 +57,7 @@ def scan_model_bin(path: Path) -> ModelBinSummary | None:
         return raw[:-1].decode("utf-8")
 
     count = 0
+    code_max = 0
     weight_types: set[str] = set()
     other_types: set[str] = set()
     try:
@@ -69,7 +73,12 @@ def scan_model_bin(path: Path) -> ModelBinSummary | None:
                 (rank,) = read(handle, "<B")
                 dims = read(handle, f"<{rank}I") if rank else ()
                 (type_id, num_bytes) = read(handle, "<BI")
-                handle.seek(num_bytes, os.SEEK_CUR)
+                if rank >= 2 and _CT2_DTYPES[type_id] == "int8":
+                    codes = np.frombuffer(handle.read(num_bytes), dtype=np.int8)
+                    if codes.size:
+                        code_max = max(code_max, -int(codes.min()), int(codes.max()))
+                else:
+                    handle.seek(num_bytes, os.SEEK_CUR)
                 leaf = name.rsplit("/", 1)[-1]
                 if rank == 0 or leaf.endswith(("_scale", "_zero")):
                     continue
@@ -79,7 +88,9 @@ def scan_model_bin(path: Path) -> ModelBinSummary | None:
         logger.warning("cannot inspect %s: %s", path, exc)
         return None
     return ModelBinSummary(
-        parameter_count=count, quantization=_quantization(weight_types, other_types)
+        parameter_count=count,
+        quantization=_quantization(weight_types, other_types),
+        int8_code_max=code_max,
     )
 
 

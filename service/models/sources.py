@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import MissingDependencyError, ModelBuildError
+from service.models.convert import save_spec
+from service.models.int8 import WEIGHT_CODE_MAX
 from service.models.manifest import ModelManifest, new_manifest, read_manifest, write_manifest
 from service.models.model_bin import scan_model_bin
 from service.models.paths import (
@@ -107,7 +109,13 @@ def _eos_tokens(model_dir: Path, eos_token: str, source_dir: Path | None) -> lis
 
 
 def build_from_hf(
-    src: Path, staging: Path, name: str, source_sha256: str, quantization: str
+    src: Path,
+    staging: Path,
+    name: str,
+    source_sha256: str,
+    quantization: str,
+    *,
+    int8_code_max: int = WEIGHT_CODE_MAX,
 ) -> ModelManifest:
     """Convert a Hugging Face directory into ``staging`` and describe the result.
 
@@ -118,9 +126,14 @@ def build_from_hf(
 
     converter = TransformersConverter(str(src), low_cpu_mem_usage=True)
     try:
-        converter.convert(str(staging), quantization=quantization, force=True)
+        # Converter.convert is _load, validate, optimize, save; save_spec does the same
+        # with INT8 codes no x86 GEMM saturates (service.models.int8).
+        spec = converter._load()
+        if spec is None:
+            raise NotImplementedError("not a model CTranslate2's TransformersConverter converts")
     except (NotImplementedError, ValueError, RuntimeError, OSError) as exc:
         raise ModelBuildError(f"CTranslate2 could not convert {src}: {exc}") from exc
+    save_spec(spec, staging, quantization, int8_code_max=int8_code_max)
     if not (staging / TOKENIZER_FILENAME).is_file():
         shutil.copyfile(src / TOKENIZER_FILENAME, staging / TOKENIZER_FILENAME)
     template = _hf_chat_template(src)

@@ -24,13 +24,22 @@ from service.models import (
 )
 from service.models import build as build_module
 from service.models import gguf as gguf_reader
+from service.models.eval import evaluate
+from service.models.int8 import WEIGHT_CODE_MAX
 from service.models.model_bin import scan_model_bin
 from service.models.storage import sha256_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
+MAX_INT8_PERPLEXITY_INCREASE = 0.10
+"""Int8 may cost this much held-out perplexity over float32 (saturated sums cost 0.157)."""
+MAX_INT8_TASK_LOSS = 0.1
+"""And this share of the known-answer tasks (4 of 42)."""
 
-def greedy_answer(model_dir: Path, question: str, max_length: int = 32) -> str:
+
+def greedy_answer(
+    model_dir: Path, question: str, max_length: int = 32, compute_type: str = "default"
+) -> str:
     files = load_model_files(model_dir)
     prompt = render_chat(
         files.chat_template,
@@ -39,7 +48,7 @@ def greedy_answer(model_dir: Path, question: str, max_length: int = 32) -> str:
         eos_token=files.manifest.eos_tokens[0],
     )
     tokens = files.tokenizer.encode(prompt, add_special_tokens=False).tokens
-    generator = ctranslate2.Generator(str(model_dir), device="cpu", compute_type="int8")
+    generator = ctranslate2.Generator(str(model_dir), device="cpu", compute_type=compute_type)
     result = generator.generate_batch(
         [tokens],
         max_length=max_length,
@@ -51,9 +60,33 @@ def greedy_answer(model_dir: Path, question: str, max_length: int = 32) -> str:
     return answer
 
 
-def test_greedy_answer_knows_the_capital_of_france(real_model_dir: Path) -> None:
-    answer = greedy_answer(real_model_dir, "What is the capital of France?")
+def test_float32_build_knows_the_capital_of_france(real_float32_dir: Path) -> None:
+    """The conversion itself (tensor mapping, rotary un-permutation, template), free of int8 noise.
+
+    One greedy answer is too close a call to pin on an int8 build: with full-range codes MKL
+    answered "L'Étoile, la Cité, ..." where oneDNN said "Paris", and with 64-codes both
+    answered in French; the int8 build is held to float32 on the whole eval sample below.
+    """
+    answer = greedy_answer(real_float32_dir, "What is the capital of France?")
     assert "Paris" in answer, answer
+
+
+def test_int8_build_keeps_the_float32_quality(real_model_dir: Path, real_float32_dir: Path) -> None:
+    """The int8 build against float32 on the shipped eval sample (``tokenbooth model eval``).
+
+    On one AMD EPYC (AVX2, oneDNN) 64-codes cost +5.9 % perplexity and answered 30 of 42
+    tasks to float32's 27; CTranslate2's own 127-codes saturated oneDNN's int16 sums: +15.7 %
+    and 26 of 42. Greedy agreement is not asserted, so it is measured on one token only.
+    """
+    assert real_model_dir.parent == real_float32_dir.parent  # one cache: evaluate reuses both
+    report = evaluate(
+        None, ["int8"], device="cpu", agreement_tokens=1, models_dir=real_model_dir.parent
+    )
+    reference, int8 = report.variants
+    assert (reference.quantization, int8.quantization) == ("float32", "int8")
+    assert int8.perplexity_increase < MAX_INT8_PERPLEXITY_INCREASE, int8
+    assert int8.task_accuracy >= reference.task_accuracy - MAX_INT8_TASK_LOSS, int8
+    assert load_model_files(real_model_dir).manifest.int8_code_max == WEIGHT_CODE_MAX
 
 
 def test_manifest_describes_smollm2_135m(real_model_dir: Path) -> None:
@@ -77,7 +110,7 @@ def test_manifest_describes_smollm2_135m(real_model_dir: Path) -> None:
 def test_rebuilding_the_cached_default_model_is_a_no_op(
     real_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def must_not_convert(*args: Any) -> None:
+    def must_not_convert(*args: Any, **options: Any) -> None:
         raise AssertionError("the cached model was rebuilt")
 
     monkeypatch.setattr(build_module, "convert_gguf", must_not_convert)

@@ -28,7 +28,7 @@ from service.models.storage import (
 )
 from service.models.tokenizer import Vocab, vocab_from_gguf, write_tokenizer_files
 
-__all__ = ["TINY_MODEL_NAME", "build_tiny_model"]
+__all__ = ["TINY_MODEL_NAME", "build_tiny_model", "tiny_llama_spec"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,45 @@ def _weight_shapes(shape: LlamaShape) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def tiny_llama_spec(
+    *,
+    seed: int = 0,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    num_heads_kv: int = 2,
+    context_length: int = 512,
+) -> tuple[LlamaSpec, Vocab, LlamaShape]:
+    """The CTranslate2 spec of a seeded random-weight Llama with SmolLM2's vocabulary.
+
+    Raises:
+        ModelBuildError: Inconsistent dimensions or the default GGUF is missing.
+    """
+    vocab = _gguf_vocab(default_gguf_path())
+    shape = LlamaShape(
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        num_heads_kv=num_heads_kv,
+        intermediate_size=4 * hidden_size,
+        vocab_size=len(vocab.tokens),
+        context_length=context_length,
+        rope_base=10_000.0,
+        rms_norm_eps=1e-5,
+    )
+    shape.check()
+    rng = np.random.default_rng(seed)
+    shapes = _weight_shapes(shape)
+
+    def weight(name: str) -> Float32Array:
+        dims = shapes[name]  # KeyError for output.weight: embeddings are tied
+        noise = rng.standard_normal(dims, dtype=np.float32) * np.float32(0.02)
+        # Norm gammas near 1 (all-ones would be deduplicated into aliases by CTranslate2).
+        return (noise + np.float32(1.0)) if len(dims) == 1 else noise
+
+    return llama_spec(shape, weight, vocab), vocab, shape
+
+
 def build_tiny_model(
     output: Path,
     *,
@@ -95,29 +134,14 @@ def build_tiny_model(
     started = time.perf_counter()
     output = Path(output).expanduser()
     source = default_gguf_path()
-    vocab = _gguf_vocab(source)
-    shape = LlamaShape(
+    built, vocab, shape = tiny_llama_spec(
+        seed=seed,
         num_layers=num_layers,
         hidden_size=hidden_size,
         num_heads=num_heads,
         num_heads_kv=num_heads_kv,
-        intermediate_size=4 * hidden_size,
-        vocab_size=len(vocab.tokens),
         context_length=context_length,
-        rope_base=10_000.0,
-        rms_norm_eps=1e-5,
     )
-    shape.check()
-    rng = np.random.default_rng(seed)
-    shapes = _weight_shapes(shape)
-
-    def weight(name: str) -> Float32Array:
-        dims = shapes[name]  # KeyError for output.weight: embeddings are tied
-        noise = rng.standard_normal(dims, dtype=np.float32) * np.float32(0.02)
-        # Norm gammas near 1 (all-ones would be deduplicated into aliases by CTranslate2).
-        return (noise + np.float32(1.0)) if len(dims) == 1 else noise
-
-    built = llama_spec(shape, weight, vocab)
     source_sha256 = hashlib.sha256(f"{sha256_file(source)}:{seed}:{shape}".encode()).hexdigest()
     _publish_tiny(output, built, vocab, source, source_sha256, context_length)
     logger.info("built tiny random model in %s in %.2fs", output, time.perf_counter() - started)

@@ -15,6 +15,8 @@ from service.models import (
     resolve_model,
 )
 from service.models import build as build_module
+from service.models.int8 import WEIGHT_CODE_MAX
+from service.models.manifest import ModelManifest
 from service.models.storage import sha256_file
 from service.settings import QUANTIZATIONS
 from tests.unit.service.models.helpers import generate, write_tiny_gguf
@@ -53,9 +55,9 @@ def count_conversions(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
     real = build_module.convert_gguf
 
-    def spy(source: Path, output_dir: Path, quantization: str) -> Any:
+    def spy(source: Path, output_dir: Path, quantization: str, **options: Any) -> Any:
         calls.append(source)
-        return real(source, output_dir, quantization)
+        return real(source, output_dir, quantization, **options)
 
     monkeypatch.setattr(build_module, "convert_gguf", spy)
     return calls
@@ -94,6 +96,31 @@ def test_changed_source_rebuilds(
     assert second == first
     assert len(count_conversions) == 2
     assert read_manifest(second).revision != old_revision
+
+
+def test_an_int8_code_bound_is_built_recorded_and_rebuilt_when_it_changes(
+    tmp_path: Path, tiny_gguf: Path, count_conversions: list[Path]
+) -> None:
+    output = tmp_path / "full-range"
+    built = build_model(tiny_gguf, output=output, int8_code_max=127)
+    assert read_manifest(built).int8_code_max == 127  # measured from model.bin
+    assert build_model(tiny_gguf, output=output, int8_code_max=127) == built
+    assert len(count_conversions) == 1
+    bounded = build_model(tiny_gguf, output=output, force=False)
+    assert read_manifest(bounded).int8_code_max == WEIGHT_CODE_MAX
+    assert len(count_conversions) == 2
+    assert read_manifest(bounded).revision != ModelManifest.compute_revision(
+        sha256_file(tiny_gguf), "int8", 127
+    )
+
+
+def test_a_non_default_int8_code_bound_needs_an_output(tmp_path: Path, tiny_gguf: Path) -> None:
+    with pytest.raises(ModelBuildError, match="needs an output"):
+        build_model(tiny_gguf, models_dir=tmp_path, int8_code_max=127)
+    for bad in (0, 128):
+        with pytest.raises(ModelBuildError, match=r"within 1\.\.127"):
+            build_model(tiny_gguf, output=tmp_path / "x", int8_code_max=bad)
+    assert not any(tmp_path.iterdir())
 
 
 def test_unknown_quantization_lists_valid_ones(tiny_gguf: Path, tmp_path: Path) -> None:

@@ -151,9 +151,9 @@ def test_eval_reuses_the_build_cache(
     calls: list[str] = []
     real = build_module.convert_gguf
 
-    def spy(source: Path, output_dir: Path, quantization: str) -> Any:
+    def spy(source: Path, output_dir: Path, quantization: str, **options: Any) -> Any:
         calls.append(quantization)
-        return real(source, output_dir, quantization)
+        return real(source, output_dir, quantization, **options)
 
     monkeypatch.setattr(build_module, "convert_gguf", spy)
     kwargs: dict[str, Any] = {"models_dir": tmp_path, "data": _small_data(), "device": "cpu"}

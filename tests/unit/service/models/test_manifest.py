@@ -30,6 +30,7 @@ def test_manifest_round_trip(tiny_dir: Path) -> None:
         ({"context_length": True}, "'context_length'"),
         ({"eos_tokens": "<|im_end|>"}, "'eos_tokens'"),
         ({"format_version": 99}, "newer"),
+        ({"int8_code_max": "64"}, "'int8_code_max'"),
     ],
 )
 def test_manifest_rejects_malformed(tiny_dir: Path, change: dict[str, Any], message: str) -> None:
@@ -44,6 +45,18 @@ def test_manifest_revision_follows_source_and_quantization() -> None:
     revision = ModelManifest.compute_revision("ab" * 32, "int8")
     assert revision == hashlib.sha256(("ab" * 32 + "int8").encode()).hexdigest()[:12]
     assert revision != ModelManifest.compute_revision("ab" * 32, "float16")
+    # The int8 code range changes the weights, so the revision too.
+    assert revision != ModelManifest.compute_revision("ab" * 32, "int8", 64)
+    assert ModelManifest.compute_revision("ab" * 32, "int8", 64) != (
+        ModelManifest.compute_revision("ab" * 32, "int8", 127)
+    )
+
+
+def test_manifest_of_format_1_reads_without_a_code_range(tiny_dir: Path) -> None:
+    data = json.loads(read_manifest(tiny_dir).to_json())
+    del data["int8_code_max"]
+    data["format_version"] = 1
+    assert ModelManifest.from_dict(data).int8_code_max == 0
 
 
 def test_read_manifest_errors(tmp_path: Path) -> None:

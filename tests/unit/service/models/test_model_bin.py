@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.models import build_model, read_manifest
+from service.models.int8 import WEIGHT_CODE_MAX
 from service.models.model_bin import scan_model_bin
 
 
@@ -15,6 +16,7 @@ def test_scan_counts_the_tied_head_once(tiny_dir: Path) -> None:
     assert summary is not None
     assert summary.parameter_count == read_manifest(tiny_dir).parameter_count
     assert summary.quantization == "float32"
+    assert summary.int8_code_max == 0
 
 
 @pytest.mark.parametrize(
@@ -28,6 +30,10 @@ def test_scan_reads_the_stored_quantization(
     summary = scan_model_bin(built / "model.bin")
     assert summary is not None
     assert summary.quantization == stored
+    # int8 builds use the whole bounded code range, no more; the manifest records it.
+    expected = WEIGHT_CODE_MAX if stored.startswith("int8") else 0
+    assert summary.int8_code_max == expected
+    assert read_manifest(built).int8_code_max == expected
 
 
 def test_scan_of_an_unreadable_file_is_none(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ from service.models import (
     read_manifest,
 )
 from service.models import build as build_module
+from service.models.int8 import WEIGHT_CODE_MAX
 from service.models.storage import sha256_dir
+from tests.support.tiny_model import tiny_llama_spec
 from tests.unit.service.models.helpers import copy_without_manifest
 
 
@@ -91,7 +93,11 @@ def test_hf_dir_without_transformers_names_the_extra(
 def test_hf_dir_goes_through_transformers_converter(
     tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The HF path's plumbing, with CTranslate2's converter replaced by a stand-in."""
+    """The HF path's plumbing, with CTranslate2's converter replaced by a stand-in.
+
+    Mocked: transformers is not installed here. The stand-in's ``_load`` returns a real tiny
+    Llama spec, so tokenbooth's own quantize-and-save runs as for a real checkpoint.
+    """
     hf = make_hf_dir(tmp_path / "hf", tiny_dir)
     seen: dict[str, Any] = {}
 
@@ -99,13 +105,8 @@ def test_hf_dir_goes_through_transformers_converter(
         def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
             seen["source"] = model_name_or_path
 
-        def convert(
-            self, output_dir: str, quantization: str | None = None, force: bool = False
-        ) -> str:
-            seen["quantization"] = quantization
-            for name in ("model.bin", "config.json", "vocabulary.json"):
-                shutil.copyfile(tiny_dir / name, Path(output_dir) / name)
-            return output_dir
+        def _load(self) -> Any:
+            return tiny_llama_spec()[0].spec
 
     import ctranslate2.converters
 
@@ -113,7 +114,7 @@ def test_hf_dir_goes_through_transformers_converter(
     monkeypatch.setattr(ctranslate2.converters, "TransformersConverter", FakeConverter)
     built = build_model(hf, quantization="int8_float16", models_dir=tmp_path / "models")
     assert built == tmp_path / "models" / "hf-int8_float16"
-    assert seen == {"source": str(hf), "quantization": "int8_float16"}
+    assert seen == {"source": str(hf)}
     files = load_model_files(built)
     assert files.chat_template == "{{ bos_token }}{{ messages[0]['content'] }}"
     manifest = files.manifest
@@ -121,6 +122,8 @@ def test_hf_dir_goes_through_transformers_converter(
     assert manifest.context_length == 4096
     assert manifest.eos_tokens == ["<|im_end|>", "<|endoftext|>"]
     assert manifest.source_sha256 == sha256_dir(hf)
+    assert manifest.quantization == "int8_float16"
+    assert manifest.int8_code_max == WEIGHT_CODE_MAX  # CTranslate2's converter would give 127
     # Unchanged source: cached.
     monkeypatch.setattr(ctranslate2.converters, "TransformersConverter", None)
     assert build_model(hf, quantization="int8_float16", models_dir=tmp_path / "models") == built

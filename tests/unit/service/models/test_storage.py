@@ -15,7 +15,7 @@ from service.models import convert as convert_module
 def test_failed_build_leaves_no_half_model(
     tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def explode(spec: Any, output_dir: Path, quantization: str) -> None:
+    def explode(spec: Any, output_dir: Path, quantization: str, **options: Any) -> None:
         (output_dir / "model.bin").write_bytes(b"half a model")
         raise KeyboardInterrupt  # as if the build were interrupted
 
