@@ -58,11 +58,24 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text}") from exc
 
 
+_INT8_BACKENDS = ("onednn", "mkl")  # bench.int8_codes.BACKENDS (kept import-light)
+
+
+def _backend_list(text: str) -> list[str]:
+    backends = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in _INT8_BACKENDS]
+    if unknown or not backends:
+        raise argparse.ArgumentTypeError(
+            f"backends are a comma-separated list of {', '.join(_INT8_BACKENDS)}: {text!r}"
+        )
+    return backends
+
+
 def _register_int8(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     int8 = bench_sub.add_parser(
         "int8",
-        help="int8 weight-code bounds (127 vs 64) on each CPU GEMM backend: perplexity and "
-        "tasks against float32",
+        help="int8 weight-code bounds (CTranslate2's and tokenbooth's) on each CPU GEMM "
+        "backend: perplexity and tasks against float32",
     )
     int8.add_argument(
         "--model", type=Path, default=None, metavar="SOURCE", help="GGUF file or HF dir"
@@ -75,8 +88,8 @@ def _register_int8(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     int8.add_argument(
         "--backends",
-        type=lambda text: [b for b in text.split(",") if b],
-        default=["onednn", "mkl"],
+        type=_backend_list,
+        default=list(_INT8_BACKENDS),
         help="comma-separated of onednn, mkl (MKL is slow on AMD CPUs)",
     )
     int8.add_argument("--models-dir", type=Path, default=None, help="model cache directory")

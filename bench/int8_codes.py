@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from service.errors import ModelBuildError
-from service.models.int8 import WEIGHT_CODE_MAX
+from service.models.int8 import CTRANSLATE2_CODE_MAX, WEIGHT_CODE_MAX
 
 __all__ = ["BACKENDS", "CodeRow", "format_rows", "measure_backend", "run_int8_bench"]
 
@@ -83,12 +83,18 @@ def measure_backend(
     directories = [f"{_REFERENCE}={reference}", *(f"int8={path}" for path in builds.values())]
     env = os.environ | {"CT2_USE_MKL": BACKENDS[backend]}
     command = [sys.executable, "-m", "bench.int8_codes", *directories]
-    done = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=timeout_s, check=False
-    )
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ModelBuildError(f"measuring on {backend} took over {timeout_s:.0f} s") from exc
     if done.returncode != 0:
         raise ModelBuildError(f"measuring on {backend} failed: {done.stderr.strip()[-2000:]}")
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        measured = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError) as exc:
+        raise ModelBuildError(f"measuring on {backend} printed no result: {exc}") from exc
     base = float(measured[0]["perplexity"])
     codes = [0, *builds]
     return [
@@ -122,11 +128,11 @@ def format_rows(rows: Sequence[CodeRow], default: str) -> str:
 def run_int8_bench(
     source: Path | None = None,
     *,
-    code_bounds: Sequence[int] = (127, WEIGHT_CODE_MAX),
+    code_bounds: Sequence[int] = (CTRANSLATE2_CODE_MAX, WEIGHT_CODE_MAX),
     backends: Sequence[str] = tuple(BACKENDS),
     models_dir: Path | None = None,
 ) -> int:
-    """Build, measure on each backend, print the table; 0 on success, 1 on a build failure."""
+    """Build, measure on each backend, print the table; 0 on success, 1 on any failure."""
     from service.models import build_model
 
     try:

@@ -13,7 +13,7 @@ from typing import Literal, overload
 
 from service.errors import ModelBuildError
 from service.models.convert import convert_gguf
-from service.models.int8 import WEIGHT_CODE_MAX
+from service.models.int8 import CTRANSLATE2_CODE_MAX, WEIGHT_CODE_MAX, is_int8
 from service.models.manifest import (
     MANIFEST_FORMAT_VERSION,
     ModelManifest,
@@ -72,18 +72,22 @@ def build_model(
     Hugging Face directory (converted with ``transformers``, the ``hf`` extra). Without
     ``output`` the result is cached in ``models_dir/<name>-<quantization>`` and rebuilt only
     when the source digest changes or ``force`` is set. ``int8_code_max`` bounds int8 weight
-    codes (:mod:`service.models.int8`); another bound than the default needs ``output``, so
-    the cache only ever holds default builds.
+    codes (:mod:`service.models.int8`); another bound than the default needs ``output`` (the
+    cache only ever holds default builds) and a source to convert.
 
     Raises:
         ModelBuildError: Unknown quantization, unusable source, a failed conversion, or an
-            ``int8_code_max`` outside 1..127 or off the default without ``output``.
+            ``int8_code_max`` outside 1..127, or off the default without ``output`` or for a
+            CTranslate2 directory.
         MissingDependencyError: A Hugging Face source without ``transformers`` installed.
     """
     check_quantization(quantization)
-    if not 1 <= int8_code_max <= 127:
-        raise ModelBuildError(f"int8 code bound must be within 1..127, not {int8_code_max}")
-    if int8_code_max != WEIGHT_CODE_MAX and output is None:
+    if not 1 <= int8_code_max <= CTRANSLATE2_CODE_MAX:
+        raise ModelBuildError(
+            f"int8 code bound must be within 1..{CTRANSLATE2_CODE_MAX}, not {int8_code_max}"
+        )
+    custom_bound = is_int8(quantization) and int8_code_max != WEIGHT_CODE_MAX
+    if custom_bound and output is None:
         raise ModelBuildError(
             f"an int8 code bound other than {WEIGHT_CODE_MAX} needs an output directory"
         )
@@ -91,6 +95,11 @@ def build_model(
     if not src.exists():
         raise ModelBuildError(f"model source {src} does not exist")
     if _is_ctranslate2_dir(src):
+        if custom_bound:
+            raise ModelBuildError(
+                f"{src} is a CTranslate2 model, served with the int8 codes it holds; an int8 "
+                "code bound needs a GGUF or Hugging Face source"
+            )
         logger.info("%s is a CTranslate2 model; served with its stored weights as is", src)
         return adopt_ctranslate2_dir(src, output=output, force=force)
     is_gguf = _check_convertible(src)
@@ -102,8 +111,8 @@ def build_model(
     )
     with build_lock(target):
         source_sha256 = sha256_file(src) if is_gguf else sha256_dir(src)
-        expected_codes = int8_code_max if quantization.startswith("int8") else 0
-        if not force and _up_to_date(target, source_sha256, quantization, expected_codes):
+        bound = int8_code_max if is_int8(quantization) else 0
+        if not force and _up_to_date(target, source_sha256, quantization, bound) is not None:
             logger.info("model %s is up to date (%s)", target, source_sha256[:12])
             return target
         if output is not None:
@@ -184,7 +193,6 @@ def _up_to_date(
         manifest.source_sha256 == source_sha256
         and manifest.quantization == quantization
         and manifest.format_version == MANIFEST_FORMAT_VERSION
-        # Every nonzero row reaches the bound, so model.bin's largest code is the bound.
         and manifest.int8_code_max == int8_code_max
     ):
         return manifest
@@ -241,4 +249,5 @@ def _build_from_gguf(
         eos_tokens=vocab.eos_tokens,
         add_bos_token=vocab.add_bos_token,
         parameter_count=converted.parameter_count,
+        int8_code_max=int8_code_max if is_int8(quantization) else 0,
     )

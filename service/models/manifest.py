@@ -36,7 +36,9 @@ class ModelManifest:
 
     ``context_length`` is 0 when the source does not say (a foreign CTranslate2 directory).
     ``revision`` identifies the weights: it changes with the source file, the quantization or
-    ``int8_code_max``, the largest int8 weight code in ``model.bin`` (0 without int8 weights).
+    ``int8_code_max``, the bound on ``model.bin``'s int8 weight codes: what a build used, or
+    what a foreign directory's weights reach; 0 without int8 weights, or unknown (format 1,
+    whose int8 builds used CTranslate2's 127).
     """
 
     name: str
@@ -157,12 +159,18 @@ def new_manifest(
     eos_tokens: Sequence[str],
     add_bos_token: bool = False,
     parameter_count: int | None = None,
+    int8_code_max: int | None = None,
 ) -> ModelManifest:
-    """Describe a finished model directory; ``parameter_count`` None: count from model.bin."""
-    summary = scan_model_bin(model_dir / MODEL_BIN_FILENAME)
+    """Describe a finished model directory; ``parameter_count`` or ``int8_code_max`` None:
+    read from model.bin (the count of its parameters, the largest int8 code it holds)."""
+    summary = None
+    if parameter_count is None or int8_code_max is None:
+        summary = scan_model_bin(model_dir / MODEL_BIN_FILENAME)
     if parameter_count is None:
         parameter_count = summary.parameter_count if summary else 0
-    code_max = summary.int8_code_max if summary else 0
+    code_max = (
+        int8_code_max if int8_code_max is not None else (summary.int8_code_max if summary else 0)
+    )
     return ModelManifest(
         name=name,
         source=str(source),

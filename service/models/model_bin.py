@@ -1,7 +1,7 @@
-"""Read a CTranslate2 ``model.bin`` header: parameter count and stored quantization.
+"""Walk a CTranslate2 ``model.bin``: parameter count, stored quantization, int8 code range.
 
 Used to describe CTranslate2 directories that were built elsewhere, and to count the
-parameters of a build without keeping the weights in memory.
+parameters of a build; only one int8 matrix at a time is held in memory (to bound its codes).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _CT2_BINARY_VERSION: Final = 6
 
 @dataclass(frozen=True)
 class ModelBinSummary:
-    """What a ``model.bin`` header says about its weights."""
+    """What a ``model.bin`` says about its weights."""
 
     parameter_count: int
     quantization: str
@@ -58,6 +58,7 @@ def scan_model_bin(path: Path) -> ModelBinSummary | None:
 
     count = 0
     code_max = 0
+    size = path.stat().st_size if path.is_file() else 0
     weight_types: set[str] = set()
     other_types: set[str] = set()
     try:
@@ -74,11 +75,16 @@ def scan_model_bin(path: Path) -> ModelBinSummary | None:
                 dims = read(handle, f"<{rank}I") if rank else ()
                 (type_id, num_bytes) = read(handle, "<BI")
                 if rank >= 2 and _CT2_DTYPES[type_id] == "int8":
-                    codes = np.frombuffer(handle.read(num_bytes), dtype=np.int8)
+                    raw = handle.read(num_bytes)
+                    if len(raw) != num_bytes:
+                        raise EOFError(path)
+                    codes = np.frombuffer(raw, dtype=np.int8)
                     if codes.size:
                         code_max = max(code_max, -int(codes.min()), int(codes.max()))
                 else:
                     handle.seek(num_bytes, os.SEEK_CUR)
+                    if handle.tell() > size:
+                        raise EOFError(path)  # cut inside this variable
                 leaf = name.rsplit("/", 1)[-1]
                 if rank == 0 or leaf.endswith(("_scale", "_zero")):
                     continue

@@ -17,7 +17,7 @@ from typing import Any
 
 from service.errors import MissingDependencyError, ModelBuildError
 from service.models.convert import save_spec
-from service.models.int8 import WEIGHT_CODE_MAX
+from service.models.int8 import WEIGHT_CODE_MAX, is_int8
 from service.models.manifest import ModelManifest, new_manifest, read_manifest, write_manifest
 from service.models.model_bin import scan_model_bin
 from service.models.paths import (
@@ -126,14 +126,15 @@ def build_from_hf(
 
     converter = TransformersConverter(str(src), low_cpu_mem_usage=True)
     try:
-        # Converter.convert is _load, validate, optimize, save; save_spec does the same
-        # with INT8 codes no x86 GEMM saturates (service.models.int8).
+        # Converter.convert is _load, validate, optimize, save (plus a conversion report for
+        # Drama 3 checkpoints, which tokenbooth does not serve); save_spec does the same
+        # with int8 codes no x86 GEMM saturates (service.models.int8).
         spec = converter._load()
         if spec is None:
             raise NotImplementedError("not a model CTranslate2's TransformersConverter converts")
+        save_spec(spec, staging, quantization, int8_code_max=int8_code_max)
     except (NotImplementedError, ValueError, RuntimeError, OSError) as exc:
         raise ModelBuildError(f"CTranslate2 could not convert {src}: {exc}") from exc
-    save_spec(spec, staging, quantization, int8_code_max=int8_code_max)
     if not (staging / TOKENIZER_FILENAME).is_file():
         shutil.copyfile(src / TOKENIZER_FILENAME, staging / TOKENIZER_FILENAME)
     template = _hf_chat_template(src)
@@ -153,6 +154,7 @@ def build_from_hf(
         bos_token=str(ct2_config.get("bos_token") or ""),
         eos_tokens=_eos_tokens(staging, str(ct2_config.get("eos_token") or ""), src),
         add_bos_token=bool(_read_json(src / "tokenizer_config.json").get("add_bos_token", False)),
+        int8_code_max=int8_code_max if is_int8(quantization) else 0,
     )
 
 
@@ -196,7 +198,7 @@ def adopt_ctranslate2_dir(src: Path, *, output: Path | None, force: bool) -> Pat
 
 
 def _describe_ctranslate2_dir(model_dir: Path, src: Path) -> ModelManifest:
-    """A manifest for a foreign CTranslate2 directory, from its files and model.bin header."""
+    """A manifest for a foreign CTranslate2 directory, from its files and one model.bin scan."""
     tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
     ct2_config = _read_json(model_dir / "config.json")
     summary = scan_model_bin(model_dir / MODEL_BIN_FILENAME)
@@ -217,4 +219,6 @@ def _describe_ctranslate2_dir(model_dir: Path, src: Path) -> ModelManifest:
         bos_token=str(ct2_config.get("bos_token") or ""),
         eos_tokens=_eos_tokens(model_dir, str(ct2_config.get("eos_token") or ""), None),
         add_bos_token=bool(tokenizer_config.get("add_bos_token", False)),
+        parameter_count=summary.parameter_count if summary else 0,
+        int8_code_max=summary.int8_code_max if summary else 0,
     )

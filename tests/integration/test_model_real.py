@@ -76,7 +76,9 @@ def test_int8_build_keeps_the_float32_quality(real_model_dir: Path, real_float32
 
     On one AMD EPYC (AVX2, oneDNN) 64-codes cost +5.9 % perplexity and answered 30 of 42
     tasks to float32's 27; CTranslate2's own 127-codes saturated oneDNN's int16 sums: +15.7 %
-    and 26 of 42. Greedy agreement is not asserted, so it is measured on one token only.
+    and 26 of 42; on MKL (Intel) ±127 passes these bounds (+3.1 %), so there only the manifest
+    check below would catch a return to them. Greedy agreement is not asserted, so it is
+    measured on one token only.
     """
     assert real_model_dir.parent == real_float32_dir.parent  # one cache: evaluate reuses both
     report = evaluate(

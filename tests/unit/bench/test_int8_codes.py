@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.int8_codes import CodeRow, format_rows, measure_backend
+import service.cli
+from bench.cli import run_int8
+from bench.int8_codes import BACKENDS, CodeRow, format_rows, measure_backend
 from service.errors import ModelBuildError
 from service.models import build_model, default_gguf_path, read_manifest
 from service.models.gguf import parse_gguf
@@ -59,3 +61,17 @@ def test_table_marks_the_default_backend() -> None:
     assert lines[1].split()[:3] == ["onednn", "(default)", "float32"]
     assert "+15.7%" in lines[2] and "26/42" in lines[2]
     assert lines[3].startswith("mkl ") and "+-64" in lines[3]
+
+
+def test_bench_int8_flags_are_parsed_and_checked_before_any_build(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = service.cli.build_parser()  # the installed entry points
+    args = parser.parse_args(["bench", "int8", "--codes", "127,32", "--backends", "mkl"])
+    assert args.func is run_int8 and args.model is None
+    assert (args.codes, args.backends) == ([127, 32], ["mkl"])
+    defaults = parser.parse_args(["bench", "int8"])
+    assert defaults.codes is None and tuple(defaults.backends) == tuple(BACKENDS)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "int8", "--backends", "onednn,blas"])
+    assert "onednn, mkl" in capsys.readouterr().err

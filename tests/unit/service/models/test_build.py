@@ -17,6 +17,7 @@ from service.models import (
 from service.models import build as build_module
 from service.models.int8 import WEIGHT_CODE_MAX
 from service.models.manifest import ModelManifest
+from service.models.model_bin import scan_model_bin
 from service.models.storage import sha256_file
 from service.settings import QUANTIZATIONS
 from tests.unit.service.models.helpers import generate, write_tiny_gguf
@@ -102,25 +103,35 @@ def test_an_int8_code_bound_is_built_recorded_and_rebuilt_when_it_changes(
     tmp_path: Path, tiny_gguf: Path, count_conversions: list[Path]
 ) -> None:
     output = tmp_path / "full-range"
+    digest = sha256_file(tiny_gguf)
     built = build_model(tiny_gguf, output=output, int8_code_max=127)
-    assert read_manifest(built).int8_code_max == 127  # measured from model.bin
+    full = read_manifest(built)
+    assert full.int8_code_max == 127
+    assert full.revision == ModelManifest.compute_revision(digest, "int8", 127)
+    assert scan_model_bin(built / "model.bin").int8_code_max == 127  # type: ignore[union-attr]
     assert build_model(tiny_gguf, output=output, int8_code_max=127) == built
     assert len(count_conversions) == 1
-    bounded = build_model(tiny_gguf, output=output, force=False)
-    assert read_manifest(bounded).int8_code_max == WEIGHT_CODE_MAX
+    bounded = read_manifest(build_model(tiny_gguf, output=output))
     assert len(count_conversions) == 2
-    assert read_manifest(bounded).revision != ModelManifest.compute_revision(
-        sha256_file(tiny_gguf), "int8", 127
-    )
+    assert bounded.int8_code_max == WEIGHT_CODE_MAX
+    assert bounded.revision == ModelManifest.compute_revision(digest, "int8", WEIGHT_CODE_MAX)
+    assert bounded.revision != full.revision
 
 
-def test_a_non_default_int8_code_bound_needs_an_output(tmp_path: Path, tiny_gguf: Path) -> None:
+def test_a_non_default_int8_code_bound_needs_an_output(
+    tmp_path: Path, tiny_gguf: Path, tiny_dir: Path
+) -> None:
     with pytest.raises(ModelBuildError, match="needs an output"):
         build_model(tiny_gguf, models_dir=tmp_path, int8_code_max=127)
     for bad in (0, 128):
         with pytest.raises(ModelBuildError, match=r"within 1\.\.127"):
             build_model(tiny_gguf, output=tmp_path / "x", int8_code_max=bad)
+    with pytest.raises(ModelBuildError, match="served with the int8 codes it holds"):
+        build_model(tiny_dir, output=tmp_path / "y", int8_code_max=127)
     assert not any(tmp_path.iterdir())
+    # Float builds have no int8 codes: the bound does not matter, the cache is used.
+    built = build_model(tiny_gguf, quantization="float32", models_dir=tmp_path, int8_code_max=127)
+    assert read_manifest(built).int8_code_max == 0
 
 
 def test_unknown_quantization_lists_valid_ones(tiny_gguf: Path, tmp_path: Path) -> None:

@@ -17,6 +17,13 @@ class _TwoLinears(model_spec.LayerSpec):  # type: ignore[misc]
         self.second = common_spec.LinearSpec()
 
 
+class _Conv(model_spec.LayerSpec):  # type: ignore[misc]
+    """A parent spec with one 1-D convolution."""
+
+    def __init__(self) -> None:
+        self.conv = common_spec.Conv1DSpec()
+
+
 def _weights(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal((6, 32)).astype(np.float32)
@@ -46,18 +53,10 @@ def test_codes_are_bounded_and_each_row_uses_the_range() -> None:
     assert (error <= 0.5 / scale[:, None] + 1e-6).all()
 
 
-def test_no_code_pair_can_saturate_an_int16_sum() -> None:
-    # vpmaddubsw adds two uint8 * int8 products into int16; activations reach 255.
-    codes, _ = quantize_rows(_weights() * 1e3)
-    worst = 2 * 255 * int(np.abs(codes.astype(np.int32)).max())
-    assert worst <= np.iinfo(np.int16).max
-    assert np.iinfo(np.int16).max < 2 * 255 * 127  # CTranslate2's own codes can
-
-
 def test_code_max_127_reproduces_ctranslate2s_own_quantization() -> None:
     ours = _pair(_weights(1), _weights(2))
     theirs = _pair(_weights(1), _weights(2))
-    assert requantize_int8_weights(ours, "int8", code_max=127) == 2
+    assert requantize_int8_weights(ours, "int8", int8_code_max=127) == 2
     theirs.optimize(quantization="int8")
     for name in ("first", "second"):
         mine, reference = getattr(ours, name), getattr(theirs, name)
@@ -73,6 +72,7 @@ def test_int8_quantizations_get_bounded_codes(quantization: str) -> None:
     assert requantize_int8_weights(spec, quantization) == 2
     np.testing.assert_array_equal(spec.first.weight.numpy(), codes)
     np.testing.assert_array_equal(spec.first.weight_scale.numpy(), scale)
+    assert spec.first.weight_scale.dtype == "float32"  # as CTranslate2 keeps scales
 
 
 def test_other_quantizations_are_ctranslate2s() -> None:
@@ -87,3 +87,19 @@ def test_a_tied_weight_is_quantized_once_and_stays_an_alias() -> None:
     assert requantize_int8_weights(spec, "int8") == 1
     assert isinstance(spec.second.weight, str)
     assert int(np.abs(spec.first.weight.numpy().astype(np.int16)).max()) == WEIGHT_CODE_MAX
+
+
+def test_a_conv_weight_is_bounded_per_output_channel() -> None:
+    """Whisper-style Conv1D weights are (out, in, width): one scale per output channel."""
+    rng = np.random.default_rng(8)
+    weight = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    codes, scale = quantize_rows(weight)  # before: CTranslate2 scales in place
+    spec = _Conv()
+    spec.conv.weight = weight
+    spec.validate()
+    assert requantize_int8_weights(spec, "int8") == 1
+    stored = spec.conv.weight.numpy()
+    assert stored.shape == (4, 3, 5) and stored.dtype == np.int8
+    np.testing.assert_array_equal(stored, codes)
+    np.testing.assert_array_equal(spec.conv.weight_scale.numpy(), scale)
+    assert int(np.abs(stored.astype(np.int16)).max()) == WEIGHT_CODE_MAX

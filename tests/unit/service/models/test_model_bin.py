@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,28 @@ def test_scan_of_an_unreadable_file_is_none(tmp_path: Path) -> None:
     assert scan_model_bin(tmp_path / "other.bin") is None
     (tmp_path / "cut.bin").write_bytes((6).to_bytes(4, "little") + b"\x05")
     assert scan_model_bin(tmp_path / "cut.bin") is None
+
+
+def _model_bin(type_id: int, payload: bytes, declared: int) -> bytes:
+    """A one-variable model.bin (binary version 6): a 2x2 matrix named ``w``."""
+
+    def string(text: str) -> bytes:
+        raw = text.encode() + b"\0"
+        return struct.pack("<H", len(raw)) + raw
+
+    header = struct.pack("<I", 6) + string("Spec") + struct.pack("<II", 1, 1)
+    variable = string("w") + struct.pack("<B2I", 2, 2, 2) + struct.pack("<BI", type_id, declared)
+    return header + variable + payload
+
+
+@pytest.mark.parametrize(("type_id", "itemsize"), [(1, 1), (0, 4)])  # int8 (read), float32
+def test_scan_of_a_file_cut_inside_its_last_tensor_is_none(
+    tmp_path: Path, type_id: int, itemsize: int
+) -> None:
+    whole = tmp_path / "whole.bin"
+    whole.write_bytes(_model_bin(type_id, bytes(4 * itemsize), 4 * itemsize))
+    summary = scan_model_bin(whole)
+    assert summary is not None and summary.parameter_count == 4
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(_model_bin(type_id, bytes(4 * itemsize - 1), 4 * itemsize))
+    assert scan_model_bin(cut) is None
