@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from bench.compare_cli import register_compare
-from service.cli import add_settings_flags, settings_from_args
+from service.cli import add_settings_flags, choice_list, settings_from_args
 
 __all__ = ["register", "run_abuse", "run_engine", "run_int8", "run_loadgen"]
 
@@ -61,14 +61,7 @@ def _int_list(text: str) -> list[int]:
 _INT8_BACKENDS = ("onednn", "mkl")  # bench.int8_codes.BACKENDS (kept import-light)
 
 
-def _backend_list(text: str) -> list[str]:
-    backends = [b.strip() for b in text.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in _INT8_BACKENDS]
-    if unknown or not backends:
-        raise argparse.ArgumentTypeError(
-            f"backends are a comma-separated list of {', '.join(_INT8_BACKENDS)}: {text!r}"
-        )
-    return backends
+_backend_list = choice_list(_INT8_BACKENDS, "backend")
 
 
 def _register_int8(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -141,15 +134,7 @@ def _register_loadgen(bench_sub: argparse._SubParsersAction[argparse.ArgumentPar
     lg.set_defaults(func=run_loadgen)
 
 
-def _scenario_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in _ABUSE_SCENARIOS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown scenario(s) {', '.join(unknown) or '(none given)'}; "
-            f"choose from {','.join(_ABUSE_SCENARIOS)}"
-        )
-    return names
+_scenario_list = choice_list(_ABUSE_SCENARIOS, "scenario")
 
 
 def _register_abuse(bench_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

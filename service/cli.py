@@ -7,7 +7,7 @@ import logging
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ __all__ = [
     "COMMANDS_GROUP",
     "add_settings_flags",
     "build_parser",
+    "choice_list",
     "main",
     "settings_from_args",
     "warn_api_key_flag",
@@ -105,16 +106,24 @@ def warn_api_key_flag(args: argparse.Namespace) -> None:
     )
 
 
-def _quantization_list(value: str) -> list[str]:
-    """Parse ``--quantizations a,b``, rejecting names tokenbooth does not build."""
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [n for n in names if n not in QUANTIZATIONS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown quantization(s) {', '.join(unknown) or '(none given)'}; "
-            f"choose from: {', '.join(QUANTIZATIONS)}"
-        )
-    return names
+def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse ``type`` for ``--flag a,b``: one or more names, each one of ``choices``."""
+
+    def parse(value: str) -> list[str]:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        unknown = [n for n in names if n not in choices]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; "
+                f"choose from: {', '.join(choices)}"
+            )
+        return names
+
+    return parse
+
+
+_quantization_list = choice_list(QUANTIZATIONS, "quantization")
+"""Parse ``--quantizations a,b``, rejecting names tokenbooth does not build."""
 
 
 def build_parser() -> argparse.ArgumentParser:
