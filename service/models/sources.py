@@ -130,11 +130,12 @@ def build_from_hf(
         # Drama 3 checkpoints, which tokenbooth does not serve); save_spec does the same
         # with int8 codes no x86 GEMM saturates (service.models.int8).
         spec = converter._load()
-        if spec is None:
-            raise NotImplementedError("not a model CTranslate2's TransformersConverter converts")
-        save_spec(spec, staging, quantization, int8_code_max=int8_code_max)
+        if spec is not None:
+            save_spec(spec, staging, quantization, int8_code_max=int8_code_max)
     except (NotImplementedError, ValueError, RuntimeError, OSError) as exc:
         raise ModelBuildError(f"CTranslate2 could not convert {src}: {exc}") from exc
+    if spec is None:
+        raise ModelBuildError(f"CTranslate2's TransformersConverter does not convert {src}")
     if not (staging / TOKENIZER_FILENAME).is_file():
         shutil.copyfile(src / TOKENIZER_FILENAME, staging / TOKENIZER_FILENAME)
     template = _hf_chat_template(src)
