@@ -170,6 +170,7 @@ class Point:
     MAX_BATCH_SIZE: Final = "max_batch_size"
     MAX_BATCH_DELAY_MS: Final = "max_batch_delay_ms"
     BATCH_WORKERS: Final = "batch_workers"
+    SPARE_WORKERS: Final = "spare_workers"  # service.formation.worker_available
     INTRA_THREADS: Final = "intra_threads"
     QUANTIZATION: Final = "quantization"
     BATCH_POLICY: Final = "batch_policy"  # service.settings.BATCH_POLICIES

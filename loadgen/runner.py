@@ -476,6 +476,7 @@ class SweepRunner:
             Point.MAX_BATCH_SIZE: config.max_batch_size,
             Point.MAX_BATCH_DELAY_MS: config.max_batch_delay_ms,
             Point.BATCH_WORKERS: config.batch_workers,
+            Point.SPARE_WORKERS: config.spare_workers,
             Point.INTRA_THREADS: config.intra_threads,
             Point.QUANTIZATION: config.quantization,
             Point.BATCH_POLICY: config.batch_policy,

@@ -123,6 +123,9 @@ class ServerSpec:
     intra_threads: tuple[int, ...] = (1,)
     quantization: tuple[str, ...] = ("int8",)
     batch_policy: tuple[str, ...] = (DEFAULT_BATCH_POLICY,)
+    # Spare batch workers (service.formation.worker_available). A sweep runs what it lists:
+    # none unless asked, as batch_workers defaults to 1 here whatever `tokenbooth serve` uses.
+    spare_workers: tuple[int, ...] = (0,)
     env: dict[str, str] = field(default_factory=dict)
     # A listed subset instead of the cross product: each entry fixes some dimensions; the
     # others take their first listed value.
@@ -249,6 +252,7 @@ class ServerConfig:
     intra_threads: int
     quantization: str
     batch_policy: str = DEFAULT_BATCH_POLICY
+    spare_workers: int = 0
 
     @property
     def config_id(self) -> str:
@@ -261,9 +265,10 @@ class ServerConfig:
         d = str(int(delay)) if delay.is_integer() else repr(delay)
         # The default policy adds nothing, so ids of runs from before policies existed hold.
         policy = "" if self.batch_policy == TRITON_POLICY else f"-{self.batch_policy}"
+        spare = f"-s{self.spare_workers}" if self.spare_workers else ""
         return (
             f"r{self.replicas}-b{self.max_batch_size}-d{d}"
-            f"-w{self.batch_workers}-t{self.intra_threads}-{self.quantization}{policy}"
+            f"-w{self.batch_workers}{spare}-t{self.intra_threads}-{self.quantization}{policy}"
         )
 
 
@@ -332,6 +337,7 @@ class SweepSpec:
                     intra_threads=c.get("intra_threads", s.intra_threads[0]),
                     quantization=c.get("quantization", s.quantization[0]),
                     batch_policy=c.get("batch_policy", s.batch_policy[0]),
+                    spare_workers=c.get("spare_workers", s.spare_workers[0]),
                 )
                 for c in s.configs
             ]
@@ -345,6 +351,7 @@ class SweepSpec:
                 s.intra_threads,
                 s.quantization,
                 s.batch_policy,
+                s.spare_workers,
             )
         ]
 
@@ -768,7 +775,12 @@ _CONFIG_KEYS: dict[str, type] = {
     "intra_threads": int,
     "quantization": str,
     "batch_policy": str,
+    "spare_workers": int,
 }
+
+
+_ZERO_OK_KEYS: Final = frozenset({"spare_workers"})
+"""Integer [server] keys whose 0 means "none" (the rest count things that must exist)."""
 
 
 def _config_list(ctx: _Ctx, value: Any) -> tuple[dict[str, Any], ...]:
@@ -786,7 +798,8 @@ def _config_list(ctx: _Ctx, value: Any) -> tuple[dict[str, Any], ...]:
             if isinstance(v, bool) or not isinstance(v, typ):
                 raise ctx.error("server", "configs", f"entry {i}: {k} must be {typ.__name__}")
             # The same bounds and choices as the [server] dimension lists.
-            if isinstance(v, int | float) and (v < 1 if typ is int else v < 0):
+            floor = 0 if k in _ZERO_OK_KEYS or typ is float else 1
+            if isinstance(v, int | float) and v < floor:
                 raise ctx.error("server", "configs", f"entry {i}: {k} out of range, got {v!r}")
             if k == "quantization" and v not in QUANTIZATIONS:
                 raise ctx.error(
@@ -989,6 +1002,9 @@ def parse_spec(text: str, path: str = "<spec>", *, check_files: bool = True) -> 
             ),
             "batch_workers": lambda v: _list(ctx, "server", "batch_workers", v, int),
             "intra_threads": lambda v: _list(ctx, "server", "intra_threads", v, int),
+            "spare_workers": lambda v: _list(
+                ctx, "server", "spare_workers", v, int, allow_zero=True
+            ),
             "quantization": lambda v: tuple(
                 _choice(
                     ctx,

@@ -163,6 +163,7 @@ class LocalReplicas:
             "max_batch_size": c.max_batch_size,
             "max_batch_delay_ms": c.max_batch_delay_ms,
             "batch_workers": c.batch_workers,
+            "spare_workers": c.spare_workers,
             "intra_threads": c.intra_threads,
             "quantization": c.quantization,
             "batch_policy": c.batch_policy,
@@ -269,6 +270,7 @@ class RemoteTarget:
                 max_batch_size=config.max_batch_size,
                 max_batch_delay_ms=config.max_batch_delay_ms,
                 batch_workers=config.batch_workers,
+                spare_workers=config.spare_workers,
                 intra_threads=config.intra_threads,
                 quantization=config.quantization,
             )

@@ -36,6 +36,7 @@ __all__ = [
     "config_label",
     "load_run",
     "prepare_points",
+    "spare_workers",
 ]
 
 
@@ -144,6 +145,12 @@ class RunDirError(TokenboothError):
     """A run directory holds a value the report cannot interpret (named in the message)."""
 
 
+def spare_workers(row: pd.Series | dict[str, Any]) -> int:
+    """Spare batch workers a point's replicas ran (0 for runs from before they existed)."""
+    v = _num(row.get(Point.SPARE_WORKERS))
+    return int(v) if math.isfinite(v) else 0
+
+
 def batch_policy(row: pd.Series | dict[str, Any]) -> str:
     """The batch formation policy a point's replicas ran (``service.settings.BATCH_POLICIES``).
 
@@ -213,6 +220,9 @@ def base_config_id(row: pd.Series | dict[str, Any]) -> str:
             ("t", Point.INTRA_THREADS),
         )
     ]
+    spare = spare_workers(row)
+    if spare:  # after the workers, as in the config id; none adds nothing
+        parts.insert(3, f"s{spare}")
     policy = batch_policy(row)
     suffix = [] if policy == TRITON_POLICY else [policy]
     return "-".join([*parts, "?" if missing else str(quant), *suffix])
@@ -243,6 +253,8 @@ def base_config_label(row: pd.Series | dict[str, Any]) -> str:
         v = _num(row.get(col))
         if math.isfinite(v):
             parts.append(f"{prefix}{v:g}{suffix}")
+            if col == Point.BATCH_WORKERS and spare_workers(row):
+                parts.append(f"+{spare_workers(row)} spare")
     policy = batch_policy(row)
     if policy != TRITON_POLICY:
         parts.append(policy)

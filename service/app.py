@@ -75,7 +75,7 @@ def load_engine(settings: ServiceSettings) -> Engine:
         model_dir,
         device=settings.device,
         compute_type=settings.compute_type,
-        batch_workers=settings.batch_workers,
+        batch_workers=settings.batch_workers + settings.spare_workers,
         intra_threads=settings.intra_threads,
         served_name=settings.served_model_name,
     )
@@ -186,6 +186,7 @@ async def _load(
                 max_batch_delay_s=s.max_batch_delay_ms / 1000,
                 max_queue_size=s.max_queue_size,
                 batch_workers=s.batch_workers,
+                spare_workers=s.spare_workers,
                 request_timeout_s=s.request_timeout_s,
                 policy=s.batch_policy,
             ),

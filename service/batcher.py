@@ -32,7 +32,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, Tracer
 
 from service.errors import DrainingError, ErrorCode, QueueFullError
-from service.formation import adaptive_due_at, returned_all
+from service.formation import adaptive_due_at, returned_all, worker_available
 from service.job import Finished, Job, Outcome
 from service.settings import (
     ADAPTIVE_HOLD_FRACTION,
@@ -65,15 +65,24 @@ class BatcherConfig:
     :func:`adaptive_due_at`); and when more requests wait than fit, the batch takes the oldest
     one plus those whose prompt lengths are closest to it (CTranslate2 prefills only up to the
     shortest prompt of a batch and feeds the rest one token per step).
+
+    ``spare_workers`` threads beyond ``batch_workers`` start a batch only while the running
+    batches are nearly empty (:func:`service.formation.worker_available`).
     """
 
     max_batch_size: int = 16
     max_batch_delay_s: float = 0.005
     max_queue_size: int = 256
     batch_workers: int = 2
+    spare_workers: int = 0
     request_timeout_s: float = 300.0
     policy: str = DEFAULT_BATCH_POLICY
     adaptive_hold_fraction: float = ADAPTIVE_HOLD_FRACTION
+
+    @property
+    def workers(self) -> int:
+        """Worker threads in all: the regular ones and the spares."""
+        return self.batch_workers + self.spare_workers
 
 
 _SHUTDOWN = Finished(Outcome.ABORTED, ErrorCode.SHUTDOWN, "server shut down")
@@ -109,11 +118,11 @@ class Batcher:
         self._admitted = 0  # between admission and enqueue (tokenizing)
         self._waiting = 0
         self._running: set[Job] = set()
-        self._free_workers = config.batch_workers
+        self._busy_workers = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._executor = ThreadPoolExecutor(
-            max_workers=config.batch_workers, thread_name_prefix="batch-worker"
+            max_workers=config.workers, thread_name_prefix="batch-worker"
         )
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,7 +136,7 @@ class Batcher:
             lambda: self._waiting,
             lambda: len(self._running),
             # A worker is busy until generate_batch returns, even after its jobs were aborted.
-            lambda: self.config.batch_workers - self._free_workers,
+            lambda: self._busy_workers,
         )
 
     # ----------------------------------------------------------------- lifecycle
@@ -245,11 +254,11 @@ class Batcher:
         is event-driven, with no polling task between a request and its batch.
         """
         cfg = self.config
-        while self._free_workers > 0 and self._solo:
+        while self._solo and self._worker_available():
             self._waiting -= 1
-            self._free_workers -= 1
+            self._busy_workers += 1
             self._run_batch([self._solo.popleft()])
-        while self._free_workers > 0:
+        while self._worker_available():
             now = time.perf_counter()
             best: deque[Job] | None = None
             best_key: tuple[int, float] | None = None
@@ -273,8 +282,17 @@ class Batcher:
             n = len(jobs)
             self._waiting -= n
             self._buckets = {k: v for k, v in self._buckets.items() if v}
-            self._free_workers -= 1
+            self._busy_workers += 1
             self._run_batch(jobs)
+
+    def _worker_available(self) -> bool:
+        cfg = self.config
+        return worker_available(
+            self._busy_workers,
+            len(self._running),
+            cfg.batch_workers,
+            cfg.spare_workers,
+        )
 
     def _due_at(self, bucket: deque[Job]) -> float:
         """When a bucket that is not full becomes due, under the configured policy."""
@@ -457,7 +475,7 @@ class Batcher:
                     self._finish(j, fin)
                 self._record_phase_spans(j, started, prefill_end)
             batch_span.end(end_time=_wall_ns(ended))
-            self._free_workers += 1
+            self._busy_workers -= 1
             self._dispatch()
 
     def _isolate(self, jobs: list[Job]) -> set[Job]:

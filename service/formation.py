@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from service.settings import ADAPTIVE_BURST_QUIET
+from service.settings import ADAPTIVE_BURST_QUIET, SPARE_WORKER_MEAN_BATCH
 
-__all__ = ["adaptive_due_at", "returned_all"]
+__all__ = ["adaptive_due_at", "returned_all", "worker_available"]
 
 
 def adaptive_due_at(
@@ -51,3 +51,19 @@ def returned_all(arrivals_newest_first: Iterable[float], last_done: float, last_
             break
         joined += 1
     return joined >= last_size
+
+
+def worker_available(busy: int, running: int, batch_workers: int, spare_workers: int) -> bool:
+    """Whether a new batch may start now, with ``busy`` workers computing ``running`` requests.
+
+    A regular worker takes any due batch. Past ``batch_workers``, a spare worker takes one only
+    while the running batches hold fewer than ``SPARE_WORKER_MEAN_BATCH`` requests each on
+    average: nearly empty batches leave the cores room for another thread, whose batch starts
+    at once instead of a whole batch later; fuller ones keep the cores to themselves. The
+    capacity model replays this same rule.
+    """
+    if busy < batch_workers:
+        return True
+    if busy >= batch_workers + spare_workers:
+        return False
+    return running < SPARE_WORKER_MEAN_BATCH * busy

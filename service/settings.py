@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_BATCH_POLICY",
     "QUANTIZATIONS",
     "RECENT_BATCHES",
+    "SPARE_WORKER_MEAN_BATCH",
     "TRITON_POLICY",
     "ApiKeyFileError",
     "ServiceSettings",
@@ -56,6 +57,16 @@ newest request came within the hold limit after a batch finished. Closed-loop cl
 as their batch ends, in a burst whose gaps exceed 5 ms on a loaded 2-core VM (`tokenbooth bench
 engine`: mean batch 10.8 of 16 with one gap of delay, 16.0 with 12 ms); a request that arrives
 long after the last batch ended is still held one delay only, so idle TTFT does not grow."""
+SPARE_WORKER_MEAN_BATCH: Final = 2.0
+"""A spare batch worker starts a batch only while the running batches hold fewer requests than
+this many each, on average. A third thread on two cores slows every running batch by a third:
+worth it while they are nearly empty (independent arrivals at light load, where a request that
+finds every regular worker busy would otherwise wait a whole batch), not once they hold a few
+requests each. Closed-loop clients whose group ran on a spare then wait for a regular worker
+and merge into its batch instead of keeping a third group alive (`tokenbooth bench compare`,
+8 closed-loop streams: a spare under a half-of-the-slots rule kept three groups and lost 10 %
+of the throughput; under this rule 8 and 32 streams are unchanged, and Poisson 1 req/s over
+150 s windows gave TTFT p95 241 / 473 ms against 613 / 583 without a spare, README)."""
 RECENT_BATCHES: Final = 32
 """Finished batches whose mean duration is "a recent batch's duration" (adaptive hold, and the
 ``Retry-After`` of a full queue)."""
@@ -98,6 +109,12 @@ class ServiceSettings(BaseSettings):
     models_dir: Path | None = Field(default=None, description="model cache directory")
     batch_workers: int = Field(
         default=2, ge=1, le=64, description="batches run in parallel (CTranslate2 inter_threads)"
+    )
+    spare_workers: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="extra batch workers, used only while the running batches are nearly empty",
     )
     intra_threads: int = Field(
         default=1, ge=0, le=256, description="threads per batch (CTranslate2 intra_threads; 0=auto)"

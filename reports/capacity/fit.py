@@ -32,7 +32,7 @@ from reports.capacity.race import catch_probability
 from reports.capacity.results import LOCUST_START_SPREAD_S, ServiceTimes, Window
 from reports.capacity.simulate import simulate
 from reports.capacity.steps import FloatArray, decode_step_table, interpolate_steps
-from reports.load import Rpt, batch_policy
+from reports.load import Rpt, batch_policy, spare_workers
 
 __all__ = ["START_SPREAD_CANDIDATES", "calibrate_start", "fit_service", "tokens_from_points"]
 
@@ -270,6 +270,7 @@ def fit_service(
         worker_cpu_cores=worker_cpu,
         loadgen_cpu_s_per_request=loadgen_per_request,
         batch_policy=batch_policy(first),
+        spare_workers=spare_workers(first),
     )
 
 

@@ -81,6 +81,8 @@ class ServiceTimes:
             handling included (NaN: not recorded).
         loadgen_cpu_s_per_request: The load generator's CPU seconds per request.
         batch_policy: The batcher's formation policy (``service.settings.BATCH_POLICIES``).
+        spare_workers: Workers beyond ``batch_workers`` that start a batch only while the
+            running batches are nearly empty (:func:`service.formation.worker_available`).
         adaptive_hold_fraction: Adaptive policy: the longest a batch that is not full is held,
             as a share of the replica's recent batch duration (the service's default; a run
             does not record it, the service does not expose it as a setting).
@@ -113,6 +115,7 @@ class ServiceTimes:
     loadgen_cpu_s_per_request: float = 0.0
     batch_policy: str = TRITON_POLICY
     adaptive_hold_fraction: float = ADAPTIVE_HOLD_FRACTION
+    spare_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_policy not in BATCH_POLICIES:

@@ -2,7 +2,9 @@
 
 Each replica is the dynamic batcher of ``service/batcher.py`` under the configuration's batch
 policy (:class:`Formation`): requests queue, and a free batch worker takes up to
-``max_batch_size`` of them as soon as that many wait or the policy finds the batch due: Triton
+``max_batch_size`` of them (a spare worker only while the running batches are nearly empty,
+:func:`service.formation.worker_available`) as soon as that many wait or the policy finds the
+batch due: Triton
 ``max_batch_delay`` after the oldest arrived; adaptive once no request joined for
 ``max_batch_delay``, at most a share of the replica's recent batch duration after the oldest,
 taking the oldest and the closest prompt lengths when more wait than fit. The batch holds its
@@ -26,7 +28,7 @@ import numpy as np
 
 from reports.capacity.results import ServiceTimes, Window
 from reports.capacity.steps import request_steps, step_clock
-from service.formation import adaptive_due_at, returned_all
+from service.formation import adaptive_due_at, returned_all, worker_available
 from service.settings import ADAPTIVE_POLICY, BATCH_POLICIES, RECENT_BATCHES
 
 __all__ = ["Formation", "Sim", "simulate"]
@@ -252,7 +254,8 @@ class _Replay:
         self.seq = itertools.count()
         self.robin = itertools.count()
         self.queues: list[deque[int]] = [deque() for _ in range(replicas)]
-        self.free = [st.batch_workers] * replicas
+        self.busy = [0] * replicas  # workers computing, spares included
+        self.running = [0] * replicas  # requests of those batches not yet finished
         self.outstanding = [0] * replicas
         self.deadline_at = [math.inf] * replicas
         self.form = Formation.of(st)
@@ -319,10 +322,11 @@ class _Replay:
             self.recent[r].append(t - self.sim.busy[data][0])
             self.last_done[r] = t
             self.last_size[r] = self.batch_len[data]
-            self.free[r] += 1
+            self.busy[r] -= 1
             self._dispatch(r, t)
         else:  # _FINISH
             self.outstanding[self.owner[data]] -= 1
+            self.running[self.owner[data]] -= 1
             if self.concurrency is not None:
                 self._push(t, _SEND, self.race.get(data, _RACE_NONE))
 
@@ -363,7 +367,10 @@ class _Replay:
     def _dispatch(self, r: int, t: float) -> None:
         q = self.queues[r]
         form = self.form
-        while self.free[r] > 0 and q:
+        st = self.st
+        while q and worker_available(
+            self.busy[r], self.running[r], st.batch_workers, st.spare_workers
+        ):
             due = form.due_at(q, self.arrive, self.recent[r], self.last_done[r], self.last_size[r])
             if len(q) >= form.max_batch_size or t >= due - _EPS:
                 self._start_batch(r, t, form.take(q, self.prompts))
@@ -376,7 +383,8 @@ class _Replay:
 
     def _start_batch(self, r: int, t: float, batch: list[int]) -> None:
         sim = self.sim
-        self.free[r] -= 1
+        self.busy[r] += 1
+        self.running[r] += len(batch)
         t_prefill = t + self.p0 + self.p1 * len(batch)
         first, last = request_steps(
             [self.prompts[i] for i in batch], [sim.tokens[i] for i in batch]

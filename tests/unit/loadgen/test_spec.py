@@ -626,3 +626,30 @@ def test_batch_policy_is_a_server_dimension_named_in_the_config_id() -> None:
 def test_unknown_batch_policy_is_a_spec_error(text: str) -> None:
     with pytest.raises(SpecError, match="batch_policy"):
         parse_spec(text)
+
+
+def test_spare_workers_is_a_server_dimension_named_in_the_config_id() -> None:
+    spec = parse_spec(
+        textwrap.dedent(
+            """
+            [server]
+            configs = [
+              { batch_workers = 2, spare_workers = 1 },
+              { batch_workers = 2, spare_workers = 0 },
+            ]
+            """
+        )
+    )
+    a, b = spec.configs()
+    assert a.spare_workers == 1 and a.config_id == "r1-b8-d5-w2-s1-t1-int8-adaptive"
+    # None adds nothing to the id: runs from before spares keep their ids.
+    assert b.spare_workers == 0 and b.config_id == "r1-b8-d5-w2-t1-int8-adaptive"
+    crossed = parse_spec("[server]\nspare_workers = [0, 1]").configs()
+    assert [c.spare_workers for c in crossed] == [0, 1]
+
+
+def test_negative_spare_workers_is_a_spec_error() -> None:
+    with pytest.raises(SpecError, match="spare_workers"):
+        parse_spec("[server]\nspare_workers = [-1]")
+    with pytest.raises(SpecError, match="spare_workers"):
+        parse_spec("[server]\nconfigs = [{ spare_workers = -1 }]")

@@ -76,6 +76,7 @@ class SynthPoint:
     intra_threads: int = 1
     quantization: str = "int8"
     batch_policy: str | None = None  # None: not recorded, as in runs from before policies
+    spare_workers: int | None = None  # None: not recorded, as in runs from before spares
     itl_s: float = 0.02
     tokens: int = 16
     errors: int = 0
@@ -358,6 +359,7 @@ def write_run(
                 Point.INTRA_THREADS: p.intra_threads,
                 Point.QUANTIZATION: p.quantization,
                 Point.BATCH_POLICY: p.batch_policy,
+                Point.SPARE_WORKERS: p.spare_workers,
                 Point.LOAD_MODE: p.load_mode,
                 Point.ARRIVAL: "constant" if p.load_mode == "rate" else "closed",
                 Point.LOAD_LEVEL: p.load_level,

@@ -102,6 +102,28 @@ def test_batch_policy_keeps_configurations_apart_into_the_model(policies: Analys
     assert all(st.fit_points == len(RATES) for st in model.services.values())
 
 
+def test_spare_workers_keep_configurations_apart_into_the_model(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    pts = [
+        synth.SynthPoint(key, r, r, t, batch_size=1 + r / 2, spare_workers=spare)
+        for key, spare in (("c0", 0), ("c1", 1))
+        for r, t in zip(RATES, synth.KNEE_TTFT, strict=True)
+    ]
+    run = synth.write_run(tmp_path_factory.mktemp("runs") / "spares", pts, name="spares")
+    spares = analyze(load_run(run))
+    by_key = spares.points.drop_duplicates(Rpt.CONFIG_KEY).set_index(Rpt.CONFIG_KEY)
+    # No spare adds nothing, as in the sweep's config_id; one goes after the workers.
+    assert by_key.loc["c0", Rpt.BASE_CONFIG_ID] == "b8-d5-w1-t1-int8"
+    assert by_key.loc["c1", Rpt.BASE_CONFIG_ID] == "b8-d5-w1-s1-t1-int8"
+    assert by_key.loc["c1", Rpt.BASE_CONFIG] == "int8 b8 d5ms w1 +1 spare t1"
+    model = fit_analysis(spares)
+    assert {base: st.spare_workers for base, st in model.services.items()} == {
+        "b8-d5-w1-t1-int8": 0,
+        "b8-d5-w1-s1-t1-int8": 1,
+    }
+
+
 def test_a_run_without_batch_policies_ran_triton(twins: Analysis) -> None:
     assert twins.points[Point.BATCH_POLICY].isna().all()
     model = fit_analysis(twins)

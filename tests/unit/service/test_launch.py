@@ -43,6 +43,7 @@ def _non_default_settings() -> ServiceSettings:
         quantization="float16",
         models_dir=Path("/tmp/models"),
         batch_workers=3,
+        spare_workers=2,
         intra_threads=0,
         max_batch_size=7,
         max_batch_delay_ms=0.1 + 0.2,  # a float whose shortest repr has many digits

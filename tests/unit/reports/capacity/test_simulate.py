@@ -3,6 +3,7 @@ each batch policy forms batches."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import replace
@@ -258,3 +259,23 @@ def test_an_unknown_policy_is_refused_by_name() -> None:
         replace(EVEN, batch_policy="fifo")
     with pytest.raises(ValueError, match="'fifo'"):
         Formation("fifo", 8, 0.005, ADAPTIVE_HOLD_FRACTION)
+
+
+def test_a_spare_worker_starts_what_the_busy_worker_would_hold() -> None:
+    # One worker, batches of 0.5 s, a request every 0.3 s: each second request finds the
+    # worker busy. Without a spare it waits for it; with one (its batch nearly empty, as
+    # service.formation.worker_available allows) it starts max_batch_delay after it arrived.
+    window = Window(duration_s=6.0, warmup_s=1.0, max_requests=None)
+    one = replace(EVEN, batch_workers=1)
+    alone = _replay(one, 1 / 0.3, window)
+    spare = _replay(replace(one, spare_workers=1), 1 / 0.3, window)
+    delay = EVEN.max_batch_delay_s + EVEN.prefill_s[0]
+
+    def waits(sim: Sim) -> list[float]:
+        return [f - s - delay for s, f in zip(sim.send, sim.first, strict=True)]
+
+    assert max(waits(spare)) == pytest.approx(0.0, abs=1e-6)
+    assert max(waits(alone)) > 0.1
+    # The spare ran batches beside the regular worker's: two at once at times.
+    starts = sorted(spare.busy)
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(starts))
