@@ -44,6 +44,7 @@ def real_settings(model_dir: Path, **overrides: Any) -> ServiceSettings:
         "model": model_dir,
         "device": "cpu",
         "batch_workers": 1,
+        "spare_workers": 0,  # one batch at a time: the queue tests fill it
         "max_batch_delay_ms": 2.0,
     }
     base.update(overrides)
