@@ -75,7 +75,7 @@ def load_engine(settings: ServiceSettings) -> Engine:
         model_dir,
         device=settings.device,
         compute_type=settings.compute_type,
-        batch_workers=settings.batch_workers + settings.spare_workers,
+        batch_workers=settings.workers,
         intra_threads=settings.intra_threads,
         served_name=settings.served_model_name,
     )

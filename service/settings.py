@@ -250,6 +250,11 @@ class ServiceSettings(BaseSettings):
         return self
 
     @property
+    def workers(self) -> int:
+        """Engine threads that run batches: the regular workers and the spares."""
+        return self.batch_workers + self.spare_workers
+
+    @property
     def effective_api_key(self) -> SecretStr | None:
         """The key clients must send: ``api_key``, or the content of ``api_key_file``."""
         return self.api_key if self.api_key is not None else self._file_api_key

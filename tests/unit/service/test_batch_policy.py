@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -20,14 +19,6 @@ from service.settings import (
     ServiceSettings,
 )
 from tests.unit.service.test_batcher import RecordingEngine, finished, make_batcher, submit
-
-
-@pytest.fixture
-async def stoppable() -> AsyncIterator[list[Batcher]]:
-    created: list[Batcher] = []
-    yield created
-    for batcher in created:
-        await batcher.stop()
 
 
 async def _burst(batcher: Batcher, n: int, gap_s: float) -> list[Job]:

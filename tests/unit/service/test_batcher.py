@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -59,15 +59,6 @@ async def make_batcher(
     batcher = Batcher(engine, cfg, metrics)
     await batcher.start()
     return batcher, engine
-
-
-@pytest.fixture
-async def stoppable() -> AsyncIterator[list[Batcher]]:
-    """Batchers created in a test, stopped (workers joined) after it."""
-    created: list[Batcher] = []
-    yield created
-    for batcher in created:
-        await batcher.stop()
 
 
 def submit(

@@ -5,7 +5,6 @@ a few requests each (the fake engine, without HTTP)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,14 +13,6 @@ from service.batcher import Batcher
 from service.formation import worker_available
 from service.settings import SPARE_WORKER_MEAN_BATCH, ServiceSettings
 from tests.unit.service.test_batcher import finished, make_batcher, submit
-
-
-@pytest.fixture
-async def stoppable() -> AsyncIterator[list[Batcher]]:
-    created: list[Batcher] = []
-    yield created
-    for batcher in created:
-        await batcher.stop()
 
 
 @pytest.mark.parametrize(
