@@ -5,8 +5,9 @@ each base configuration, replica counts are tried from one upwards. A replica co
 sweep measured is judged by its measured SLO capacity (interpolated); one it did not measure (or
 whose measured capacity is only a lower bound below the target) is judged by the capacity
 model's prediction at the target rate. The winner needs the fewest replicas, then the fewest CPU
-threads (replicas x batch workers x intra threads), prefers measured over predicted evidence, and
-then the most headroom.
+threads (replicas x batch workers x intra threads; spare workers are not counted, since they
+start batches only while the running ones are nearly empty, far below the capacity a target
+asks for), prefers measured over predicted evidence, and then the most headroom.
 """
 
 from __future__ import annotations

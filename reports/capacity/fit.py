@@ -236,13 +236,16 @@ def fit_service(
         return "no successful requests with completion-token counts"
     first = usable.iloc[0]
     workers = int(cell(first, Point.BATCH_WORKERS, 1))
+    spares = spare_workers(first)
     threads = int(cell(first, Point.INTRA_THREADS, 1))
     max_b = int(cell(first, Point.MAX_BATCH_SIZE, 1))
     sample = _sample(tokens, prompts, max_b)
-    worker_cpu, loadgen_per_request = cpu_demand(usable, workers)
+    # Busy time counts batches on spare workers too, so the worker-time it is shared over
+    # (and the batches that can overlap) is that of regular and spare workers together.
+    worker_cpu, loadgen_per_request = cpu_demand(usable, workers + spares)
     cpu_per_worker = worker_cpu if math.isfinite(worker_cpu) else float(max(threads, 1))
-    catch_p, race_note = catch_probability(usable, workers)
-    lines = _fit_lines(usable, sample.steps, host, cpu_per_worker, workers)
+    catch_p, race_note = catch_probability(usable, workers + spares)
+    lines = _fit_lines(usable, sample.steps, host, cpu_per_worker, workers + spares)
     notes = _notes(lines, sample, race_note, host, worker_cpu)
     overhead = _client_overhead(usable)
     if overhead is None:
@@ -270,7 +273,7 @@ def fit_service(
         worker_cpu_cores=worker_cpu,
         loadgen_cpu_s_per_request=loadgen_per_request,
         batch_policy=batch_policy(first),
-        spare_workers=spare_workers(first),
+        spare_workers=spares,
     )
 
 
@@ -307,7 +310,7 @@ def calibrate_start(
         err = 0.0
         for _, row in closed.iterrows():
             slow = host.contention(
-                st.cpu_per_worker, busy_workers(row, st.batch_workers), loadgen_cores(row)
+                st.cpu_per_worker, busy_workers(row, st.workers), loadgen_cores(row)
             )
             sim, _, _ = simulate(
                 cand,

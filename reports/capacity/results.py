@@ -125,6 +125,11 @@ class ServiceTimes:
             )
 
     @property
+    def workers(self) -> int:
+        """Worker threads per replica that can run a batch: the regular ones and the spares."""
+        return self.batch_workers + self.spare_workers
+
+    @property
     def cpu_per_worker(self) -> float:
         """CPU cores one busy batch worker keeps busy, with its replica's own request handling
         (measured; the engine's threads when the run did not record process CPU)."""

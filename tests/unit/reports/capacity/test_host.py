@@ -50,3 +50,30 @@ def test_cpu_demand_from_process_cpu_sets_the_contention(tmp_path: Path) -> None
     assert pred.throughput_rps == pytest.approx(8 / cycle, rel=0.03)
     # One user in all: only one worker is ever busy and nothing slows.
     assert model.predict(BASE, 2, concurrency=1).slowdown == 1.0
+
+
+def _two_groups(spare_workers: int) -> list[synth.SynthPoint]:
+    """Closed loop of ``u`` users in two groups of ``u/2``, each on its own worker at once (a
+    regular and a spare), every busy worker using 1 core: batch busy time exceeds the window."""
+    pts = []
+    for u in (2, 4, 8):
+        p = synth.closed_loop_point(u // 2, 1)
+        p.load_level = float(u)
+        p.achieved_rps *= 2
+        p.spare_workers = spare_workers
+        p.cpu_per_busy_s = 1.0
+        pts.append(p)
+    return pts
+
+
+def test_busy_time_of_spare_workers_is_shared_over_all_workers(tmp_path: Path) -> None:
+    env = synth.environment(gpu=False, cpu_count=2)
+    spare = fit_run_dir(synth.write_run(tmp_path / "s", _two_groups(1), name="s", env=env))
+    # Busy time twice the window over two workers: one core per busy worker, as placed.
+    (st,) = spare.services.values()
+    assert st.spare_workers == 1 and st.workers == 2
+    assert st.worker_cpu_cores == pytest.approx(1.0, rel=0.02)
+    # Read as one worker, the same busy time is capped at the window: the CPU per worker is
+    # overstated (what the fit did before it counted spares).
+    alone = fit_run_dir(synth.write_run(tmp_path / "n", _two_groups(0), name="n", env=env))
+    assert alone.service(BASE).worker_cpu_cores > 1.5
